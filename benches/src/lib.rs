@@ -1,0 +1,1 @@
+//! Shared helpers for cbt's benchmarks.

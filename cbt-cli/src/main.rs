@@ -1,0 +1,2 @@
+//! The `cbt` command-line tool.
+fn main() {}

@@ -1,0 +1,95 @@
+//! The one error type of `cbt-core`: every variant names the file (and,
+//! where it helps, the offset or feature) so a user can act on it.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias used throughout `cbt-core`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O error on a named file.
+    #[error("{path}: {op}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// What we were doing ("read", "open", "write", ...).
+        op: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A file is not what it claims to be: bad magic, truncated, an
+    /// offset pointing past the end, an absurd size.
+    #[error("{path}: {reason}")]
+    Malformed {
+        /// The file concerned.
+        path: PathBuf,
+        /// A human-readable description of the defect.
+        reason: String,
+    },
+    /// A well-formed file uses a feature cbt does not support.
+    #[error("{path}: unsupported qcow2 feature: {feature}")]
+    Unsupported {
+        /// The file concerned.
+        path: PathBuf,
+        /// The feature, named as qemu names it.
+        feature: String,
+    },
+    /// A qcow2 backing chain refers back to itself.
+    #[error("{path}: backing chain loops back to {again}")]
+    BackingCycle {
+        /// The image whose chain loops.
+        path: PathBuf,
+        /// The file that appears twice.
+        again: PathBuf,
+    },
+    /// A requested internal snapshot does not exist.
+    #[error("{path}: no internal snapshot named {name:?}")]
+    NoSuchSnapshot {
+        /// The image.
+        path: PathBuf,
+        /// The name asked for.
+        name: String,
+    },
+    /// An invalid argument or configuration value.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The caller-supplied source of missing blocks failed.
+    #[error("block source {name}: {source}")]
+    BlockSource {
+        /// A name for the source (a path or a peer address).
+        name: String,
+        /// The underlying cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The assembled image does not match the source after repair attempts.
+    #[error("{path}: verification failed: {reason}")]
+    Verification {
+        /// The output file (still at its temporary path, never at the final one).
+        path: PathBuf,
+        /// What did not match.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Shorthand for [`Error::Io`].
+    pub fn io(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            op,
+            source,
+        }
+    }
+
+    /// Shorthand for [`Error::Malformed`].
+    pub fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Malformed {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Read-only disk images: one trait, [`Image`], with implementations for raw
+//! files and block devices, qcow2 (through `imago`, backing chains included)
+//! and qcow2 internal snapshots (our own L1/L2 reader).
+//!
+//! Every image reports the ranges that may hold data, so unallocated and
+//! zero regions are skipped without being read.
+
+mod qcow2;
+mod qcow2_header;
+mod raw;
+mod snapshot;
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+pub use qcow2::Qcow2Image;
+pub use qcow2_header::{parse_header, Qcow2Header, QCOW2_MAGIC};
+pub use raw::RawImage;
+pub use snapshot::{parse_snapshot_table, read_snapshot_table, SnapshotImage, SnapshotInfo};
+
+/// A half-open byte range `[start, end)` of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+/// Which allocations [`Image::data_extents`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentScope {
+    /// Everything that may read as non-zero, wherever in a backing chain it lives.
+    All,
+    /// Only data stored in this image's own top layer: ranges that fall
+    /// through to a backing file are left out (the backing file is indexed
+    /// on its own).
+    TopLayer,
+}
+
+/// A read-only, thread-safe view of a virtual disk.
+pub trait Image: Send + Sync + fmt::Debug {
+    /// Virtual size in bytes.
+    fn len(&self) -> u64;
+
+    /// True if the image has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file this image is read from.
+    fn path(&self) -> &Path;
+
+    /// A name for messages: the path, plus `@snapshot` for internal snapshots.
+    fn label(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    /// Fills `buf` with the bytes at `offset`. Reading past [`Image::len`] is an error.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// The sorted, non-overlapping ranges within `[start, end)` that may hold
+    /// non-zero data; everything else in that window reads as zeros (or, with
+    /// [`ExtentScope::TopLayer`], may also come from a backing file).
+    fn data_extents(&self, start: u64, end: u64, scope: ExtentScope) -> Result<Vec<Extent>>;
+}
+
+/// The on-disk format of an image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// Raw bytes (a plain file or a block device).
+    Raw,
+    /// QEMU copy-on-write v2/v3.
+    Qcow2,
+}
+
+/// Detects the format of `path` from its first bytes.
+pub fn detect_format(path: &Path) -> Result<ImageFormat> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < magic.len() {
+        match file.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, "read", e)),
+        }
+    }
+    Ok(if got == 4 && magic == QCOW2_MAGIC {
+        ImageFormat::Qcow2
+    } else {
+        ImageFormat::Raw
+    })
+}
+
+/// What to open: a file, and optionally one of its internal snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageSpec {
+    /// Path of the image file.
+    pub path: PathBuf,
+    /// Name (or id) of a qcow2 internal snapshot; `None` for the current state.
+    pub snapshot: Option<String>,
+}
+
+impl ImageSpec {
+    /// The current state of the image at `path`.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        ImageSpec {
+            path: path.into(),
+            snapshot: None,
+        }
+    }
+}
+
+impl fmt::Display for ImageSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.snapshot {
+            Some(s) => write!(f, "{}@{}", self.path.display(), s),
+            None => write!(f, "{}", self.path.display()),
+        }
+    }
+}
+
+/// Opens an image (raw or qcow2, detected by magic) or one of its internal snapshots.
+pub fn open_image(spec: &ImageSpec) -> Result<Arc<dyn Image>> {
+    let format = detect_format(&spec.path)?;
+    match (&spec.snapshot, format) {
+        (None, ImageFormat::Raw) => Ok(Arc::new(RawImage::open(&spec.path)?)),
+        (None, ImageFormat::Qcow2) => Ok(Arc::new(Qcow2Image::open(&spec.path)?)),
+        (Some(name), ImageFormat::Qcow2) => Ok(Arc::new(SnapshotImage::open(&spec.path, name)?)),
+        (Some(name), ImageFormat::Raw) => Err(Error::NoSuchSnapshot {
+            path: spec.path.clone(),
+            name: name.clone(),
+        }),
+    }
+}
+
+/// Reads as much of `buf` as the file has at `offset`, retrying on
+/// interruption; returns the number of bytes read.
+pub(crate) fn pread_full(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, "read", e)),
+        }
+    }
+    Ok(done)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` or fails naming what was asked.
+pub(crate) fn pread_exact(file: &File, path: &Path, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+    let n = pread_full(file, path, buf, offset)?;
+    if n < buf.len() {
+        return Err(Error::malformed(
+            path,
+            format!(
+                "truncated: {what} at offset {offset} needs {} bytes, file ends after {n}",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `[offset, offset + len)` lies within an image of size `size`.
+pub(crate) fn check_range(label: &dyn Fn() -> String, size: u64, offset: u64, len: usize) -> Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::Config(format!(
+            "{}: read of {len} bytes at offset {offset} is past the end ({size} bytes)",
+            label()
+        ))),
+    }
+}

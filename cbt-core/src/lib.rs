@@ -1,0 +1,30 @@
+//! `cbt-core`: the engine of cbt, content-based block transfer for virtual
+//! machine disk images.
+//!
+//! Components, in the order data flows through them:
+//! - [`Image`]: read-only images (raw files and block devices, qcow2 with
+//!   backing chains, qcow2 internal snapshots), with allocation maps so holes
+//!   are never read;
+//! - [`Layout`]: how an image is cut into blocks, aligned to each partition's
+//!   start (MBR, GPT) and to the disk elsewhere;
+//! - [`hash_image`]: the hashing pipeline (reader → hasher pool → in-order
+//!   output) producing a [`BlockRecord`] per block;
+//! - [`Index`]: every block of every image and snapshot at the destination,
+//!   with a persistent per-image digest cache;
+//! - [`reconstruct`]: plans each block (zero, local, missing), copies local
+//!   blocks after re-hashing them, fetches missing ones from a [`BlockSource`],
+//!   and publishes the output only after the whole image verifies.
+#![forbid(unsafe_code)]
+
+mod digest;
+mod error;
+mod image;
+mod partition;
+
+pub use digest::{is_zero, Digest};
+pub use error::{Error, Result};
+pub use image::{
+    detect_format, open_image, parse_header, parse_snapshot_table, read_snapshot_table, Extent, ExtentScope, Image,
+    ImageFormat, ImageSpec, Qcow2Header, Qcow2Image, RawImage, SnapshotImage, SnapshotInfo, QCOW2_MAGIC,
+};
+pub use partition::{parse_partitions, read_partitions, Partition};
