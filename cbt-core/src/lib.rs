@@ -28,3 +28,8 @@ pub use image::{
     ImageFormat, ImageSpec, Qcow2Header, Qcow2Image, RawImage, SnapshotImage, SnapshotInfo, QCOW2_MAGIC,
 };
 pub use partition::{parse_partitions, read_partitions, Partition};
+mod layout;
+mod pipeline;
+
+pub use layout::{check_block_size, BlockSpan, Layout, Region, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+pub use pipeline::{hash_image, BlockKind, BlockRecord, HashOptions, HashSummary, ImageDigester, ZeroDigests};
