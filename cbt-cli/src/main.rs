@@ -1,2 +1,54 @@
-//! The `cbt` command-line tool.
-fn main() {}
+//! The `cbt` command-line tool: parses options, calls `cbt-core`, prints
+//! results for people or as JSON.
+
+mod cli;
+mod commands;
+mod demo;
+mod exit_codes;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use exit_codes::Exit;
+
+fn main() -> ExitCode {
+    let opts = match cli::parse(std::env::args_os()) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { Exit::Usage.into() } else { Exit::Ok.into() };
+        }
+    };
+    init_logging(opts.common.verbose);
+    match commands::run(opts) {
+        Ok(()) => Exit::Ok.into(),
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return Exit::Ok.into();
+            }
+            let mut stderr = std::io::stderr().lock();
+            let _ = write!(stderr, "cbt: error: {err}");
+            for cause in err.chain().skip(1) {
+                let _ = write!(stderr, "\n  caused by: {cause}");
+            }
+            let _ = writeln!(stderr);
+            Exit::of(&err).into()
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CBT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}

@@ -33,3 +33,16 @@ mod pipeline;
 
 pub use layout::{check_block_size, BlockSpan, Layout, Region, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 pub use pipeline::{hash_image, BlockKind, BlockRecord, HashOptions, HashSummary, ImageDigester, ZeroDigests};
+mod index;
+
+pub use index::{Index, IndexOptions, IndexStats, IndexedImage, Location};
+mod output;
+mod reconstruct;
+
+pub use output::{temp_path_for, OutputFile, OutputFormat};
+pub use reconstruct::{
+    image_digest, reconstruct, BlockRef, BlockSource, ImageBlockSource, Progress, ReconstructOptions, Report,
+};
+mod estimate;
+
+pub use estimate::{estimate, Commonality, Estimate};

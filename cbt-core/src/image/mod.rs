@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-pub use qcow2::Qcow2Image;
+pub use qcow2::{backing_chain, Qcow2Image};
+pub(crate) use qcow2::read_header;
 pub use qcow2_header::{parse_header, Qcow2Header, QCOW2_MAGIC};
 pub use raw::RawImage;
 pub use snapshot::{parse_snapshot_table, read_snapshot_table, SnapshotImage, SnapshotInfo};
@@ -33,7 +34,7 @@ pub struct Extent {
 }
 
 /// Which allocations [`Image::data_extents`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ExtentScope {
     /// Everything that may read as non-zero, wherever in a backing chain it lives.
     All,
@@ -100,7 +101,7 @@ pub fn detect_format(path: &Path) -> Result<ImageFormat> {
 }
 
 /// What to open: a file, and optionally one of its internal snapshots.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ImageSpec {
     /// Path of the image file.
     pub path: PathBuf,

@@ -1,0 +1,193 @@
+//! Command-line options (clap derive), resolved into a [`Config`] before any
+//! work starts.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use cbt_core::{check_block_size, IndexOptions, OutputFormat};
+
+/// cbt: content-based block transfer for virtual machine disk images.
+#[derive(Debug, Parser)]
+#[command(name = "cbt", version, about, long_about = None)]
+pub struct Opts {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub common: CommonOpts,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct CommonOpts {
+    /// Block size in bytes (a power of two from 512 to 1048576).
+    #[arg(long, global = true, default_value_t = cbt_core::DEFAULT_BLOCK_SIZE)]
+    pub block_size: u32,
+    /// Digest cache directory [default: $XDG_CACHE_HOME/cbt or ~/.cache/cbt].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Do not read or write the digest cache.
+    #[arg(long, global = true, conflicts_with = "cache")]
+    pub no_cache: bool,
+    /// Worker threads for hashing and copying (0: one per core).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub threads: usize,
+    /// File extensions taken as raw images when walking seed directories.
+    #[arg(long, global = true, value_delimiter = ',', default_value = "img,raw,bin,iso")]
+    pub raw_ext: Vec<String>,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Reconstruct SRC at DST from local seed images, reading only the
+    /// missing blocks from SRC (a local stand-in for a transfer).
+    Copy {
+        /// The source image (raw or qcow2).
+        src: PathBuf,
+        /// Where to write the copy.
+        dst: PathBuf,
+        /// Read this internal snapshot of SRC instead of its current state.
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
+        /// Images or directories (walked recursively) to take blocks from.
+        #[arg(long = "seed", value_name = "ROOT", num_args = 1..)]
+        seeds: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
+        format: FormatArg,
+        /// Skip re-reading the output before publishing it (every block is
+        /// still hashed on its way in).
+        #[arg(long)]
+        no_readback: bool,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Estimate how much of SRC each candidate image (and all together) holds.
+    Estimate {
+        /// The source image.
+        src: PathBuf,
+        /// Read this internal snapshot of SRC.
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
+        /// Candidate images or directories.
+        #[arg(long = "against", value_name = "ROOT", num_args = 1.., required = true)]
+        against: Vec<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build or refresh the digest cache of the images under ROOT... and print totals.
+    Index {
+        /// Images or directories.
+        #[arg(required = true)]
+        roots: Vec<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a self-contained demonstration on generated sample images.
+    Demo {
+        /// Keep the generated files in this directory instead of a temporary one.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Size of the sample images in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Raw,
+    Qcow2,
+}
+
+impl From<FormatArg> for OutputFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Raw => OutputFormat::Raw,
+            FormatArg::Qcow2 => OutputFormat::Qcow2,
+        }
+    }
+}
+
+/// Settings shared by every command, checked and resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Index settings (block size, cache, extensions, threads).
+    pub index: IndexOptions,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+}
+
+impl CommonOpts {
+    /// Checks the options and resolves defaults (the cache directory).
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        check_block_size(self.block_size)?;
+        if self.raw_ext.iter().any(|e| e.is_empty() || e.contains('/')) {
+            bail!("--raw-ext: extensions must be non-empty and contain no '/'");
+        }
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            Some(match &self.cache {
+                Some(d) => d.clone(),
+                None => default_cache_dir().context("cannot find a cache directory; pass --cache DIR or --no-cache")?,
+            })
+        };
+        let index = IndexOptions {
+            block_size: self.block_size,
+            raw_extensions: self.raw_ext.iter().map(|e| e.trim_start_matches('.').to_string()).collect(),
+            cache_dir,
+            threads: self.threads,
+            exclude: Vec::new(),
+        };
+        Ok(Config { index, threads: self.threads })
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(x).join("cbt"));
+    }
+    std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache").join("cbt"))
+}
+
+/// Parses arguments (separate from `main` so it can be tested).
+pub fn parse<I, T>(args: I) -> Result<Opts, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Opts::try_parse_from(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_copy() {
+        let o = parse(["cbt", "copy", "a.img", "b.img", "--seed", "d1", "d2", "--format", "qcow2", "--json"]).unwrap();
+        match o.command {
+            Command::Copy { seeds, json, format, .. } => {
+                assert_eq!(seeds.len(), 2);
+                assert!(json);
+                assert!(matches!(format, FormatArg::Qcow2));
+            }
+            _ => panic!("wrong command"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_block_size() {
+        let o = parse(["cbt", "--block-size", "1000", "index", "x"]).unwrap();
+        assert!(o.common.resolve().is_err());
+        assert!(parse(["cbt", "estimate", "a.img"]).is_err());
+    }
+}

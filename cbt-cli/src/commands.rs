@@ -1,0 +1,177 @@
+//! The commands: each resolves its inputs, calls the library and prints.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use anyhow::{bail, Context};
+use crossbeam_channel::bounded;
+use serde::Serialize;
+
+use cbt_core::{
+    estimate, hash_image, open_image, reconstruct, BlockRecord, HashOptions, Image, ImageBlockSource, ImageSpec,
+    Index, IndexStats, Layout, ReconstructOptions, Report,
+};
+
+use crate::cli::{Command, Config, Opts};
+
+/// Runs the command given on the command line.
+pub fn run(opts: Opts) -> anyhow::Result<()> {
+    let config = opts.common.resolve()?;
+    match opts.command {
+        Command::Copy { src, dst, snapshot, seeds, format, no_readback, json } => {
+            let spec = ImageSpec { path: src, snapshot };
+            let options = ReconstructOptions { format: format.into(), threads: config.threads, verify_readback: !no_readback };
+            let (report, stats) = copy(&config, &spec, &dst, &seeds, &options)?;
+            print_copy(&report, &stats, json)
+        }
+        Command::Estimate { src, snapshot, against, json } => {
+            let spec = ImageSpec { path: src, snapshot };
+            let image = open_image(&spec)?;
+            let mut options = config.index.clone();
+            options.exclude = canonical(&spec.path).into_iter().collect();
+            let index = Index::build_with_per_image(&against, &options)?;
+            let est = estimate(image.as_ref(), &spec, &index, config.threads)?;
+            if json {
+                println_json(&est)
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{}: {} bytes, {} non-zero blocks ({} bytes), {} zero blocks",
+                    est.source, est.image_bytes, est.blocks_nonzero, est.bytes_nonzero, est.blocks_zero
+                )?;
+                writeln!(out, "{:>8}  {:>14}  candidate", "found", "bytes to send")?;
+                writeln!(out, "{:>7.2}%  {:>14}  (union of all {} candidates)", est.union.found_fraction * 100.0, est.union.bytes_missing, est.candidates.len())?;
+                for c in &est.candidates {
+                    writeln!(out, "{:>7.2}%  {:>14}  {}", c.found_fraction * 100.0, c.bytes_missing, c.path.as_deref().unwrap_or(""))?;
+                }
+                Ok(())
+            }
+        }
+        Command::Index { roots, json } => {
+            let index = Index::build(&roots, &config.index)?;
+            let stats = index.stats();
+            if json {
+                #[derive(Serialize)]
+                struct Out<'a> {
+                    #[serde(flatten)]
+                    stats: &'a IndexStats,
+                    images_list: &'a [cbt_core::IndexedImage],
+                }
+                println_json(&Out { stats, images_list: index.images() })
+            } else {
+                let mut out = std::io::stdout().lock();
+                for img in index.images() {
+                    writeln!(
+                        out,
+                        "{:>10} blocks {:>10} zero {}{}{}",
+                        img.blocks,
+                        img.zero_blocks,
+                        img.spec,
+                        if img.top_layer_only { " (own layer)" } else { "" },
+                        if img.from_cache { " [cached]" } else { "" }
+                    )?;
+                }
+                print_index_stats(&mut out, stats)?;
+                Ok(())
+            }
+        }
+        Command::Demo { dir, size_mib } => crate::demo::run(&config, dir.as_deref(), size_mib),
+    }
+}
+
+fn canonical(p: &Path) -> Option<PathBuf> {
+    p.canonicalize().ok()
+}
+
+fn print_index_stats(out: &mut impl Write, s: &IndexStats) -> std::io::Result<()> {
+    let per_block = if s.unique_blocks > 0 { s.memory_bytes as f64 / s.unique_blocks as f64 } else { 0.0 };
+    writeln!(
+        out,
+        "images: {}  blocks: {}  unique blocks: {}  zero blocks: {}  RAM: {} bytes ({per_block:.1} per unique block)  cached: {}  hashed: {} bytes",
+        s.images, s.blocks, s.unique_blocks, s.zero_blocks, s.memory_bytes, s.from_cache, s.bytes_hashed
+    )
+}
+
+/// `cbt copy`: index the seeds, hash the source in a pipeline, and
+/// reconstruct it with missing blocks read from the source itself.
+pub fn copy(
+    config: &Config,
+    spec: &ImageSpec,
+    dst: &Path,
+    seeds: &[PathBuf],
+    options: &ReconstructOptions,
+) -> anyhow::Result<(Report, IndexStats)> {
+    let image: Arc<dyn Image> = open_image(spec)?;
+    if dst.is_dir() {
+        bail!("{}: is a directory; give the path of the image to write", dst.display());
+    }
+    let mut index_options = config.index.clone();
+    // The source stands for a remote image: it must not seed itself.
+    index_options.exclude = canonical(&spec.path).into_iter().collect();
+    let index = Index::build(seeds, &index_options).context("building the seed index")?;
+    let layout = Layout::detect(image.as_ref(), config.index.block_size)?;
+    let mut source = ImageBlockSource::new(Arc::clone(&image));
+    let hash_options = HashOptions { threads: config.threads, ..Default::default() };
+
+    let (tx, rx) = bounded::<cbt_core::Result<Vec<BlockRecord>>>(64);
+    let report = thread::scope(|s| -> anyhow::Result<Report> {
+        let hasher = s.spawn(|| {
+            let sent = hash_image(image.as_ref(), &layout, &hash_options, |records| {
+                tx.send(Ok(records.to_vec())).map_err(|_| cbt_core::Error::Config("receiver stopped".into()))
+            });
+            if let Err(e) = &sent {
+                let _ = tx.send(Err(cbt_core::Error::Config(e.to_string())));
+            }
+            drop(tx);
+            sent
+        });
+        let records = rx.iter().flat_map(|batch| -> Box<dyn Iterator<Item = cbt_core::Result<BlockRecord>>> {
+            match batch {
+                Ok(v) => Box::new(v.into_iter().map(Ok)),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
+        });
+        let result = reconstruct(&layout, records, &index, &mut source, dst, options, None);
+        let summary = hasher.join().map_err(|_| anyhow::anyhow!("hashing thread panicked"))?;
+        let report = result?;
+        let summary = summary?;
+        if summary.image_digest.to_hex() != report.image_digest {
+            bail!("internal error: source digest changed during the copy");
+        }
+        Ok(report)
+    })?;
+    Ok((report, index.stats().clone()))
+}
+
+fn print_copy(report: &Report, stats: &IndexStats, json: bool) -> anyhow::Result<()> {
+    if json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            report: &'a Report,
+            index: &'a IndexStats,
+        }
+        return println_json(&Out { report, index: stats });
+    }
+    let mut out = std::io::stdout().lock();
+    let pct = |n: u64| if report.blocks_total > 0 { n as f64 * 100.0 / report.blocks_total as f64 } else { 0.0 };
+    writeln!(out, "wrote {} ({} bytes) in {:.2}s", report.output.display(), report.image_bytes, report.seconds)?;
+    writeln!(out, "  zero blocks:    {:>10} ({:.1}%)", report.blocks_zero, pct(report.blocks_zero))?;
+    writeln!(out, "  local blocks:   {:>10} ({:.1}%), {} bytes", report.blocks_local, pct(report.blocks_local), report.bytes_local)?;
+    writeln!(out, "  missing blocks: {:>10} ({:.1}%), {} bytes read from the source", report.blocks_missing, pct(report.blocks_missing), report.bytes_missing)?;
+    if report.local_rejected > 0 {
+        writeln!(out, "  seed blocks that no longer matched (fetched instead): {}", report.local_rejected)?;
+    }
+    writeln!(out, "  verified: image digest {}", &report.image_digest[..16])?;
+    Ok(())
+}
+
+fn println_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! Process exit codes, typed, so scripts can tell failures apart.
+
+use std::process::ExitCode;
+
+/// What `cbt` exits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// Any other failure.
+    Failure = 1,
+    /// Bad command line (clap uses 2 as well).
+    Usage = 2,
+    /// An input file is malformed or uses an unsupported feature.
+    BadInput = 3,
+    /// An operating-system I/O error.
+    Io = 4,
+    /// The output did not verify against the source.
+    Verification = 5,
+}
+
+impl Exit {
+    /// Classifies an error chain by its first `cbt_core::Error`.
+    pub fn of(err: &anyhow::Error) -> Exit {
+        for cause in err.chain() {
+            if let Some(e) = cause.downcast_ref::<cbt_core::Error>() {
+                return match e {
+                    cbt_core::Error::Malformed { .. }
+                    | cbt_core::Error::Unsupported { .. }
+                    | cbt_core::Error::BackingCycle { .. }
+                    | cbt_core::Error::NoSuchSnapshot { .. } => Exit::BadInput,
+                    cbt_core::Error::Io { .. } => Exit::Io,
+                    cbt_core::Error::Verification { .. } => Exit::Verification,
+                    cbt_core::Error::Config(_) => Exit::Usage,
+                    _ => Exit::Failure,
+                };
+            }
+        }
+        Exit::Failure
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}

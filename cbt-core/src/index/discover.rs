@@ -1,0 +1,117 @@
+//! Finding what to index under the roots: raw images (by extension), qcow2
+//! images (by magic), every backing file and every internal snapshot, each
+//! once (by canonical path).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::image::{backing_chain, detect_format, read_header, read_snapshot_table, ExtentScope, ImageFormat, ImageSpec};
+
+/// One thing to index: an image's current state or one of its snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Candidate {
+    pub spec: ImageSpec,
+    pub scope: ExtentScope,
+}
+
+/// Walks `roots` and returns what to index, sorted and without duplicates.
+/// Explicitly named files are taken whatever their extension; inside
+/// directories raw images are recognised by `raw_extensions`. Paths in
+/// `exclude` (canonical) are left out.
+pub(crate) fn discover(roots: &[PathBuf], raw_extensions: &[String], exclude: &[PathBuf]) -> Result<Vec<Candidate>> {
+    let mut files = BTreeSet::new();
+    for root in roots {
+        let meta = fs::metadata(root).map_err(|e| Error::io(root, "index root", e))?;
+        if meta.is_dir() {
+            walk(root, raw_extensions, &mut files)?;
+        } else if meta.is_file() || meta.file_type().is_block_device() {
+            files.insert(root.canonicalize().map_err(|e| Error::io(root, "resolve", e))?);
+        } else {
+            return Err(Error::malformed(root, "index root is neither a file, a block device nor a directory"));
+        }
+    }
+    let mut out = BTreeSet::new();
+    for file in files {
+        if exclude.contains(&file) {
+            continue;
+        }
+        if let Err(e) = add_image(&file, exclude, &mut out) {
+            // One unreadable or broken seed must not stop the index.
+            tracing::warn!("skipping {}: {e}", file.display());
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn walk(dir: &Path, raw_extensions: &[String], out: &mut BTreeSet<PathBuf>) -> Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("cannot list {}: {e}", d.display());
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(ft) = entry.file_type() else { continue };
+            // Symlinked directories are not followed (no loops); symlinked files are.
+            if ft.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(meta) = fs::metadata(&path) else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let by_ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| raw_extensions.iter().any(|r| r.eq_ignore_ascii_case(e)));
+            let is_qcow2 = matches!(detect_format(&path), Ok(ImageFormat::Qcow2));
+            if by_ext || is_qcow2 {
+                if let Ok(c) = path.canonicalize() {
+                    out.insert(c);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add_image(path: &Path, exclude: &[PathBuf], out: &mut BTreeSet<Candidate>) -> Result<()> {
+    if detect_format(path)? != ImageFormat::Qcow2 {
+        out.insert(Candidate { spec: ImageSpec::file(path), scope: ExtentScope::All });
+        return Ok(());
+    }
+    let chain = backing_chain(path)?;
+    let mut layer = path.to_path_buf();
+    let mut rest = chain.iter();
+    loop {
+        let has_backing = rest.len() > 0;
+        // With a backing file in the index, each layer contributes only its own data.
+        let scope = if has_backing { ExtentScope::TopLayer } else { ExtentScope::All };
+        if !exclude.contains(&layer) {
+            out.insert(Candidate { spec: ImageSpec::file(&layer), scope });
+            if detect_format(&layer)? == ImageFormat::Qcow2 {
+                let file = File::open(&layer).map_err(|e| Error::io(&layer, "open", e))?;
+                let (header, file_len) = read_header(&file, &layer)?;
+                let snapshots = read_snapshot_table(&file, &layer, &header, file_len)?;
+                for s in &snapshots {
+                    let unique_name = snapshots.iter().filter(|o| o.name == s.name).count() == 1;
+                    let name = if unique_name { s.name.clone() } else { s.id.clone() };
+                    out.insert(Candidate { spec: ImageSpec { path: layer.clone(), snapshot: Some(name) }, scope });
+                }
+            }
+        }
+        match rest.next() {
+            Some(next) => layer = next.clone(),
+            None => break,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,430 @@
+//! The destination index: every block of every image, backing file and
+//! internal snapshot under the given roots, mapped from its digest to a
+//! place where it can be read.
+//!
+//! Memory: entries are 16 bytes (an 8-byte digest prefix and a packed
+//! location) kept in 4096 sorted shards, so the index costs about 16 bytes
+//! per unique block. The 8-byte key can collide, which is harmless: every
+//! block read through the index is re-hashed in full and used only if it
+//! matches ([`Index::read_verified`]).
+
+mod cache;
+mod discover;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{open_image, ExtentScope, Image, ImageSpec};
+use crate::layout::{check_block_size, Layout, DEFAULT_BLOCK_SIZE};
+use crate::pipeline::{hash_image, BlockKind, HashOptions};
+
+use cache::{DigestCache, FileStamp, ImageDigests};
+use discover::{discover, Candidate};
+
+const SHARD_BITS: u32 = 12;
+const SHARDS: usize = 1 << SHARD_BITS;
+const IMAGE_BITS: u32 = 20;
+const OFFSET_BITS: u32 = 64 - IMAGE_BITS;
+/// Locations are stored in 512-byte units (every block starts on a sector).
+const SECTOR: u64 = 512;
+
+/// How to build an index.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// Block size; must match the block size of the images to be reconstructed.
+    pub block_size: u32,
+    /// File extensions recognised as raw images when walking directories.
+    pub raw_extensions: Vec<String>,
+    /// Directory of the persistent digest cache; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+    /// Hasher threads per image (0: one per core).
+    pub threads: usize,
+    /// Canonical paths never to index (e.g. the image being copied).
+    pub exclude: Vec<PathBuf>,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            block_size: DEFAULT_BLOCK_SIZE,
+            raw_extensions: ["img", "raw", "bin", "iso"].map(String::from).to_vec(),
+            cache_dir: None,
+            threads: 0,
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// Where a block can be read: an image of the index and a byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Position of the image in [`Index::images`].
+    pub image: u32,
+    /// Byte offset in that image.
+    pub offset: u64,
+}
+
+impl Location {
+    fn pack(self) -> u64 {
+        (u64::from(self.image) << OFFSET_BITS) | (self.offset / SECTOR)
+    }
+
+    fn unpack(v: u64) -> Self {
+        Location { image: (v >> OFFSET_BITS) as u32, offset: (v & ((1 << OFFSET_BITS) - 1)) * SECTOR }
+    }
+}
+
+/// One indexed image view and its block counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexedImage {
+    /// The image (and snapshot).
+    pub spec: ImageSpec,
+    /// Virtual size.
+    pub len: u64,
+    /// Blocks in the image (or, for a layer over a backing file, in its own data).
+    pub blocks: u64,
+    /// Blocks that are all zero.
+    pub zero_blocks: u64,
+    /// Non-zero blocks.
+    pub data_blocks: u64,
+    /// True if its digests came from the cache without reading the image.
+    pub from_cache: bool,
+    /// True if only the image's own layer was indexed (its backing file is indexed separately).
+    pub top_layer_only: bool,
+}
+
+/// Totals of an index.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexStats {
+    /// Image views indexed (images, backing files, snapshots).
+    pub images: usize,
+    /// Blocks seen in all images.
+    pub blocks: u64,
+    /// Zero blocks among them.
+    pub zero_blocks: u64,
+    /// Distinct non-zero block contents (by 8-byte digest prefix).
+    pub unique_blocks: u64,
+    /// Bytes of RAM the index holds.
+    pub memory_bytes: u64,
+    /// Image views whose digests came from the cache.
+    pub from_cache: usize,
+    /// Bytes read from images to hash them (0 when everything was cached).
+    pub bytes_hashed: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    key: u64,
+    location: u64,
+}
+
+/// Shards under construction: appended to, compacted when they double.
+struct ShardBuilder {
+    entries: Vec<Entry>,
+    compacted_len: usize,
+}
+
+impl ShardBuilder {
+    fn compact(&mut self) {
+        self.entries.sort_unstable_by_key(|e| e.key);
+        self.entries.dedup_by_key(|e| e.key);
+        self.compacted_len = self.entries.len();
+    }
+}
+
+/// The destination index. Cheap to share between threads.
+pub struct Index {
+    block_size: u32,
+    images: Vec<IndexedImage>,
+    handles: Vec<OnceLock<std::result::Result<Arc<dyn Image>, String>>>,
+    shards: Vec<Box<[Entry]>>,
+    stats: IndexStats,
+    /// Per image: its digests, kept only when asked for (estimates).
+    per_image: Option<Vec<Vec<u64>>>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("stats", &self.stats).finish()
+    }
+}
+
+impl Index {
+    /// Builds (or refreshes from the cache) the index of everything under `roots`.
+    pub fn build(roots: &[PathBuf], options: &IndexOptions) -> Result<Index> {
+        Self::build_inner(roots, options, false)
+    }
+
+    /// Like [`Index::build`], also keeping each image's digest set so
+    /// [`Index::image_keys`] can answer per-candidate questions.
+    pub fn build_with_per_image(roots: &[PathBuf], options: &IndexOptions) -> Result<Index> {
+        Self::build_inner(roots, options, true)
+    }
+
+    fn build_inner(roots: &[PathBuf], options: &IndexOptions, keep_per_image: bool) -> Result<Index> {
+        check_block_size(options.block_size)?;
+        let candidates = discover(roots, &options.raw_extensions, &options.exclude)?;
+        if candidates.len() >= 1 << IMAGE_BITS {
+            return Err(Error::Config(format!("too many images to index ({})", candidates.len())));
+        }
+        let cache = options.cache_dir.clone().map(DigestCache::new);
+        let shards: Vec<Mutex<ShardBuilder>> = (0..SHARDS)
+            .map(|_| Mutex::new(ShardBuilder { entries: Vec::new(), compacted_len: 0 }))
+            .collect();
+        let results: Vec<Mutex<Option<(IndexedImage, u64, Option<Vec<u64>>)>>> =
+            candidates.iter().map(|_| Mutex::new(None)).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        // Two images at a time: one hashing while the other waits on I/O; each
+        // image's own pipeline already uses every core.
+        let workers = candidates.len().clamp(1, 2);
+        thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(c) = candidates.get(i) else { break };
+                    match digests_for(c, options, cache.as_ref()) {
+                        Ok((digests, from_cache, hashed)) => {
+                            insert(&shards, i as u32, &digests);
+                            let keys = keep_per_image.then(|| {
+                                let mut k: Vec<u64> = digests.entries.iter().map(|e| e.0).collect();
+                                k.sort_unstable();
+                                k.dedup();
+                                k
+                            });
+                            let img = IndexedImage {
+                                spec: c.spec.clone(),
+                                len: digests.len,
+                                blocks: digests.total_blocks,
+                                zero_blocks: digests.zero_blocks,
+                                data_blocks: digests.entries.len() as u64,
+                                from_cache,
+                                top_layer_only: c.scope == ExtentScope::TopLayer,
+                            };
+                            if let Ok(mut slot) = results[i].lock() {
+                                *slot = Some((img, hashed, keys));
+                            }
+                        }
+                        Err(e) => tracing::warn!("not indexing {}: {e}", c.spec),
+                    }
+                });
+            }
+        });
+
+        // Keep the images that indexed; renumber is unnecessary because
+        // failed images simply have no entries pointing at them.
+        let mut images = Vec::with_capacity(candidates.len());
+        let mut per_image = keep_per_image.then(Vec::new);
+        let mut bytes_hashed = 0;
+        let mut ok = Vec::with_capacity(candidates.len());
+        for (c, r) in candidates.iter().zip(results) {
+            let r = r.into_inner().ok().flatten();
+            ok.push(r.is_some());
+            match r {
+                Some((img, hashed, keys)) => {
+                    bytes_hashed += hashed;
+                    images.push(img);
+                    if let (Some(p), Some(k)) = (per_image.as_mut(), keys) {
+                        p.push(k);
+                    }
+                }
+                None => {
+                    images.push(IndexedImage {
+                        spec: c.spec.clone(),
+                        len: 0,
+                        blocks: 0,
+                        zero_blocks: 0,
+                        data_blocks: 0,
+                        from_cache: false,
+                        top_layer_only: false,
+                    });
+                    if let Some(p) = per_image.as_mut() {
+                        p.push(Vec::new());
+                    }
+                }
+            }
+        }
+        let shards: Vec<Box<[Entry]>> = thread::scope(|s| {
+            let handles: Vec<_> = shards
+                .into_iter()
+                .map(|m| {
+                    s.spawn(move || {
+                        let mut b = m.into_inner().unwrap_or_else(|p| p.into_inner());
+                        b.compact();
+                        b.entries.into_boxed_slice()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
+        let unique_blocks: u64 = shards.iter().map(|s| s.len() as u64).sum();
+        let memory_bytes = unique_blocks * std::mem::size_of::<Entry>() as u64
+            + (SHARDS * std::mem::size_of::<Box<[Entry]>>()) as u64
+            + images.len() as u64 * 256;
+        let stats = IndexStats {
+            images: ok.iter().filter(|&&b| b).count(),
+            blocks: images.iter().map(|i| i.blocks).sum(),
+            zero_blocks: images.iter().map(|i| i.zero_blocks).sum(),
+            unique_blocks,
+            memory_bytes,
+            from_cache: images.iter().filter(|i| i.from_cache).count(),
+            bytes_hashed,
+        };
+        let handles = images.iter().map(|_| OnceLock::new()).collect();
+        Ok(Index { block_size: options.block_size, images, handles, shards, stats, per_image })
+    }
+
+    /// Block size of the index.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// The indexed image views, in a stable order ([`Location::image`] indexes this).
+    pub fn images(&self) -> &[IndexedImage] {
+        &self.images
+    }
+
+    /// Totals.
+    pub fn stats(&self) -> &IndexStats {
+        &self.stats
+    }
+
+    /// Where a block with this digest can be read, if any image holds one
+    /// whose digest starts the same way. Confirm with [`Index::read_verified`].
+    pub fn lookup(&self, digest: &Digest) -> Option<Location> {
+        self.lookup_key(digest.short())
+    }
+
+    pub(crate) fn lookup_key(&self, key: u64) -> Option<Location> {
+        let shard = &self.shards[(key >> (64 - SHARD_BITS)) as usize];
+        shard
+            .binary_search_by_key(&key, |e| e.key)
+            .ok()
+            .map(|i| Location::unpack(shard[i].location))
+    }
+
+    /// Sorted short digests of image `i`'s non-zero blocks (only for an index
+    /// built with [`Index::build_with_per_image`]).
+    pub fn image_keys(&self, i: usize) -> Option<&[u64]> {
+        self.per_image.as_ref().and_then(|p| p.get(i)).map(|v| v.as_slice())
+    }
+
+    /// Opens (once) and returns image `i`.
+    pub fn open(&self, i: u32) -> Result<Arc<dyn Image>> {
+        let idx = i as usize;
+        let Some(slot) = self.handles.get(idx) else {
+            return Err(Error::Config(format!("no image {i} in the index")));
+        };
+        slot.get_or_init(|| open_image(&self.images[idx].spec).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|reason| Error::malformed(&self.images[idx].spec.path, reason))
+    }
+
+    /// Reads the block at `location` into `buf` (its length is the block's)
+    /// and returns true only if its content hashes to `expected`. An image
+    /// that changed since it was indexed, or a short-key collision, yields false.
+    pub fn read_verified(&self, location: Location, buf: &mut [u8], expected: &Digest) -> Result<bool> {
+        let image = self.open(location.image)?;
+        if location.offset.checked_add(buf.len() as u64).is_none_or(|end| end > image.len()) {
+            return Ok(false);
+        }
+        image.read_at(buf, location.offset)?;
+        Ok(Digest::of(buf) == *expected)
+    }
+}
+
+/// The identity of an image view in the cache.
+fn cache_identity(c: &Candidate, canonical: &Path, block_size: u32) -> String {
+    format!(
+        "{}\0{}\0{:?}\0{}",
+        canonical.display(),
+        c.spec.snapshot.as_deref().unwrap_or(""),
+        c.scope,
+        block_size
+    )
+}
+
+/// The digests of one candidate: from the cache when its file is
+/// unchanged, otherwise by hashing it (and storing the result).
+/// Returns the digests, whether they came from the cache and the bytes read.
+fn digests_for(c: &Candidate, options: &IndexOptions, cache: Option<&DigestCache>) -> Result<(ImageDigests, bool, u64)> {
+    let stamp = FileStamp::of(&c.spec.path)?;
+    let identity = cache_identity(c, &c.spec.path, options.block_size);
+    if let Some(cache) = cache {
+        if let Some(d) = cache.load(&identity, &stamp, options.block_size) {
+            return Ok((d, true, 0));
+        }
+    }
+    let image = open_image(&c.spec)?;
+    let layout = Layout::detect(image.as_ref(), options.block_size)?;
+    let mut entries = Vec::new();
+    let hash_opts = HashOptions { threads: options.threads, scope: c.scope };
+    let mut skipped_as_hole = 0u64;
+    let summary = hash_image(image.as_ref(), &layout, &hash_opts, |records| {
+        for r in records {
+            match r.kind {
+                BlockKind::Data(d) if r.offset % SECTOR == 0 && r.offset >> OFFSET_BITS == 0 => {
+                    entries.push((d.short(), r.offset))
+                }
+                BlockKind::Data(_) => {}
+                BlockKind::Zero => skipped_as_hole += 1,
+            }
+        }
+        Ok(())
+    })?;
+    let digests = ImageDigests {
+        len: image.len(),
+        total_blocks: summary.blocks,
+        zero_blocks: summary.zero_blocks,
+        entries,
+    };
+    if let Some(cache) = cache {
+        // The image must not have changed while we read it.
+        if FileStamp::of(&c.spec.path)? == stamp {
+            if let Err(e) = cache.store(&identity, &stamp, options.block_size, &digests) {
+                tracing::warn!("cannot cache digests of {}: {e}", c.spec);
+            }
+        }
+    }
+    Ok((digests, false, summary.bytes_read))
+}
+
+/// Adds an image's entries to the shards, compacting a shard whenever it
+/// has doubled since its last compaction (bounds memory during the build).
+fn insert(shards: &[Mutex<ShardBuilder>], image: u32, d: &ImageDigests) {
+    let mut sorted: Vec<Entry> = d
+        .entries
+        .iter()
+        .map(|&(key, offset)| Entry { key, location: Location { image, offset }.pack() })
+        .collect();
+    sorted.sort_unstable_by_key(|e| e.key);
+    for group in sorted.chunk_by(|a, b| a.key >> (64 - SHARD_BITS) == b.key >> (64 - SHARD_BITS)) {
+        let shard = (group[0].key >> (64 - SHARD_BITS)) as usize;
+        let Ok(mut b) = shards[shard].lock() else { continue };
+        b.entries.extend_from_slice(group);
+        if b.entries.len() > 2 * b.compacted_len + 1024 {
+            b.compact();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_packing() {
+        for l in [
+            Location { image: 0, offset: 0 },
+            Location { image: 5, offset: 63 * 512 },
+            Location { image: (1 << IMAGE_BITS) - 1, offset: ((1u64 << OFFSET_BITS) - 1) * 512 },
+        ] {
+            assert_eq!(Location::unpack(l.pack()), l);
+        }
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    }
+}

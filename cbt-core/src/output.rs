@@ -1,0 +1,175 @@
+//! Writing the reconstructed image: raw (sparse, zero blocks left as holes)
+//! or qcow2 (through `imago`). Output always goes to a temporary file next
+//! to the final path; [`OutputFile::publish`] renames it only when asked,
+//! after verification.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use imago::file::File as ImagoFile;
+use imago::qcow2::Qcow2;
+use imago::{DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Storage, StorageCreateOptions};
+
+use crate::error::{Error, Result};
+use crate::image::{Image, Qcow2Image, RawImage};
+
+/// Format of the reconstructed image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// A sparse raw file.
+    #[default]
+    Raw,
+    /// A qcow2 v3 file (64 KiB clusters).
+    Qcow2,
+}
+
+enum Writer {
+    Raw(File),
+    Qcow2(Box<FormatAccess<ImagoFile>>),
+}
+
+/// An output image being written at a temporary path.
+pub struct OutputFile {
+    final_path: PathBuf,
+    temp_path: PathBuf,
+    format: OutputFormat,
+    writer: Option<Writer>,
+    len: u64,
+}
+
+impl std::fmt::Debug for OutputFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputFile").field("temp_path", &self.temp_path).finish()
+    }
+}
+
+/// The temporary path used while writing `final_path`: hidden, in the same
+/// directory (so the final rename is atomic), recognisable for resume.
+pub fn temp_path_for(final_path: &Path) -> PathBuf {
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    final_path.with_file_name(format!(".{name}.cbt-partial"))
+}
+
+impl OutputFile {
+    /// Creates the temporary output for an image of `len` bytes.
+    pub fn create(final_path: &Path, format: OutputFormat, len: u64) -> Result<Self> {
+        let temp_path = temp_path_for(final_path);
+        let writer = match format {
+            OutputFormat::Raw => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&temp_path)
+                    .map_err(|e| Error::io(&temp_path, "create output", e))?;
+                f.set_len(len).map_err(|e| Error::io(&temp_path, "size output", e))?;
+                Writer::Raw(f)
+            }
+            OutputFormat::Qcow2 => {
+                let storage = ImagoFile::create_open(
+                    StorageCreateOptions::new().filename(&temp_path).size(0).overwrite(true),
+                )
+                .map_err(|e| Error::io(&temp_path, "create output", e))?;
+                let qcow2 = Qcow2::<ImagoFile>::create_builder(storage)
+                    .size(len)
+                    .create_open(DenyImplicitOpenGate::default(), |image| {
+                        Ok(Qcow2::<ImagoFile>::builder(image).backing(None).write(true))
+                    })
+                    .map_err(|e| Error::io(&temp_path, "format qcow2 output", e))?;
+                Writer::Qcow2(Box::new(FormatAccess::new(qcow2)))
+            }
+        };
+        Ok(OutputFile { final_path: final_path.to_path_buf(), temp_path, format, writer: Some(writer), len })
+    }
+
+    /// The temporary path being written.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp_path
+    }
+
+    /// The final path.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Writes `data` at `offset`. Safe to call from several threads.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
+        if offset.checked_add(data.len() as u64).is_none_or(|e| e > self.len) {
+            return Err(Error::Config(format!(
+                "{}: write of {} bytes at {offset} is past the end",
+                self.temp_path.display(),
+                data.len()
+            )));
+        }
+        match &self.writer {
+            Some(Writer::Raw(f)) => f.write_all_at(data, offset),
+            Some(Writer::Qcow2(q)) => q.write(data, offset),
+            None => Err(std::io::Error::other("output already closed")),
+        }
+        .map_err(|e| Error::io(&self.temp_path, "write output", e))
+    }
+
+    /// Flushes and syncs the data, closes the writer, and opens the result
+    /// for reading (to verify it).
+    pub fn finish_writing(&mut self) -> Result<Arc<dyn Image>> {
+        match self.writer.take() {
+            Some(Writer::Raw(f)) => f.sync_all().map_err(|e| Error::io(&self.temp_path, "sync output", e))?,
+            Some(Writer::Qcow2(q)) => {
+                q.flush().map_err(|e| Error::io(&self.temp_path, "flush output", e))?;
+                q.sync().map_err(|e| Error::io(&self.temp_path, "sync output", e))?;
+            }
+            None => {}
+        }
+        Ok(match self.format {
+            OutputFormat::Raw => Arc::new(RawImage::open(&self.temp_path)?),
+            OutputFormat::Qcow2 => Arc::new(Qcow2Image::open(&self.temp_path)?),
+        })
+    }
+
+    /// Opens the finished temporary file for writing again (to repair blocks).
+    pub fn reopen(&mut self) -> Result<()> {
+        if self.writer.is_some() {
+            return Ok(());
+        }
+        self.writer = Some(match self.format {
+            OutputFormat::Raw => Writer::Raw(
+                OpenOptions::new()
+                    .write(true)
+                    .open(&self.temp_path)
+                    .map_err(|e| Error::io(&self.temp_path, "reopen output", e))?,
+            ),
+            OutputFormat::Qcow2 => {
+                let qcow2 = Qcow2::<ImagoFile>::builder_path(&self.temp_path)
+                    .write(true)
+                    .open(DenyImplicitOpenGate::default())
+                    .map_err(|e| Error::io(&self.temp_path, "reopen output", e))?;
+                Writer::Qcow2(Box::new(FormatAccess::new(qcow2)))
+            }
+        });
+        Ok(())
+    }
+
+    /// Moves the verified output to its final path (atomic rename, then a
+    /// sync of the directory so the rename survives a crash).
+    pub fn publish(mut self) -> Result<PathBuf> {
+        self.finish_writing()?;
+        fs::rename(&self.temp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, "rename output", e))?;
+        if let Some(dir) = self.final_path.parent() {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(self.final_path.clone())
+    }
+
+    /// Removes the temporary file (after a failure).
+    pub fn discard(mut self) {
+        self.writer = None;
+        let _ = fs::remove_file(&self.temp_path);
+    }
+}

@@ -1,0 +1,562 @@
+//! Reconstruction: from a source image's block records and the destination
+//! index, plan every block (zero, local, missing), copy local blocks after
+//! re-hashing them, fetch missing ones from a [`BlockSource`], and publish
+//! the output only when it verifies against the source.
+//!
+//! ```text
+//!                 ┌─▶ local copier × N ──(seed changed)──┐
+//! records ─▶ planner                                    ├─▶ fetcher (BlockSource) ─▶ output
+//!                 └────────────── missing ──────────────┘
+//! ```
+//! Local copies run at disk speed while missing blocks arrive at the
+//! source's speed; channels are bounded, so memory is too.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::index::{Index, Location};
+use crate::layout::Layout;
+use crate::output::{OutputFile, OutputFormat};
+use crate::pipeline::{hash_image, BlockKind, BlockRecord, HashOptions, ImageDigester, ZeroDigests};
+
+/// Largest run of contiguous local blocks copied with one read.
+const MAX_RUN_BYTES: u64 = 1 << 20;
+/// Repair rounds after a failed verification.
+const REPAIR_ROUNDS: usize = 2;
+/// Most mismatching blocks a repair will try to fix.
+const MAX_REPAIR_BLOCKS: usize = 1 << 20;
+
+/// A block wanted from the source: where it goes and what it must hash to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    /// Byte offset in the image.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// BLAKE3 of the content.
+    pub digest: Digest,
+}
+
+/// Where missing blocks come from: the network, or (for `cbt copy`) the
+/// source image itself.
+pub trait BlockSource: Send {
+    /// A name for messages (a path or a peer address).
+    fn name(&self) -> String;
+
+    /// Fetches every block that arrives on `wanted` until the channel
+    /// closes, calling `deliver` with each block's content as it arrives
+    /// (in any order). Implementations may keep many requests in flight.
+    fn fetch(&mut self, wanted: Receiver<BlockRef>, deliver: &mut dyn FnMut(BlockRef, &[u8]) -> Result<()>) -> Result<()>;
+}
+
+/// A [`BlockSource`] that reads the missing blocks from a local image.
+#[derive(Debug)]
+pub struct ImageBlockSource {
+    image: Arc<dyn Image>,
+    bytes_read: u64,
+}
+
+impl ImageBlockSource {
+    /// Serves blocks of `image`.
+    pub fn new(image: Arc<dyn Image>) -> Self {
+        ImageBlockSource { image, bytes_read: 0 }
+    }
+
+    /// Bytes read from the image so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+}
+
+impl BlockSource for ImageBlockSource {
+    fn name(&self) -> String {
+        self.image.label()
+    }
+
+    fn fetch(&mut self, wanted: Receiver<BlockRef>, deliver: &mut dyn FnMut(BlockRef, &[u8]) -> Result<()>) -> Result<()> {
+        let mut buf = Vec::new();
+        for b in wanted {
+            buf.resize(b.len as usize, 0);
+            self.image.read_at(&mut buf, b.offset)?;
+            self.bytes_read += u64::from(b.len);
+            deliver(b, &buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// How to reconstruct.
+#[derive(Debug, Clone)]
+pub struct ReconstructOptions {
+    /// Output format.
+    pub format: OutputFormat,
+    /// Local copier threads (0: one per core).
+    pub threads: usize,
+    /// Re-read the whole output and compare every block before publishing
+    /// (otherwise the check relies on every written block having been
+    /// hashed on its way in).
+    pub verify_readback: bool,
+}
+
+impl Default for ReconstructOptions {
+    fn default() -> Self {
+        ReconstructOptions { format: OutputFormat::Raw, threads: 0, verify_readback: true }
+    }
+}
+
+/// Live counters, readable from another thread (for progress display).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Blocks planned so far.
+    pub blocks_planned: AtomicU64,
+    /// Bytes written from local seeds.
+    pub bytes_local: AtomicU64,
+    /// Bytes written from the block source.
+    pub bytes_fetched: AtomicU64,
+}
+
+/// What a reconstruction did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Image size in bytes.
+    pub image_bytes: u64,
+    /// Blocks in the image.
+    pub blocks_total: u64,
+    /// All-zero blocks (written as holes).
+    pub blocks_zero: u64,
+    /// Blocks copied from local images.
+    pub blocks_local: u64,
+    /// Blocks fetched from the source.
+    pub blocks_missing: u64,
+    /// Bytes copied from local images.
+    pub bytes_local: u64,
+    /// Bytes fetched from the source.
+    pub bytes_missing: u64,
+    /// Index hits whose content no longer matched (a seed changed, or a
+    /// short-digest collision) and were fetched instead.
+    pub local_rejected: u64,
+    /// Blocks fixed after verification found them wrong.
+    pub blocks_repaired: u64,
+    /// Digest of the whole image (see [`ImageDigester`]).
+    pub image_digest: String,
+    /// Where the image was published.
+    pub output: PathBuf,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// A run of blocks, contiguous in the source and in one seed image.
+struct LocalRun {
+    image: u32,
+    seed_offset: u64,
+    blocks: Vec<BlockRef>,
+}
+
+impl LocalRun {
+    fn bytes(&self) -> u64 {
+        self.blocks.iter().map(|b| u64::from(b.len)).sum()
+    }
+
+    /// True if `b` found at `loc` continues this run.
+    fn extends(&self, b: &BlockRef, loc: Location) -> bool {
+        let Some(last) = self.blocks.last() else { return false };
+        let run_len = last.offset + u64::from(last.len) - self.blocks[0].offset;
+        loc.image == self.image
+            && b.offset == last.offset + u64::from(last.len)
+            && loc.offset == self.seed_offset + run_len
+            && run_len + u64::from(b.len) <= MAX_RUN_BYTES
+    }
+}
+
+/// The first error of any stage stops all of them.
+#[derive(Default)]
+struct Failure {
+    stopped: AtomicBool,
+    first: Mutex<Option<Error>>,
+}
+
+impl Failure {
+    fn set(&self, e: Error) {
+        if let Ok(mut f) = self.first.lock() {
+            f.get_or_insert(e);
+        }
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    fn is_set(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.first.lock().ok().and_then(|mut f| f.take())
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    zero: AtomicU64,
+    local: AtomicU64,
+    local_bytes: AtomicU64,
+    missing: AtomicU64,
+    missing_bytes: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// Reconstructs an image at `output_path` from its block `records` (in disk
+/// order, covering `layout`), local blocks found through `index`, and
+/// missing blocks from `source`. The result appears at `output_path` only
+/// after it verified; on failure no file is left at `output_path`.
+pub fn reconstruct(
+    layout: &Layout,
+    records: impl Iterator<Item = Result<BlockRecord>>,
+    index: &Index,
+    source: &mut dyn BlockSource,
+    output_path: &Path,
+    options: &ReconstructOptions,
+    progress: Option<&Progress>,
+) -> Result<Report> {
+    let started = Instant::now();
+    if layout.block_size() != index.block_size() {
+        return Err(Error::Config(format!(
+            "source block size {} differs from the index's {}",
+            layout.block_size(),
+            index.block_size()
+        )));
+    }
+    let mut output = OutputFile::create(output_path, options.format, layout.len())?;
+    let manifest_path = output.temp_path().with_extension("cbt-manifest");
+    let result = (|| {
+        let digest = assemble(layout, records, index, source, &output, &manifest_path, options, progress)?;
+        let repaired = verify(layout, &mut output, source, &manifest_path, options)?;
+        Ok((digest, repaired))
+    })();
+    let _ = fs::remove_file(&manifest_path);
+    match result {
+        Ok(((image_digest, counters), repaired)) => {
+            let published = output.publish()?;
+            Ok(Report {
+                image_bytes: layout.len(),
+                blocks_total: layout.block_count(),
+                blocks_zero: counters.zero.load(Ordering::Relaxed),
+                blocks_local: counters.local.load(Ordering::Relaxed),
+                blocks_missing: counters.missing.load(Ordering::Relaxed),
+                bytes_local: counters.local_bytes.load(Ordering::Relaxed),
+                bytes_missing: counters.missing_bytes.load(Ordering::Relaxed),
+                local_rejected: counters.rejected.load(Ordering::Relaxed),
+                blocks_repaired: repaired,
+                image_digest: image_digest.to_hex(),
+                output: published,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        Err(e) => {
+            output.discard();
+            Err(e)
+        }
+    }
+}
+
+/// Runs planner, local copiers and fetcher; writes the manifest of source
+/// digests for verification. Returns the image digest of the records.
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    layout: &Layout,
+    records: impl Iterator<Item = Result<BlockRecord>>,
+    index: &Index,
+    source: &mut dyn BlockSource,
+    output: &OutputFile,
+    manifest_path: &Path,
+    options: &ReconstructOptions,
+    progress: Option<&Progress>,
+) -> Result<(Digest, Counters)> {
+    let copiers = if options.threads > 0 {
+        options.threads
+    } else {
+        thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    let failure = Failure::default();
+    let counters = Counters::default();
+    let (local_tx, local_rx) = bounded::<LocalRun>(copiers * 4);
+    let (wanted_tx, wanted_rx) = bounded::<BlockRef>(4096);
+    let mut digester = ImageDigester::new(layout);
+
+    thread::scope(|s| {
+        for i in 0..copiers {
+            let rx = local_rx.clone();
+            let wanted = wanted_tx.clone();
+            let (failure, counters) = (&failure, &counters);
+            let spawned = thread::Builder::new().name(format!("cbt-local-{i}")).spawn_scoped(s, move || {
+                if let Err(e) = copy_local(&rx, &wanted, index, output, counters, progress) {
+                    failure.set(e);
+                }
+            });
+            if let Err(e) = spawned {
+                failure.set(Error::io(output.temp_path(), "spawn copier thread", e));
+            }
+        }
+        drop(local_rx);
+        let (failure_ref, counters_ref) = (&failure, &counters);
+        let spawned = thread::Builder::new().name("cbt-fetch".into()).spawn_scoped(s, move || {
+            let name = source.name();
+            let mut deliver = |b: BlockRef, data: &[u8]| -> Result<()> {
+                if data.len() != b.len as usize || Digest::of(data) != b.digest {
+                    return Err(Error::BlockSource {
+                        name: name.clone(),
+                        source: format!("block at offset {} does not match its digest", b.offset).into(),
+                    });
+                }
+                output.write_at(data, b.offset)?;
+                counters_ref.missing.fetch_add(1, Ordering::Relaxed);
+                counters_ref.missing_bytes.fetch_add(u64::from(b.len), Ordering::Relaxed);
+                if let Some(p) = progress {
+                    p.bytes_fetched.fetch_add(u64::from(b.len), Ordering::Relaxed);
+                }
+                Ok(())
+            };
+            if let Err(e) = source.fetch(wanted_rx, &mut deliver) {
+                failure_ref.set(e);
+            }
+        });
+        if let Err(e) = spawned {
+            failure.set(Error::io(output.temp_path(), "spawn fetcher thread", e));
+        }
+
+        let planned = plan(layout, records, index, &local_tx, &wanted_tx, &mut digester, manifest_path, &failure, &counters, progress);
+        if let Err(e) = planned {
+            failure.set(e);
+        }
+        drop(local_tx);
+        drop(wanted_tx);
+    });
+    if let Some(e) = failure.take() {
+        return Err(e);
+    }
+    Ok((digester.finish(), counters))
+}
+
+/// The planner: decides every block and records the source digests.
+#[allow(clippy::too_many_arguments)]
+fn plan(
+    layout: &Layout,
+    records: impl Iterator<Item = Result<BlockRecord>>,
+    index: &Index,
+    local_tx: &Sender<LocalRun>,
+    wanted_tx: &Sender<BlockRef>,
+    digester: &mut ImageDigester,
+    manifest_path: &Path,
+    failure: &Failure,
+    counters: &Counters,
+    progress: Option<&Progress>,
+) -> Result<()> {
+    let stopped = || Error::Config("stopped".into());
+    let manifest = File::create(manifest_path).map_err(|e| Error::io(manifest_path, "create manifest", e))?;
+    let mut manifest = BufWriter::with_capacity(1 << 20, manifest);
+    let mut zeros = ZeroDigests::default();
+    let mut run: Option<LocalRun> = None;
+    let mut expected = layout.blocks();
+    for record in records {
+        if failure.is_set() {
+            return Err(stopped());
+        }
+        let r = record?;
+        match expected.next() {
+            Some(b) if b.offset == r.offset && b.len == r.len => {}
+            other => {
+                return Err(Error::Config(format!(
+                    "source block record {}+{} does not match the layout (expected {other:?})",
+                    r.offset, r.len
+                )))
+            }
+        }
+        digester.push(&r);
+        let digest = r.digest(&mut zeros);
+        manifest.write_all(&digest.0).map_err(|e| Error::io(manifest_path, "write manifest", e))?;
+        if let Some(p) = progress {
+            p.blocks_planned.fetch_add(1, Ordering::Relaxed);
+        }
+        let BlockKind::Data(digest) = r.kind else {
+            counters.zero.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let b = BlockRef { offset: r.offset, len: r.len, digest };
+        match index.lookup(&digest) {
+            Some(loc) => {
+                if let Some(cur) = run.as_mut() {
+                    if cur.extends(&b, loc) {
+                        cur.blocks.push(b);
+                        continue;
+                    }
+                }
+                if let Some(done) = run.replace(LocalRun { image: loc.image, seed_offset: loc.offset, blocks: vec![b] }) {
+                    local_tx.send(done).map_err(|_| stopped())?;
+                }
+            }
+            None => wanted_tx.send(b).map_err(|_| stopped())?,
+        }
+    }
+    if let Some(done) = run.take() {
+        local_tx.send(done).map_err(|_| stopped())?;
+    }
+    if expected.next().is_some() {
+        return Err(Error::Config("the source's block records ended before the image did".into()));
+    }
+    manifest.flush().map_err(|e| Error::io(manifest_path, "write manifest", e))?;
+    Ok(())
+}
+
+/// A local copier: reads runs from seeds, re-hashes every block, writes the
+/// ones that match and sends the others to the fetcher.
+fn copy_local(
+    runs: &Receiver<LocalRun>,
+    wanted: &Sender<BlockRef>,
+    index: &Index,
+    output: &OutputFile,
+    counters: &Counters,
+    progress: Option<&Progress>,
+) -> Result<()> {
+    let mut buf = Vec::with_capacity(MAX_RUN_BYTES as usize);
+    for run in runs {
+        let total = run.bytes();
+        buf.resize(total as usize, 0);
+        let loc = Location { image: run.image, offset: run.seed_offset };
+        let readable = match index.open(run.image) {
+            Ok(img) => loc.offset.checked_add(total).is_some_and(|e| e <= img.len()) && img.read_at(&mut buf, loc.offset).is_ok(),
+            Err(_) => false,
+        };
+        let mut good_bytes = 0u64;
+        let mut pos = 0usize;
+        let base = run.blocks[0].offset;
+        let mut good_from: Option<usize> = None;
+        let flush = |from: usize, to: usize| -> Result<()> {
+            if to > from {
+                output.write_at(&buf[from..to], base + from as u64)?;
+            }
+            Ok(())
+        };
+        for b in &run.blocks {
+            let end = pos + b.len as usize;
+            let ok = readable && Digest::of(&buf[pos..end]) == b.digest;
+            if ok {
+                good_bytes += u64::from(b.len);
+                counters.local.fetch_add(1, Ordering::Relaxed);
+                good_from.get_or_insert(pos);
+            } else {
+                if let Some(from) = good_from.take() {
+                    flush(from, pos)?;
+                }
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(offset = b.offset, "local block no longer matches; fetching it");
+                if wanted.send(*b).is_err() {
+                    return Ok(());
+                }
+            }
+            pos = end;
+        }
+        if let Some(from) = good_from.take() {
+            flush(from, pos)?;
+        }
+        counters.local_bytes.fetch_add(good_bytes, Ordering::Relaxed);
+        if let Some(p) = progress {
+            p.bytes_local.fetch_add(good_bytes, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Checks the written image against the manifest of source digests,
+/// repairing mismatching blocks from `source`. Returns the blocks repaired.
+fn verify(
+    layout: &Layout,
+    output: &mut OutputFile,
+    source: &mut dyn BlockSource,
+    manifest_path: &Path,
+    options: &ReconstructOptions,
+) -> Result<u64> {
+    let written = output.finish_writing()?;
+    if !options.verify_readback {
+        return Ok(0);
+    }
+    let manifest = File::open(manifest_path).map_err(|e| Error::io(manifest_path, "open manifest", e))?;
+    let mut manifest = BufReader::with_capacity(1 << 20, manifest);
+    let mut zeros = ZeroDigests::default();
+    let mut bad: Vec<BlockRef> = Vec::new();
+    let mut too_many = false;
+    let mut want = [0u8; 32];
+    hash_image(written.as_ref(), layout, &HashOptions::default(), |records| {
+        for r in records {
+            manifest.read_exact(&mut want).map_err(|e| Error::io(manifest_path, "read manifest", e))?;
+            if r.digest(&mut zeros).0 != want {
+                if bad.len() >= MAX_REPAIR_BLOCKS {
+                    too_many = true;
+                } else {
+                    bad.push(BlockRef { offset: r.offset, len: r.len, digest: Digest(want) });
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if too_many {
+        return Err(Error::Verification {
+            path: output.temp_path().to_path_buf(),
+            reason: format!("more than {MAX_REPAIR_BLOCKS} blocks differ from the source"),
+        });
+    }
+    let repaired = bad.len() as u64;
+    for round in 0..=REPAIR_ROUNDS {
+        if bad.is_empty() {
+            return Ok(repaired);
+        }
+        if round == REPAIR_ROUNDS {
+            break;
+        }
+        tracing::warn!("{} blocks differ from the source after writing; fetching them again", bad.len());
+        output.reopen()?;
+        repair(&bad, source, output)?;
+        let written = output.finish_writing()?;
+        let mut still_bad = Vec::new();
+        let mut buf = Vec::new();
+        for b in &bad {
+            buf.resize(b.len as usize, 0);
+            written.read_at(&mut buf, b.offset)?;
+            if Digest::of(&buf) != b.digest {
+                still_bad.push(*b);
+            }
+        }
+        bad = still_bad;
+    }
+    Err(Error::Verification {
+        path: output.temp_path().to_path_buf(),
+        reason: format!("{} blocks still differ from the source after {REPAIR_ROUNDS} repair rounds", bad.len()),
+    })
+}
+
+fn repair(bad: &[BlockRef], source: &mut dyn BlockSource, output: &OutputFile) -> Result<()> {
+    let (tx, rx) = bounded::<BlockRef>(bad.len().max(1));
+    for b in bad {
+        let _ = tx.send(*b);
+    }
+    drop(tx);
+    let name = source.name();
+    source.fetch(rx, &mut |b, data| {
+        if Digest::of(data) != b.digest {
+            return Err(Error::BlockSource { name: name.clone(), source: format!("block at offset {} does not match its digest", b.offset).into() });
+        }
+        output.write_at(data, b.offset)
+    })
+}
+
+/// The image digest of a finished image, for comparison with a source's.
+pub fn image_digest(image: &dyn Image, layout: &Layout) -> Result<Digest> {
+    Ok(hash_image(image, layout, &HashOptions::default(), |_| Ok(()))?.image_digest)
+}
