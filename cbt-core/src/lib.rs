@@ -46,3 +46,8 @@ pub use reconstruct::{
 mod estimate;
 
 pub use estimate::{estimate, Commonality, Estimate};
+
+// The README's library example is compiled and run as a doc test.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
