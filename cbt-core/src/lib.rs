@@ -41,7 +41,7 @@ mod reconstruct;
 
 pub use output::{temp_path_for, OutputFile, OutputFormat};
 pub use reconstruct::{
-    image_digest, reconstruct, BlockRef, BlockSource, ImageBlockSource, Progress, ReconstructOptions, Report,
+    image_digest, reconstruct, verify_output, write_manifest_entry, BlockRef, BlockSource, ImageBlockSource, Progress, ReconstructOptions, Report,
 };
 mod estimate;
 

@@ -238,7 +238,12 @@ pub fn reconstruct(
     let manifest_path = output.temp_path().with_extension("cbt-manifest");
     let result = (|| {
         let digest = assemble(layout, records, index, source, &output, &manifest_path, options, progress)?;
-        let repaired = verify(layout, &mut output, source, &manifest_path, options)?;
+        let repaired = if options.verify_readback {
+            verify_output(layout, &mut output, source, &manifest_path)?
+        } else {
+            output.finish_writing()?;
+            0
+        };
         Ok((digest, repaired))
     })();
     let _ = fs::remove_file(&manifest_path);
@@ -380,8 +385,7 @@ fn plan(
             }
         }
         digester.push(&r);
-        let digest = r.digest(&mut zeros);
-        manifest.write_all(&digest.0).map_err(|e| Error::io(manifest_path, "write manifest", e))?;
+        write_manifest_entry(&mut manifest, &r.digest(&mut zeros), manifest_path)?;
         if let Some(p) = progress {
             p.blocks_planned.fetch_add(1, Ordering::Relaxed);
         }
@@ -474,19 +478,17 @@ fn copy_local(
     Ok(())
 }
 
-/// Checks the written image against the manifest of source digests,
+/// Checks the written image against the manifest of source digests (a
+/// file of 32-byte block digests in layout order, see [`write_manifest_entry`]),
 /// repairing mismatching blocks from `source`. Returns the blocks repaired.
-fn verify(
+/// Leaves the output closed (ready for [`OutputFile::publish`]).
+pub fn verify_output(
     layout: &Layout,
     output: &mut OutputFile,
     source: &mut dyn BlockSource,
     manifest_path: &Path,
-    options: &ReconstructOptions,
 ) -> Result<u64> {
     let written = output.finish_writing()?;
-    if !options.verify_readback {
-        return Ok(0);
-    }
     let manifest = File::open(manifest_path).map_err(|e| Error::io(manifest_path, "open manifest", e))?;
     let mut manifest = BufReader::with_capacity(1 << 20, manifest);
     let mut zeros = ZeroDigests::default();
@@ -554,6 +556,11 @@ fn repair(bad: &[BlockRef], source: &mut dyn BlockSource, output: &OutputFile) -
         }
         output.write_at(data, b.offset)
     })
+}
+
+/// Appends one block digest to a verification manifest.
+pub fn write_manifest_entry(w: &mut impl Write, digest: &Digest, path: &Path) -> Result<()> {
+    w.write_all(&digest.0).map_err(|e| Error::io(path, "write manifest", e))
 }
 
 /// The image digest of a finished image, for comparison with a source's.
