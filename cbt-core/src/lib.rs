@@ -24,7 +24,7 @@ mod partition;
 pub use digest::{is_zero, Digest};
 pub use error::{Error, Result};
 pub use image::{
-    detect_format, open_image, parse_header, parse_snapshot_table, read_snapshot_table, Extent, ExtentScope, Image,
+    detect_format, list_snapshots, open_image, parse_header, parse_snapshot_table, read_snapshot_table, Extent, ExtentScope, Image,
     ImageFormat, ImageSpec, Qcow2Header, Qcow2Image, RawImage, SnapshotImage, SnapshotInfo, QCOW2_MAGIC,
 };
 pub use partition::{parse_partitions, read_partitions, Partition};

@@ -22,7 +22,7 @@ pub use qcow2::{backing_chain, Qcow2Image};
 pub(crate) use qcow2::read_header;
 pub use qcow2_header::{parse_header, Qcow2Header, QCOW2_MAGIC};
 pub use raw::RawImage;
-pub use snapshot::{parse_snapshot_table, read_snapshot_table, SnapshotImage, SnapshotInfo};
+pub use snapshot::{list_snapshots, parse_snapshot_table, read_snapshot_table, SnapshotImage, SnapshotInfo};
 
 /// A half-open byte range `[start, end)` of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

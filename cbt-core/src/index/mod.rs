@@ -117,6 +117,9 @@ pub struct IndexStats {
     pub bytes_hashed: u64,
 }
 
+/// One image's result: its description, bytes hashed, and (if kept) its sorted keys.
+type Indexed = (IndexedImage, u64, Option<Vec<u64>>);
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     key: u64,
@@ -176,8 +179,7 @@ impl Index {
         let shards: Vec<Mutex<ShardBuilder>> = (0..SHARDS)
             .map(|_| Mutex::new(ShardBuilder { entries: Vec::new(), compacted_len: 0 }))
             .collect();
-        let results: Vec<Mutex<Option<(IndexedImage, u64, Option<Vec<u64>>)>>> =
-            candidates.iter().map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Option<Indexed>>> = candidates.iter().map(|_| Mutex::new(None)).collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
         // Two images at a time: one hashing while the other waits on I/O; each
         // image's own pipeline already uses every core.
