@@ -250,19 +250,7 @@ impl Index {
                 }
             }
         }
-        let shards: Vec<Box<[Entry]>> = thread::scope(|s| {
-            let handles: Vec<_> = shards
-                .into_iter()
-                .map(|m| {
-                    s.spawn(move || {
-                        let mut b = m.into_inner().unwrap_or_else(|p| p.into_inner());
-                        b.compact();
-                        b.entries.into_boxed_slice()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-        });
+        let shards = finish_shards(shards);
         let unique_blocks: u64 = shards.iter().map(|s| s.len() as u64).sum();
         let memory_bytes = unique_blocks * std::mem::size_of::<Entry>() as u64
             + (SHARDS * std::mem::size_of::<Box<[Entry]>>()) as u64
@@ -356,6 +344,9 @@ fn cache_identity(c: &Candidate, canonical: &Path, block_size: u32) -> String {
 fn digests_for(c: &Candidate, options: &IndexOptions, cache: Option<&DigestCache>) -> Result<(ImageDigests, bool, u64)> {
     let stamp = FileStamp::of(&c.spec.path)?;
     let identity = cache_identity(c, &c.spec.path, options.block_size);
+    // A block device's size and mtime say nothing about its content: never cache it.
+    let is_file = std::fs::metadata(&c.spec.path).is_ok_and(|m| m.is_file());
+    let cache = cache.filter(|_| is_file);
     if let Some(cache) = cache {
         if let Some(d) = cache.load(&identity, &stamp, options.block_size) {
             return Ok((d, true, 0));
@@ -393,6 +384,34 @@ fn digests_for(c: &Candidate, options: &IndexOptions, cache: Option<&DigestCache
         }
     }
     Ok((digests, false, summary.bytes_read))
+}
+
+/// Sorts and deduplicates every shard, a few threads each taking a share.
+fn finish_shards(shards: Vec<Mutex<ShardBuilder>>) -> Vec<Box<[Entry]>> {
+    let workers = thread::available_parallelism().map_or(1, |n| n.get());
+    let mut slots: Vec<Mutex<Option<ShardBuilder>>> =
+        shards.into_iter().map(|m| Mutex::new(Some(m.into_inner().unwrap_or_else(|p| p.into_inner())))).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(slot) = slots.get(i) else { break };
+                if let Ok(mut guard) = slot.lock() {
+                    if let Some(b) = guard.as_mut() {
+                        b.compact();
+                    }
+                }
+            });
+        }
+    });
+    slots
+        .iter_mut()
+        .map(|slot| {
+            let b = slot.get_mut().ok().and_then(|b| b.take());
+            b.map(|b| b.entries.into_boxed_slice()).unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Adds an image's entries to the shards, compacting a shard whenever it
