@@ -116,28 +116,22 @@ pub fn copy(
     let mut source = ImageBlockSource::new(Arc::clone(&image));
     let hash_options = HashOptions { threads: config.threads, ..Default::default() };
 
-    let (tx, rx) = bounded::<cbt_core::Result<Vec<BlockRecord>>>(64);
+    let (tx, rx) = bounded::<Vec<BlockRecord>>(64);
     let report = thread::scope(|s| -> anyhow::Result<Report> {
         let hasher = s.spawn(|| {
-            let sent = hash_image(image.as_ref(), &layout, &hash_options, |records| {
-                tx.send(Ok(records.to_vec())).map_err(|_| cbt_core::Error::Config("receiver stopped".into()))
+            // On error the channel just closes; the error itself is reported below.
+            let summary = hash_image(image.as_ref(), &layout, &hash_options, |records| {
+                tx.send(records.to_vec()).map_err(|_| cbt_core::Error::Stopped("copy stopped".into()))
             });
-            if let Err(e) = &sent {
-                let _ = tx.send(Err(cbt_core::Error::Config(e.to_string())));
-            }
             drop(tx);
-            sent
+            summary
         });
-        let records = rx.iter().flat_map(|batch| -> Box<dyn Iterator<Item = cbt_core::Result<BlockRecord>>> {
-            match batch {
-                Ok(v) => Box::new(v.into_iter().map(Ok)),
-                Err(e) => Box::new(std::iter::once(Err(e))),
-            }
-        });
+        let records = rx.iter().flat_map(|batch| batch.into_iter().map(Ok));
         let result = reconstruct(&layout, records, &index, &mut source, dst, options, None);
         let summary = hasher.join().map_err(|_| anyhow::anyhow!("hashing thread panicked"))?;
+        // A failure to read the source explains any failure of the reconstruction.
+        let summary = summary.with_context(|| format!("reading {spec}"))?;
         let report = result?;
-        let summary = summary?;
         if summary.image_digest.to_hex() != report.image_digest {
             bail!("internal error: source digest changed during the copy");
         }

@@ -105,7 +105,7 @@ pub fn run(config: &Config, dir: Option<&Path>, size_mib: u64) -> anyhow::Result
     let spec = ImageSpec::file(&new_img);
     let mut options = config.index.clone();
     options.cache_dir = None;
-    let index = Index::build_with_per_image(&[seeds_dir.clone()], &options)?;
+    let index = Index::build_with_per_image(std::slice::from_ref(&seeds_dir), &options)?;
     let est = cbt_core::estimate(open_image(&spec)?.as_ref(), &spec, &index, config.threads)?;
     println!(
         "estimate: the destination already holds {:.1}% of the new image's {} non-zero blocks; {} of {} bytes would cross the link",

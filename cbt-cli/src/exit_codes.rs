@@ -32,6 +32,7 @@ impl Exit {
                     cbt_core::Error::Io { .. } => Exit::Io,
                     cbt_core::Error::Verification { .. } => Exit::Verification,
                     cbt_core::Error::Config(_) => Exit::Usage,
+                    cbt_core::Error::Stopped(_) => continue,
                     _ => Exit::Failure,
                 };
             }

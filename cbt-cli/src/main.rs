@@ -27,9 +27,15 @@ fn main() -> ExitCode {
                 return Exit::Ok.into();
             }
             let mut stderr = std::io::stderr().lock();
-            let _ = write!(stderr, "cbt: error: {err}");
+            let mut shown = err.to_string();
+            let _ = write!(stderr, "cbt: error: {shown}");
             for cause in err.chain().skip(1) {
-                let _ = write!(stderr, "\n  caused by: {cause}");
+                // Library errors already end with their cause; do not say it twice.
+                let text = cause.to_string();
+                if !shown.ends_with(&text) {
+                    let _ = write!(stderr, "\n  caused by: {text}");
+                }
+                shown = text;
             }
             let _ = writeln!(stderr);
             Exit::of(&err).into()

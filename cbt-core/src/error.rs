@@ -65,6 +65,14 @@ pub enum Error {
         /// The underlying cause.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Work stopped because another stage failed or the consumer went away
+    /// (the other stage's error is the one to report).
+    #[error("stopped: {0}")]
+    Stopped(String),
+    /// Inconsistent input from a caller or peer (records that do not match
+    /// the layout, a block that does not hash to its digest).
+    #[error("{0}")]
+    Protocol(String),
     /// The assembled image does not match the source after repair attempts.
     #[error("{path}: verification failed: {reason}")]
     Verification {

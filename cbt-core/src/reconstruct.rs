@@ -364,7 +364,7 @@ fn plan(
     counters: &Counters,
     progress: Option<&Progress>,
 ) -> Result<()> {
-    let stopped = || Error::Config("stopped".into());
+    let stopped = || Error::Stopped("reconstruction stopped".into());
     let manifest = File::create(manifest_path).map_err(|e| Error::io(manifest_path, "create manifest", e))?;
     let mut manifest = BufWriter::with_capacity(1 << 20, manifest);
     let mut zeros = ZeroDigests::default();
@@ -378,7 +378,7 @@ fn plan(
         match expected.next() {
             Some(b) if b.offset == r.offset && b.len == r.len => {}
             other => {
-                return Err(Error::Config(format!(
+                return Err(Error::Protocol(format!(
                     "source block record {}+{} does not match the layout (expected {other:?})",
                     r.offset, r.len
                 )))
@@ -413,7 +413,7 @@ fn plan(
         local_tx.send(done).map_err(|_| stopped())?;
     }
     if expected.next().is_some() {
-        return Err(Error::Config("the source's block records ended before the image did".into()));
+        return Err(Error::Protocol("the source's block records ended before the image did".into()));
     }
     manifest.flush().map_err(|e| Error::io(manifest_path, "write manifest", e))?;
     Ok(())

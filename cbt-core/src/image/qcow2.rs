@@ -125,6 +125,23 @@ impl Qcow2Image {
         })
     }
 
+    /// A data cluster must start inside its file: imago (like qemu) would
+    /// read the missing part as zeros, silently turning a truncated image
+    /// into a different one. (Only the file's last cluster may be short.)
+    fn check_in_file(&self, storage: &ImagoFile, host_offset: u64, len: u64, guest: u64) -> Result<()> {
+        use imago::Storage;
+        let file_len = storage.size().map_err(|e| Error::io(&self.path, "stat", e))?;
+        if host_offset.saturating_add(len) > file_len.saturating_add(self.header.cluster_size()) {
+            return Err(Error::malformed(
+                &self.path,
+                format!(
+                    "data for guest offset {guest} ({len} bytes at file offset {host_offset}) lies past the end of the file ({file_len} bytes): truncated image?"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The checked header.
     pub fn header(&self) -> &Qcow2Header {
         &self.header
@@ -158,6 +175,9 @@ impl Image for Qcow2Image {
                         .access
                         .get_shallow_mapping(pos, end - pos)
                         .map_err(|e| Error::io(&self.path, "read qcow2 mapping", e))?;
+                    if let ShallowMapping::Raw { storage, offset, .. } = &m {
+                        self.check_in_file(storage, *offset, len, pos)?;
+                    }
                     let data = matches!(m, ShallowMapping::Raw { .. } | ShallowMapping::Special { .. });
                     (data, len)
                 }
@@ -166,6 +186,9 @@ impl Image for Qcow2Image {
                         .access
                         .get_mapping(pos, end - pos)
                         .map_err(|e| Error::io(&self.path, "read qcow2 mapping", e))?;
+                    if let imago::Mapping::Raw { storage, offset, .. } = &m {
+                        self.check_in_file(storage, *offset, len, pos)?;
+                    }
                     let data = matches!(m, imago::Mapping::Raw { .. } | imago::Mapping::Special { .. });
                     (data, len)
                 }
