@@ -1,17 +1,20 @@
 //! The hashing pipeline: named stages joined by bounded channels.
 //!
 //! ```text
-//! reader ──batches──▶ hasher × N ──hashed batches──▶ in-order output (caller's thread)
-//!    ▲                                                        │
-//!    └──────────────── free buffers (bounded pool) ◀──────────┘
+//! planner ──batches──▶ reader+hasher × N ──hashed batches──▶ in-order output (caller's thread)
+//!                            ▲                                        │
+//!                            └────────── free buffers (bounded pool) ◀┘
 //! ```
 //!
-//! The reader walks the layout in batches of contiguous blocks, asks the
-//! image which parts hold data and reads only those; blocks in holes are
-//! zero without a read. Hashers recognise all-zero blocks without hashing
-//! them. The output stage restores disk order and hands each batch of
-//! [`BlockRecord`]s to the caller. Memory is bounded by the buffer pool,
-//! whatever the image size.
+//! The planner walks the layout in batches of contiguous blocks and asks
+//! the image which parts hold data; blocks in holes are zero without a
+//! read. Each worker takes a buffer from the pool, then a batch, reads the
+//! batch's data and hashes it on the same core (one copy out of the page
+//! cache, no hand-off of the data between cores), recognising all-zero
+//! blocks without hashing them. The output stage restores disk order and
+//! hands each batch of [`BlockRecord`]s to the caller. Memory is bounded by
+//! the buffer pool, whatever the image size; a worker takes its buffer
+//! before its batch, so the batch the output waits for always has one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::thread;
@@ -145,11 +148,10 @@ pub struct HashSummary {
 struct Batch {
     seq: u64,
     blocks: Vec<BlockSpan>,
-    /// Per block: whether it was read (false: in a hole, known zero).
+    /// Per block: whether it must be read (false: in a hole, known zero).
     read: Vec<bool>,
-    /// Offset of `buf[0]` in the image; `buf` covers the read blocks.
-    buf_offset: u64,
-    buf: Vec<u8>,
+    /// The byte range covering the blocks to read, if any.
+    span: Option<(u64, usize)>,
 }
 
 struct Hashed {
@@ -185,6 +187,7 @@ pub fn hash_image(
         let _ = free_tx.send(Vec::with_capacity(BATCH_BYTES));
     }
 
+    let bytes_read = std::sync::atomic::AtomicU64::new(0);
     let mut digester = ImageDigester::new(layout);
     let mut summary = HashSummary {
         blocks: 0,
@@ -195,27 +198,30 @@ pub fn hash_image(
     };
 
     thread::scope(|s| -> Result<()> {
-        let reader_errors = hashed_tx.clone();
-        let reader = thread::Builder::new()
-            .name("cbt-reader".into())
+        let planner_errors = hashed_tx.clone();
+        let planner = thread::Builder::new()
+            .name("cbt-planner".into())
             .spawn_scoped(s, move || {
-                match read_stage(image, layout, options.scope, &free_rx, &to_hash_tx) {
-                    Ok(stats) => stats,
+                match plan_stage(image, layout, options.scope, &to_hash_tx) {
+                    Ok(skipped) => skipped,
                     Err(e) => {
-                        let _ = reader_errors.send(Err(e));
-                        (0, 0)
+                        let _ = planner_errors.send(Err(e));
+                        0
                     }
                 }
             })
-            .map_err(|e| Error::io(image.path(), "spawn reader thread", e))?;
+            .map_err(|e| Error::io(image.path(), "spawn planner thread", e))?;
         for i in 0..hashers {
             let rx = to_hash_rx.clone();
             let tx = hashed_tx.clone();
+            let free = free_rx.clone();
+            let bytes_read = &bytes_read;
             thread::Builder::new()
                 .name(format!("cbt-hasher-{i}"))
-                .spawn_scoped(s, move || hash_stage(&rx, &tx))
+                .spawn_scoped(s, move || hash_stage(image, &free, &rx, &tx, bytes_read))
                 .map_err(|e| Error::io(image.path(), "spawn hasher thread", e))?;
         }
+        drop(free_rx);
         drop(to_hash_rx);
         drop(hashed_tx);
 
@@ -244,9 +250,8 @@ pub fn hash_image(
         // On error, dropping the receivers makes every stage stop at its next send.
         drop(hashed_rx);
         drop(free_tx);
-        let (skipped, read) = reader.join().unwrap_or((0, 0));
-        summary.skipped_blocks = skipped;
-        summary.bytes_read = read;
+        summary.skipped_blocks = planner.join().unwrap_or(0);
+        summary.bytes_read = bytes_read.load(std::sync::atomic::Ordering::Relaxed);
         result
     })?;
 
@@ -262,16 +267,10 @@ pub fn hash_image(
     Ok(summary)
 }
 
-/// The reader: groups blocks into batches, reads only what may hold data.
-/// Returns the number of blocks skipped as holes and the bytes read.
-fn read_stage(
-    image: &dyn Image,
-    layout: &Layout,
-    scope: ExtentScope,
-    free: &Receiver<Vec<u8>>,
-    out: &Sender<Batch>,
-) -> Result<(u64, u64)> {
-    let (mut skipped, mut bytes_read) = (0u64, 0u64);
+/// The planner: groups blocks into batches and marks the ones that may
+/// hold data. Returns the number of blocks skipped as holes.
+fn plan_stage(image: &dyn Image, layout: &Layout, scope: ExtentScope, out: &Sender<Batch>) -> Result<u64> {
+    let mut skipped = 0u64;
     let mut extents = ExtentCursor::new(image, scope);
     let mut seq = 0u64;
     let mut blocks = layout.blocks().peekable();
@@ -291,38 +290,53 @@ fn read_stage(
             read.push(extents.has_data(b.offset, b.offset + u64::from(b.len))?);
         }
         skipped += read.iter().filter(|&&r| !r).count() as u64;
-        let Ok(mut buf) = free.recv() else { return Ok((skipped, bytes_read)) };
-        let first = read.iter().position(|&r| r);
-        let last = read.iter().rposition(|&r| r);
-        let mut buf_offset = 0;
-        buf.clear();
-        if let (Some(f), Some(l)) = (first, last) {
-            buf_offset = batch_blocks[f].offset;
-            let end = batch_blocks[l].offset + u64::from(batch_blocks[l].len);
-            buf.resize((end - buf_offset) as usize, 0);
-            image.read_at(&mut buf, buf_offset)?;
-            bytes_read += buf.len() as u64;
-        }
-        let batch = Batch { seq, blocks: batch_blocks, read, buf_offset, buf };
-        if out.send(batch).is_err() {
+        let span = match (read.iter().position(|&r| r), read.iter().rposition(|&r| r)) {
+            (Some(f), Some(l)) => {
+                let start = batch_blocks[f].offset;
+                let end = batch_blocks[l].offset + u64::from(batch_blocks[l].len);
+                Some((start, (end - start) as usize))
+            }
+            _ => None,
+        };
+        if out.send(Batch { seq, blocks: batch_blocks, read, span }).is_err() {
             break;
         }
         seq += 1;
     }
-    Ok((skipped, bytes_read))
+    Ok(skipped)
 }
 
-/// A hasher: turns a batch into records.
-fn hash_stage(input: &Receiver<Batch>, output: &Sender<Result<Hashed>>) {
-    for batch in input {
+/// A worker: takes a buffer, then a batch; reads the batch's data and
+/// turns it into records.
+fn hash_stage(
+    image: &dyn Image,
+    free: &Receiver<Vec<u8>>,
+    input: &Receiver<Batch>,
+    output: &Sender<Result<Hashed>>,
+    bytes_read: &std::sync::atomic::AtomicU64,
+) {
+    loop {
+        let Ok(mut buf) = free.recv() else { return };
+        let Ok(batch) = input.recv() else { return };
+        buf.clear();
+        let mut buf_offset = 0;
+        if let Some((start, len)) = batch.span {
+            buf.resize(len, 0);
+            if let Err(e) = image.read_at(&mut buf, start) {
+                let _ = output.send(Err(e));
+                return;
+            }
+            buf_offset = start;
+            bytes_read.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         let records = batch
             .blocks
             .iter()
             .zip(&batch.read)
             .map(|(b, &was_read)| {
                 let kind = if was_read {
-                    let start = (b.offset - batch.buf_offset) as usize;
-                    let data = &batch.buf[start..start + b.len as usize];
+                    let start = (b.offset - buf_offset) as usize;
+                    let data = &buf[start..start + b.len as usize];
                     if is_zero(data) {
                         BlockKind::Zero
                     } else {
@@ -334,7 +348,7 @@ fn hash_stage(input: &Receiver<Batch>, output: &Sender<Result<Hashed>>) {
                 BlockRecord { offset: b.offset, len: b.len, kind }
             })
             .collect();
-        if output.send(Ok(Hashed { seq: batch.seq, records, buf: batch.buf })).is_err() {
+        if output.send(Ok(Hashed { seq: batch.seq, records, buf })).is_err() {
             return;
         }
     }
