@@ -98,7 +98,10 @@ pub fn run(config: &Config, dir: Option<&Path>, size_mib: u64) -> anyhow::Result
     let seed_img = seeds_dir.join("seed.img");
     let new_img = dir.join("new.img");
     let out_img = dir.join("copy.qcow2");
-    println!("generating sample images in {} ({size_mib} MiB each)...", dir.display());
+    println!(
+        "generating sample images in {} ({size_mib} MiB each)...",
+        dir.display()
+    );
     write_image(&seed_img, size, &seed_files)?;
     write_image(&new_img, size, &new_files)?;
 
@@ -117,7 +120,11 @@ pub fn run(config: &Config, dir: Option<&Path>, size_mib: u64) -> anyhow::Result
 
     let mut copy_config = config.clone();
     copy_config.index.cache_dir = None;
-    let reconstruct = ReconstructOptions { format: OutputFormat::Qcow2, threads: config.threads, verify_readback: true };
+    let reconstruct = ReconstructOptions {
+        format: OutputFormat::Qcow2,
+        threads: config.threads,
+        verify_readback: true,
+    };
     let (report, _) = crate::commands::copy(&copy_config, &spec, &out_img, &[seeds_dir], &reconstruct)?;
     let full = report.image_bytes;
     println!(

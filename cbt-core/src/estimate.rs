@@ -54,13 +54,21 @@ pub struct Estimate {
 pub fn estimate(source: &dyn Image, spec: &ImageSpec, index: &Index, threads: usize) -> Result<Estimate> {
     let layout = Layout::detect(source, index.block_size())?;
     let mut blocks: Vec<(u64, u32)> = Vec::new();
-    let summary = hash_image(source, &layout, &HashOptions { threads, ..Default::default() }, |records| {
-        blocks.extend(records.iter().filter_map(|r| match r.kind {
-            BlockKind::Data(d) => Some((d.short(), r.len)),
-            BlockKind::Zero => None,
-        }));
-        Ok(())
-    })?;
+    let summary = hash_image(
+        source,
+        &layout,
+        &HashOptions {
+            threads,
+            ..Default::default()
+        },
+        |records| {
+            blocks.extend(records.iter().filter_map(|r| match r.kind {
+                BlockKind::Data(d) => Some((d.short(), r.len)),
+                BlockKind::Zero => None,
+            }));
+            Ok(())
+        },
+    )?;
     let bytes_nonzero: u64 = blocks.iter().map(|b| u64::from(b.1)).sum();
     let measure = |path: Option<String>, holds: &dyn Fn(u64) -> bool| {
         let (mut found, mut missing) = (0u64, 0u64);
@@ -73,7 +81,11 @@ pub fn estimate(source: &dyn Image, spec: &ImageSpec, index: &Index, threads: us
         }
         Commonality {
             path,
-            found_fraction: if blocks.is_empty() { 1.0 } else { found as f64 / blocks.len() as f64 },
+            found_fraction: if blocks.is_empty() {
+                1.0
+            } else {
+                found as f64 / blocks.len() as f64
+            },
             blocks_found: found,
             bytes_missing: missing,
         }
@@ -81,7 +93,9 @@ pub fn estimate(source: &dyn Image, spec: &ImageSpec, index: &Index, threads: us
     let union = measure(None, &|k| index.lookup_key(k).is_some());
 
     let images = index.images();
-    let workers = thread::available_parallelism().map_or(1, |n| n.get()).min(images.len().max(1));
+    let workers = thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(images.len().max(1));
     let mut candidates: Vec<Commonality> = thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
@@ -94,15 +108,24 @@ pub fn estimate(source: &dyn Image, spec: &ImageSpec, index: &Index, threads: us
                             if images[i].blocks == 0 {
                                 return None;
                             }
-                            Some(measure(Some(images[i].spec.to_string()), &|k| keys.binary_search(&k).is_ok()))
+                            Some(measure(Some(images[i].spec.to_string()), &|k| {
+                                keys.binary_search(&k).is_ok()
+                            }))
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
     });
-    candidates.sort_by(|a, b| a.bytes_missing.cmp(&b.bytes_missing).then_with(|| a.path.cmp(&b.path)));
+    candidates.sort_by(|a, b| {
+        a.bytes_missing
+            .cmp(&b.bytes_missing)
+            .then_with(|| a.path.cmp(&b.path))
+    });
     Ok(Estimate {
         source: spec.to_string(),
         image_bytes: source.len(),

@@ -78,15 +78,31 @@ impl Layout {
                 continue;
             }
             if start > pos {
-                regions.push(Region { start: pos, end: start, base: 0 });
+                regions.push(Region {
+                    start: pos,
+                    end: start,
+                    base: 0,
+                });
             }
-            regions.push(Region { start, end, base: start });
+            regions.push(Region {
+                start,
+                end,
+                base: start,
+            });
             pos = end;
         }
         if pos < len {
-            regions.push(Region { start: pos, end: len, base: 0 });
+            regions.push(Region {
+                start: pos,
+                end: len,
+                base: 0,
+            });
         }
-        Ok(Layout { block_size, len, regions })
+        Ok(Layout {
+            block_size,
+            len,
+            regions,
+        })
     }
 
     /// Reads `image`'s partition table and builds its layout.
@@ -109,7 +125,11 @@ impl Layout {
         if pos != len {
             return Err(Error::Config(format!("layout covers {pos} bytes of {len}")));
         }
-        Ok(Layout { block_size, len, regions })
+        Ok(Layout {
+            block_size,
+            len,
+            regions,
+        })
     }
 
     /// The block size.
@@ -154,7 +174,10 @@ impl Layout {
                 }
                 let next_boundary = r.base + ((pos - r.base) / bs + 1) * bs;
                 let end = next_boundary.min(r.end);
-                let span = BlockSpan { offset: pos, len: (end - pos) as u32 };
+                let span = BlockSpan {
+                    offset: pos,
+                    len: (end - pos) as u32,
+                };
                 pos = end;
                 Some(span)
             })
@@ -184,7 +207,13 @@ mod tests {
         let l = Layout::flat(10_000, 4096).unwrap();
         let v: Vec<_> = l.blocks().collect();
         assert_eq!(v.len(), 3);
-        assert_eq!(v[2], BlockSpan { offset: 8192, len: 1808 });
+        assert_eq!(
+            v[2],
+            BlockSpan {
+                offset: 8192,
+                len: 1808
+            }
+        );
         check_tiles(&l);
         check_tiles(&Layout::flat(0, 4096).unwrap());
         check_tiles(&Layout::flat(8192, 4096).unwrap());
@@ -192,14 +221,29 @@ mod tests {
 
     #[test]
     fn partition_at_sector_63() {
-        let p = Partition { start: 63 * 512, len: 100 * 4096 };
+        let p = Partition {
+            start: 63 * 512,
+            len: 100 * 4096,
+        };
         let l = Layout::with_partitions(1 << 20, 4096, &[p]).unwrap();
         check_tiles(&l);
         let v: Vec<_> = l.blocks().collect();
         // gap [0, 32256): 7 full blocks + one short one
-        assert_eq!(v[7], BlockSpan { offset: 28672, len: 32256 - 28672 });
+        assert_eq!(
+            v[7],
+            BlockSpan {
+                offset: 28672,
+                len: 32256 - 28672
+            }
+        );
         // partition blocks aligned to its start
-        assert_eq!(v[8], BlockSpan { offset: 32256, len: 4096 });
+        assert_eq!(
+            v[8],
+            BlockSpan {
+                offset: 32256,
+                len: 4096
+            }
+        );
         assert_eq!(v[9].offset, 32256 + 4096);
         assert!(v.iter().any(|b| b.offset == 32256 + 100 * 4096));
     }
@@ -210,18 +254,47 @@ mod tests {
         assert!(check_block_size(256).is_err());
         assert!(check_block_size(2 << 20).is_err());
         assert!(check_block_size(512).is_ok());
-        assert!(Layout::from_regions(100, 4096, vec![Region { start: 0, end: 50, base: 0 }]).is_err());
-        let ok = Layout::with_partitions(1 << 20, 512, &[Partition { start: 4096, len: 8192 }]).unwrap();
+        assert!(Layout::from_regions(
+            100,
+            4096,
+            vec![Region {
+                start: 0,
+                end: 50,
+                base: 0
+            }]
+        )
+        .is_err());
+        let ok = Layout::with_partitions(
+            1 << 20,
+            512,
+            &[Partition {
+                start: 4096,
+                len: 8192,
+            }],
+        )
+        .unwrap();
         check_tiles(&ok);
-        assert_eq!(Layout::from_regions(1 << 20, 512, ok.regions().to_vec()).unwrap(), ok);
+        assert_eq!(
+            Layout::from_regions(1 << 20, 512, ok.regions().to_vec()).unwrap(),
+            ok
+        );
     }
 
     #[test]
     fn odd_partitions_tile() {
         let parts = [
-            Partition { start: 63 * 512, len: 12345 * 512 },
-            Partition { start: 63 * 512 + 12345 * 512, len: 777 },
-            Partition { start: 40 << 20, len: 100 << 20 },
+            Partition {
+                start: 63 * 512,
+                len: 12345 * 512,
+            },
+            Partition {
+                start: 63 * 512 + 12345 * 512,
+                len: 777,
+            },
+            Partition {
+                start: 40 << 20,
+                len: 100 << 20,
+            },
         ];
         for bs in [512, 4096, 65536, 1 << 20] {
             check_tiles(&Layout::with_partitions(64 << 20, bs, &parts).unwrap());

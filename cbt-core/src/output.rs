@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
-use imago::{DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Storage, StorageCreateOptions};
+use imago::{
+    DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Storage,
+    StorageCreateOptions,
+};
 
 use crate::error::{Error, Result};
 use crate::image::{Image, Qcow2Image, RawImage};
@@ -42,14 +45,19 @@ pub struct OutputFile {
 
 impl std::fmt::Debug for OutputFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutputFile").field("temp_path", &self.temp_path).finish()
+        f.debug_struct("OutputFile")
+            .field("temp_path", &self.temp_path)
+            .finish()
     }
 }
 
 /// The temporary path used while writing `final_path`: hidden, in the same
 /// directory (so the final rename is atomic), recognisable for resume.
 pub fn temp_path_for(final_path: &Path) -> PathBuf {
-    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     final_path.with_file_name(format!(".{name}.cbt-partial"))
 }
 
@@ -66,12 +74,16 @@ impl OutputFile {
                     .truncate(true)
                     .open(&temp_path)
                     .map_err(|e| Error::io(&temp_path, "create output", e))?;
-                f.set_len(len).map_err(|e| Error::io(&temp_path, "size output", e))?;
+                f.set_len(len)
+                    .map_err(|e| Error::io(&temp_path, "size output", e))?;
                 Writer::Raw(f)
             }
             OutputFormat::Qcow2 => {
                 let storage = ImagoFile::create_open(
-                    StorageCreateOptions::new().filename(&temp_path).size(0).overwrite(true),
+                    StorageCreateOptions::new()
+                        .filename(&temp_path)
+                        .size(0)
+                        .overwrite(true),
                 )
                 .map_err(|e| Error::io(&temp_path, "create output", e))?;
                 let qcow2 = Qcow2::<ImagoFile>::create_builder(storage)
@@ -83,7 +95,13 @@ impl OutputFile {
                 Writer::Qcow2(Box::new(FormatAccess::new(qcow2)))
             }
         };
-        Ok(OutputFile { final_path: final_path.to_path_buf(), temp_path, format, writer: Some(writer), len })
+        Ok(OutputFile {
+            final_path: final_path.to_path_buf(),
+            temp_path,
+            format,
+            writer: Some(writer),
+            len,
+        })
     }
 
     /// The temporary path being written.
@@ -117,10 +135,14 @@ impl OutputFile {
     /// for reading (to verify it).
     pub fn finish_writing(&mut self) -> Result<Arc<dyn Image>> {
         match self.writer.take() {
-            Some(Writer::Raw(f)) => f.sync_all().map_err(|e| Error::io(&self.temp_path, "sync output", e))?,
+            Some(Writer::Raw(f)) => f
+                .sync_all()
+                .map_err(|e| Error::io(&self.temp_path, "sync output", e))?,
             Some(Writer::Qcow2(q)) => {
-                q.flush().map_err(|e| Error::io(&self.temp_path, "flush output", e))?;
-                q.sync().map_err(|e| Error::io(&self.temp_path, "sync output", e))?;
+                q.flush()
+                    .map_err(|e| Error::io(&self.temp_path, "flush output", e))?;
+                q.sync()
+                    .map_err(|e| Error::io(&self.temp_path, "sync output", e))?;
             }
             None => {}
         }
@@ -157,9 +179,14 @@ impl OutputFile {
     /// sync of the directory so the rename survives a crash).
     pub fn publish(mut self) -> Result<PathBuf> {
         self.finish_writing()?;
-        fs::rename(&self.temp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, "rename output", e))?;
+        fs::rename(&self.temp_path, &self.final_path)
+            .map_err(|e| Error::io(&self.final_path, "rename output", e))?;
         if let Some(dir) = self.final_path.parent() {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
             }

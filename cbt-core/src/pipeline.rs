@@ -68,7 +68,10 @@ pub struct ZeroDigests(HashMap<u32, Digest>);
 impl ZeroDigests {
     /// The digest of `len` zero bytes.
     pub fn get(&mut self, len: u32) -> Digest {
-        *self.0.entry(len).or_insert_with(|| Digest::of_zeros(len as usize))
+        *self
+            .0
+            .entry(len)
+            .or_insert_with(|| Digest::of_zeros(len as usize))
     }
 }
 
@@ -89,7 +92,10 @@ impl ImageDigester {
         hasher.update(b"cbt image digest v1");
         hasher.update(&layout.len().to_le_bytes());
         hasher.update(&layout.block_size().to_le_bytes());
-        ImageDigester { hasher, zeros: ZeroDigests::default() }
+        ImageDigester {
+            hasher,
+            zeros: ZeroDigests::default(),
+        }
     }
 
     /// Adds the next block, in disk order.
@@ -115,7 +121,10 @@ pub struct HashOptions {
 
 impl Default for HashOptions {
     fn default() -> Self {
-        HashOptions { threads: 0, scope: ExtentScope::All }
+        HashOptions {
+            threads: 0,
+            scope: ExtentScope::All,
+        }
     }
 }
 
@@ -298,7 +307,15 @@ fn plan_stage(image: &dyn Image, layout: &Layout, scope: ExtentScope, out: &Send
             }
             _ => None,
         };
-        if out.send(Batch { seq, blocks: batch_blocks, read, span }).is_err() {
+        if out
+            .send(Batch {
+                seq,
+                blocks: batch_blocks,
+                read,
+                span,
+            })
+            .is_err()
+        {
             break;
         }
         seq += 1;
@@ -345,10 +362,21 @@ fn hash_stage(
                 } else {
                     BlockKind::Zero
                 };
-                BlockRecord { offset: b.offset, len: b.len, kind }
+                BlockRecord {
+                    offset: b.offset,
+                    len: b.len,
+                    kind,
+                }
             })
             .collect();
-        if output.send(Ok(Hashed { seq: batch.seq, records, buf })).is_err() {
+        if output
+            .send(Ok(Hashed {
+                seq: batch.seq,
+                records,
+                buf,
+            }))
+            .is_err()
+        {
             return;
         }
     }
@@ -366,7 +394,13 @@ struct ExtentCursor<'a> {
 
 impl<'a> ExtentCursor<'a> {
     fn new(image: &'a dyn Image, scope: ExtentScope) -> Self {
-        ExtentCursor { image, scope, window_end: 0, extents: Vec::new(), at: 0 }
+        ExtentCursor {
+            image,
+            scope,
+            window_end: 0,
+            extents: Vec::new(),
+            at: 0,
+        }
     }
 
     fn has_data(&mut self, start: u64, end: u64) -> Result<bool> {
@@ -422,7 +456,10 @@ mod tests {
         let mut first_digest = None;
         for threads in [1, 2, 5] {
             let mut got = Vec::new();
-            let opts = HashOptions { threads, ..Default::default() };
+            let opts = HashOptions {
+                threads,
+                ..Default::default()
+            };
             let summary = hash_image(&img, &layout, &opts, |r| {
                 got.extend_from_slice(r);
                 Ok(())
@@ -432,10 +469,17 @@ mod tests {
             for (r, b) in got.iter().zip(layout.blocks()) {
                 assert_eq!((r.offset, r.len), (b.offset, b.len));
                 let content = &data[b.offset as usize..(b.offset + u64::from(b.len)) as usize];
-                let want = if is_zero(content) { BlockKind::Zero } else { BlockKind::Data(Digest::of(content)) };
+                let want = if is_zero(content) {
+                    BlockKind::Zero
+                } else {
+                    BlockKind::Data(Digest::of(content))
+                };
                 assert_eq!(r.kind, want, "block at {}", r.offset);
             }
-            assert_eq!(*first_digest.get_or_insert(summary.image_digest), summary.image_digest);
+            assert_eq!(
+                *first_digest.get_or_insert(summary.image_digest),
+                summary.image_digest
+            );
             assert!(summary.bytes_read < len, "holes were read");
         }
     }

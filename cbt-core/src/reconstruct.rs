@@ -57,7 +57,11 @@ pub trait BlockSource: Send {
     /// Fetches every block that arrives on `wanted` until the channel
     /// closes, calling `deliver` with each block's content as it arrives
     /// (in any order). Implementations may keep many requests in flight.
-    fn fetch(&mut self, wanted: Receiver<BlockRef>, deliver: &mut dyn FnMut(BlockRef, &[u8]) -> Result<()>) -> Result<()>;
+    fn fetch(
+        &mut self,
+        wanted: Receiver<BlockRef>,
+        deliver: &mut dyn FnMut(BlockRef, &[u8]) -> Result<()>,
+    ) -> Result<()>;
 }
 
 /// A [`BlockSource`] that reads the missing blocks from a local image.
@@ -84,7 +88,11 @@ impl BlockSource for ImageBlockSource {
         self.image.label()
     }
 
-    fn fetch(&mut self, wanted: Receiver<BlockRef>, deliver: &mut dyn FnMut(BlockRef, &[u8]) -> Result<()>) -> Result<()> {
+    fn fetch(
+        &mut self,
+        wanted: Receiver<BlockRef>,
+        deliver: &mut dyn FnMut(BlockRef, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         let mut buf = Vec::new();
         for b in wanted {
             buf.resize(b.len as usize, 0);
@@ -111,7 +119,11 @@ pub struct ReconstructOptions {
 
 impl Default for ReconstructOptions {
     fn default() -> Self {
-        ReconstructOptions { format: OutputFormat::Raw, threads: 0, verify_readback: true }
+        ReconstructOptions {
+            format: OutputFormat::Raw,
+            threads: 0,
+            verify_readback: true,
+        }
     }
 }
 
@@ -170,7 +182,9 @@ impl LocalRun {
 
     /// True if `b` found at `loc` continues this run.
     fn extends(&self, b: &BlockRef, loc: Location) -> bool {
-        let Some(last) = self.blocks.last() else { return false };
+        let Some(last) = self.blocks.last() else {
+            return false;
+        };
         let run_len = last.offset + u64::from(last.len) - self.blocks[0].offset;
         loc.image == self.image
             && b.offset == last.offset + u64::from(last.len)
@@ -237,7 +251,16 @@ pub fn reconstruct(
     let mut output = OutputFile::create(output_path, options.format, layout.len())?;
     let manifest_path = output.temp_path().with_extension("cbt-manifest");
     let result = (|| {
-        let digest = assemble(layout, records, index, source, &output, &manifest_path, options, progress)?;
+        let digest = assemble(
+            layout,
+            records,
+            index,
+            source,
+            &output,
+            &manifest_path,
+            options,
+            progress,
+        )?;
         let repaired = if options.verify_readback {
             verify_output(layout, &mut output, source, &manifest_path)?
         } else {
@@ -301,43 +324,60 @@ fn assemble(
             let rx = local_rx.clone();
             let wanted = wanted_tx.clone();
             let (failure, counters) = (&failure, &counters);
-            let spawned = thread::Builder::new().name(format!("cbt-local-{i}")).spawn_scoped(s, move || {
-                if let Err(e) = copy_local(&rx, &wanted, index, output, counters, progress) {
-                    failure.set(e);
-                }
-            });
+            let spawned = thread::Builder::new()
+                .name(format!("cbt-local-{i}"))
+                .spawn_scoped(s, move || {
+                    if let Err(e) = copy_local(&rx, &wanted, index, output, counters, progress) {
+                        failure.set(e);
+                    }
+                });
             if let Err(e) = spawned {
                 failure.set(Error::io(output.temp_path(), "spawn copier thread", e));
             }
         }
         drop(local_rx);
         let (failure_ref, counters_ref) = (&failure, &counters);
-        let spawned = thread::Builder::new().name("cbt-fetch".into()).spawn_scoped(s, move || {
-            let name = source.name();
-            let mut deliver = |b: BlockRef, data: &[u8]| -> Result<()> {
-                if data.len() != b.len as usize || Digest::of(data) != b.digest {
-                    return Err(Error::BlockSource {
-                        name: name.clone(),
-                        source: format!("block at offset {} does not match its digest", b.offset).into(),
-                    });
+        let spawned = thread::Builder::new()
+            .name("cbt-fetch".into())
+            .spawn_scoped(s, move || {
+                let name = source.name();
+                let mut deliver = |b: BlockRef, data: &[u8]| -> Result<()> {
+                    if data.len() != b.len as usize || Digest::of(data) != b.digest {
+                        return Err(Error::BlockSource {
+                            name: name.clone(),
+                            source: format!("block at offset {} does not match its digest", b.offset).into(),
+                        });
+                    }
+                    output.write_at(data, b.offset)?;
+                    counters_ref.missing.fetch_add(1, Ordering::Relaxed);
+                    counters_ref
+                        .missing_bytes
+                        .fetch_add(u64::from(b.len), Ordering::Relaxed);
+                    if let Some(p) = progress {
+                        p.bytes_fetched.fetch_add(u64::from(b.len), Ordering::Relaxed);
+                    }
+                    Ok(())
+                };
+                if let Err(e) = source.fetch(wanted_rx, &mut deliver) {
+                    failure_ref.set(e);
                 }
-                output.write_at(data, b.offset)?;
-                counters_ref.missing.fetch_add(1, Ordering::Relaxed);
-                counters_ref.missing_bytes.fetch_add(u64::from(b.len), Ordering::Relaxed);
-                if let Some(p) = progress {
-                    p.bytes_fetched.fetch_add(u64::from(b.len), Ordering::Relaxed);
-                }
-                Ok(())
-            };
-            if let Err(e) = source.fetch(wanted_rx, &mut deliver) {
-                failure_ref.set(e);
-            }
-        });
+            });
         if let Err(e) = spawned {
             failure.set(Error::io(output.temp_path(), "spawn fetcher thread", e));
         }
 
-        let planned = plan(layout, records, index, &local_tx, &wanted_tx, &mut digester, manifest_path, &failure, &counters, progress);
+        let planned = plan(
+            layout,
+            records,
+            index,
+            &local_tx,
+            &wanted_tx,
+            &mut digester,
+            manifest_path,
+            &failure,
+            &counters,
+            progress,
+        );
         if let Err(e) = planned {
             failure.set(e);
         }
@@ -393,7 +433,11 @@ fn plan(
             counters.zero.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let b = BlockRef { offset: r.offset, len: r.len, digest };
+        let b = BlockRef {
+            offset: r.offset,
+            len: r.len,
+            digest,
+        };
         match index.lookup(&digest) {
             Some(loc) => {
                 if let Some(cur) = run.as_mut() {
@@ -402,7 +446,11 @@ fn plan(
                         continue;
                     }
                 }
-                if let Some(done) = run.replace(LocalRun { image: loc.image, seed_offset: loc.offset, blocks: vec![b] }) {
+                if let Some(done) = run.replace(LocalRun {
+                    image: loc.image,
+                    seed_offset: loc.offset,
+                    blocks: vec![b],
+                }) {
                     local_tx.send(done).map_err(|_| stopped())?;
                 }
             }
@@ -413,9 +461,13 @@ fn plan(
         local_tx.send(done).map_err(|_| stopped())?;
     }
     if expected.next().is_some() {
-        return Err(Error::Protocol("the source's block records ended before the image did".into()));
+        return Err(Error::Protocol(
+            "the source's block records ended before the image did".into(),
+        ));
     }
-    manifest.flush().map_err(|e| Error::io(manifest_path, "write manifest", e))?;
+    manifest
+        .flush()
+        .map_err(|e| Error::io(manifest_path, "write manifest", e))?;
     Ok(())
 }
 
@@ -433,9 +485,15 @@ fn copy_local(
     for run in runs {
         let total = run.bytes();
         buf.resize(total as usize, 0);
-        let loc = Location { image: run.image, offset: run.seed_offset };
+        let loc = Location {
+            image: run.image,
+            offset: run.seed_offset,
+        };
         let readable = match index.open(run.image) {
-            Ok(img) => loc.offset.checked_add(total).is_some_and(|e| e <= img.len()) && img.read_at(&mut buf, loc.offset).is_ok(),
+            Ok(img) => {
+                loc.offset.checked_add(total).is_some_and(|e| e <= img.len())
+                    && img.read_at(&mut buf, loc.offset).is_ok()
+            }
             Err(_) => false,
         };
         let mut good_bytes = 0u64;
@@ -497,12 +555,18 @@ pub fn verify_output(
     let mut want = [0u8; 32];
     hash_image(written.as_ref(), layout, &HashOptions::default(), |records| {
         for r in records {
-            manifest.read_exact(&mut want).map_err(|e| Error::io(manifest_path, "read manifest", e))?;
+            manifest
+                .read_exact(&mut want)
+                .map_err(|e| Error::io(manifest_path, "read manifest", e))?;
             if r.digest(&mut zeros).0 != want {
                 if bad.len() >= MAX_REPAIR_BLOCKS {
                     too_many = true;
                 } else {
-                    bad.push(BlockRef { offset: r.offset, len: r.len, digest: Digest(want) });
+                    bad.push(BlockRef {
+                        offset: r.offset,
+                        len: r.len,
+                        digest: Digest(want),
+                    });
                 }
             }
         }
@@ -522,7 +586,10 @@ pub fn verify_output(
         if round == REPAIR_ROUNDS {
             break;
         }
-        tracing::warn!("{} blocks differ from the source after writing; fetching them again", bad.len());
+        tracing::warn!(
+            "{} blocks differ from the source after writing; fetching them again",
+            bad.len()
+        );
         output.reopen()?;
         repair(&bad, source, output)?;
         let written = output.finish_writing()?;
@@ -539,7 +606,10 @@ pub fn verify_output(
     }
     Err(Error::Verification {
         path: output.temp_path().to_path_buf(),
-        reason: format!("{} blocks still differ from the source after {REPAIR_ROUNDS} repair rounds", bad.len()),
+        reason: format!(
+            "{} blocks still differ from the source after {REPAIR_ROUNDS} repair rounds",
+            bad.len()
+        ),
     })
 }
 
@@ -552,7 +622,10 @@ fn repair(bad: &[BlockRef], source: &mut dyn BlockSource, output: &OutputFile) -
     let name = source.name();
     source.fetch(rx, &mut |b, data| {
         if Digest::of(data) != b.digest {
-            return Err(Error::BlockSource { name: name.clone(), source: format!("block at offset {} does not match its digest", b.offset).into() });
+            return Err(Error::BlockSource {
+                name: name.clone(),
+                source: format!("block at offset {} does not match its digest", b.offset).into(),
+            });
         }
         output.write_at(data, b.offset)
     })
@@ -560,7 +633,8 @@ fn repair(bad: &[BlockRef], source: &mut dyn BlockSource, output: &OutputFile) -
 
 /// Appends one block digest to a verification manifest.
 pub fn write_manifest_entry(w: &mut impl Write, digest: &Digest, path: &Path) -> Result<()> {
-    w.write_all(&digest.0).map_err(|e| Error::io(path, "write manifest", e))
+    w.write_all(&digest.0)
+        .map_err(|e| Error::io(path, "write manifest", e))
 }
 
 /// The image digest of a finished image, for comparison with a source's.

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use cbt_core::{open_image, ImageSpec};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/fixtures")
+        .join(name)
 }
 
 fn open_err(name: &str) -> String {
@@ -27,7 +29,10 @@ fn valid_empty_qcow2_reads_as_zeros() {
     let mut buf = vec![1u8; 4096];
     img.read_at(&mut buf, 8192).unwrap();
     assert!(buf.iter().all(|&b| b == 0));
-    assert!(img.data_extents(0, 1 << 20, cbt_core::ExtentScope::All).unwrap().is_empty());
+    assert!(img
+        .data_extents(0, 1 << 20, cbt_core::ExtentScope::All)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]

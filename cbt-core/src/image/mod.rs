@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-pub use qcow2::{backing_chain, Qcow2Image};
 pub(crate) use qcow2::read_header;
+pub use qcow2::{backing_chain, Qcow2Image};
 pub use qcow2_header::{parse_header, Qcow2Header, QCOW2_MAGIC};
 pub use raw::RawImage;
 pub use snapshot::{list_snapshots, parse_snapshot_table, read_snapshot_table, SnapshotImage, SnapshotInfo};

@@ -49,7 +49,11 @@ pub(crate) fn read_header(file: &File, path: &Path) -> Result<(Qcow2Header, u64)
     } else {
         16
     };
-    let want = if (9..=21).contains(&cluster_bits) { 1usize << cluster_bits } else { 65536 };
+    let want = if (9..=21).contains(&cluster_bits) {
+        1usize << cluster_bits
+    } else {
+        65536
+    };
     let mut cluster = vec![0u8; want.min(usize::try_from(file_len).unwrap_or(usize::MAX))];
     let n = pread_full(file, path, &mut cluster, 0)?;
     cluster.truncate(n);
@@ -75,7 +79,9 @@ pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
     let mut seen = HashSet::new();
     let mut chain = Vec::new();
     let mut current = path.to_path_buf();
-    let canonical = current.canonicalize().map_err(|e| Error::io(&current, "resolve", e))?;
+    let canonical = current
+        .canonicalize()
+        .map_err(|e| Error::io(&current, "resolve", e))?;
     seen.insert(canonical);
     loop {
         if detect_format(&current)? != ImageFormat::Qcow2 {
@@ -83,7 +89,9 @@ pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
         }
         let file = File::open(&current).map_err(|e| Error::io(&current, "open", e))?;
         let (header, _) = read_header(&file, &current)?;
-        let Some(next) = backing_path(&current, &header) else { break };
+        let Some(next) = backing_path(&current, &header) else {
+            break;
+        };
         if let Some(fmt) = header.backing_format.as_deref() {
             if fmt != "qcow2" && fmt != "raw" {
                 return Err(Error::Unsupported {
@@ -92,7 +100,9 @@ pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
                 });
             }
         }
-        let canonical = next.canonicalize().map_err(|e| Error::io(&next, "open backing file", e))?;
+        let canonical = next
+            .canonicalize()
+            .map_err(|e| Error::io(&next, "open backing file", e))?;
         if !seen.insert(canonical.clone()) {
             return Err(Error::BackingCycle {
                 path: path.to_path_buf(),
@@ -100,7 +110,10 @@ pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
             });
         }
         if chain.len() >= MAX_CHAIN_DEPTH {
-            return Err(Error::malformed(path, format!("backing chain deeper than {MAX_CHAIN_DEPTH}")));
+            return Err(Error::malformed(
+                path,
+                format!("backing chain deeper than {MAX_CHAIN_DEPTH}"),
+            ));
         }
         chain.push(canonical);
         current = next;
@@ -200,7 +213,10 @@ impl Image for Qcow2Image {
             if is_data {
                 match out.last_mut() {
                     Some(last) if last.end == pos => last.end = stop,
-                    _ => out.push(Extent { start: pos, end: stop }),
+                    _ => out.push(Extent {
+                        start: pos,
+                        end: stop,
+                    }),
                 }
             }
             pos = stop;

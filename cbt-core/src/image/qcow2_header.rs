@@ -122,7 +122,10 @@ pub fn parse_header(bytes: &[u8], file_len: u64, path: &Path) -> Result<Qcow2Hea
             return Err(bad(format!("header_length {header_length} is invalid")));
         }
         let named = [
-            (INCOMPAT_DIRTY, "dirty bit (image was not closed cleanly; run `qemu-img check -r all`)"),
+            (
+                INCOMPAT_DIRTY,
+                "dirty bit (image was not closed cleanly; run `qemu-img check -r all`)",
+            ),
             (INCOMPAT_CORRUPT, "corrupt bit (qemu marked the image corrupt)"),
             (INCOMPAT_DATA_FILE, "external data file"),
             (INCOMPAT_EXTL2, "extended L2 entries (subclusters)"),
@@ -148,7 +151,8 @@ pub fn parse_header(bytes: &[u8], file_len: u64, path: &Path) -> Result<Qcow2Hea
                 });
             }
         }
-        let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+        let known =
+            INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
         if incompatible & !known != 0 {
             return Err(Error::Unsupported {
                 path: path.into(),
@@ -170,22 +174,42 @@ pub fn parse_header(bytes: &[u8], file_len: u64, path: &Path) -> Result<Qcow2Hea
         return Err(bad(format!("absurd L1 table size {l1_size} entries")));
     }
     if l1_size > 0 {
-        check_table(path, "L1 table", l1_table_offset, l1_bytes, cluster_size, file_len)?;
+        check_table(
+            path,
+            "L1 table",
+            l1_table_offset,
+            l1_bytes,
+            cluster_size,
+            file_len,
+        )?;
     }
     if nb_snapshots > MAX_SNAPSHOTS {
         return Err(bad(format!("absurd snapshot count {nb_snapshots}")));
     }
     if nb_snapshots > 0 {
         // Each entry is at least 40 bytes.
-        check_table(path, "snapshot table", snapshots_offset, u64::from(nb_snapshots) * 40, cluster_size, file_len)?;
+        check_table(
+            path,
+            "snapshot table",
+            snapshots_offset,
+            u64::from(nb_snapshots) * 40,
+            cluster_size,
+            file_len,
+        )?;
     }
 
     let backing_file = if backing_file_offset != 0 {
         if backing_file_size == 0 || backing_file_size > MAX_BACKING_NAME {
-            return Err(bad(format!("backing file name length {backing_file_size} is invalid")));
+            return Err(bad(format!(
+                "backing file name length {backing_file_size} is invalid"
+            )));
         }
-        let start = usize::try_from(backing_file_offset).ok().filter(|&s| s < bytes.len());
-        let end = start.and_then(|s| s.checked_add(backing_file_size as usize)).filter(|&e| e <= bytes.len());
+        let start = usize::try_from(backing_file_offset)
+            .ok()
+            .filter(|&s| s < bytes.len());
+        let end = start
+            .and_then(|s| s.checked_add(backing_file_size as usize))
+            .filter(|&e| e <= bytes.len());
         match (start, end) {
             (Some(s), Some(e)) => Some(
                 String::from_utf8(bytes[s..e].to_vec())
@@ -216,15 +240,27 @@ pub fn parse_header(bytes: &[u8], file_len: u64, path: &Path) -> Result<Qcow2Hea
 }
 
 /// Checks a metadata table's placement: cluster-aligned and inside the file.
-pub(crate) fn check_table(path: &Path, what: &str, offset: u64, len: u64, cluster_size: u64, file_len: u64) -> Result<()> {
+pub(crate) fn check_table(
+    path: &Path,
+    what: &str,
+    offset: u64,
+    len: u64,
+    cluster_size: u64,
+    file_len: u64,
+) -> Result<()> {
     if offset % cluster_size != 0 && what != "snapshot table" {
-        return Err(Error::malformed(path, format!("{what} offset {offset} is not cluster-aligned")));
+        return Err(Error::malformed(
+            path,
+            format!("{what} offset {offset} is not cluster-aligned"),
+        ));
     }
     match offset.checked_add(len) {
         Some(end) if end <= file_len => Ok(()),
         _ => Err(Error::malformed(
             path,
-            format!("{what} at offset {offset} ({len} bytes) points past the end of the file ({file_len} bytes)"),
+            format!(
+                "{what} at offset {offset} ({len} bytes) points past the end of the file ({file_len} bytes)"
+            ),
         )),
     }
 }
@@ -243,7 +279,12 @@ fn parse_extensions(bytes: &[u8], mut at: usize, path: &Path) -> Result<Option<S
         let data_end = data_start
             .checked_add(len)
             .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| Error::malformed(path, format!("header extension {kind:#x} of {len} bytes runs past the first cluster")))?;
+            .ok_or_else(|| {
+                Error::malformed(
+                    path,
+                    format!("header extension {kind:#x} of {len} bytes runs past the first cluster"),
+                )
+            })?;
         if kind == EXT_BACKING_FORMAT {
             backing_format = Some(
                 String::from_utf8(bytes[data_start..data_end].to_vec())
@@ -287,14 +328,18 @@ mod tests {
         for (bit, word) in [(1u64, "dirty"), (4, "external data file"), (16, "extended L2")] {
             let mut h = minimal_v3();
             h[72..80].copy_from_slice(&bit.to_be_bytes());
-            let e = parse_header(&h[..65536], h.len() as u64, p).unwrap_err().to_string();
+            let e = parse_header(&h[..65536], h.len() as u64, p)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(word) && e.contains("x.qcow2"), "{e}");
         }
         let mut h = minimal_v3();
         h[72..80].copy_from_slice(&8u64.to_be_bytes());
         h[100..104].copy_from_slice(&112u32.to_be_bytes());
         h[104] = 1;
-        let e = parse_header(&h[..65536], h.len() as u64, p).unwrap_err().to_string();
+        let e = parse_header(&h[..65536], h.len() as u64, p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("zstd"), "{e}");
     }
 
@@ -307,6 +352,9 @@ mod tests {
         let mut h = minimal_v3();
         h[24..32].copy_from_slice(&(1u64 << 62).to_be_bytes());
         assert!(parse_header(&h[..65536], h.len() as u64, p).is_err());
-        assert!(parse_header(&h[..50], 50, p).unwrap_err().to_string().contains("truncated"));
+        assert!(parse_header(&h[..50], 50, p)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 }

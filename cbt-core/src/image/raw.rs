@@ -83,7 +83,10 @@ impl Image for RawImage {
                 Ok(h) => h.min(end),
                 Err(_) => end,
             };
-            out.push(Extent { start: data, end: hole });
+            out.push(Extent {
+                start: data,
+                end: hole,
+            });
             pos = hole;
         }
         Ok(out)
@@ -108,7 +111,9 @@ mod tests {
         assert_eq!(img.len(), 64 << 20);
         let ext = img.data_extents(0, 64 << 20, ExtentScope::All).unwrap();
         let total: u64 = ext.iter().map(|e| e.end - e.start).sum();
-        assert!(ext.iter().any(|e| e.start <= 32 << 20 && e.end >= (32 << 20) + 4096));
+        assert!(ext
+            .iter()
+            .any(|e| e.start <= 32 << 20 && e.end >= (32 << 20) + 4096));
         assert!(total < 8 << 20, "hole not detected: {ext:?}");
         let mut b = [0u8; 4096];
         img.read_at(&mut b, 32 << 20).unwrap();

@@ -86,7 +86,13 @@ impl DigestCache {
     }
 
     /// Stores digests atomically (temporary file, then rename).
-    pub(crate) fn store(&self, identity: &str, stamp: &FileStamp, block_size: u32, d: &ImageDigests) -> Result<()> {
+    pub(crate) fn store(
+        &self,
+        identity: &str,
+        stamp: &FileStamp,
+        block_size: u32,
+        d: &ImageDigests,
+    ) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, "create cache directory", e))?;
         let (path, id) = self.file_for(identity);
         let bytes = encode(&id, stamp, block_size, d);
@@ -137,7 +143,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn decode(b: &[u8], id: &[u8; 32], s: &FileStamp, block_size: u32) -> std::result::Result<ImageDigests, String> {
+fn decode(
+    b: &[u8],
+    id: &[u8; 32],
+    s: &FileStamp,
+    block_size: u32,
+) -> std::result::Result<ImageDigests, String> {
     if b.len() < HEADER_LEN + CHECKSUM_LEN {
         return Err("truncated".into());
     }
@@ -181,7 +192,12 @@ fn decode(b: &[u8], id: &[u8; 32], s: &FileStamp, block_size: u32) -> std::resul
         .chunks_exact(ENTRY_LEN)
         .map(|c| (u64_at(c, 0), u64_at(c, 8)))
         .collect();
-    Ok(ImageDigests { len, total_blocks, zero_blocks, entries })
+    Ok(ImageDigests {
+        len,
+        total_blocks,
+        zero_blocks,
+        entries,
+    })
 }
 
 #[cfg(test)]
@@ -195,7 +211,12 @@ mod tests {
         fs::write(&img, b"x").unwrap();
         let stamp = FileStamp::of(&img).unwrap();
         let cache = DigestCache::new(dir.path().join("cache"));
-        let d = ImageDigests { len: 8192, total_blocks: 2, zero_blocks: 1, entries: vec![(42, 4096)] };
+        let d = ImageDigests {
+            len: 8192,
+            total_blocks: 2,
+            zero_blocks: 1,
+            entries: vec![(42, 4096)],
+        };
         cache.store("a", &stamp, 4096, &d).unwrap();
         assert_eq!(cache.load("a", &stamp, 4096), Some(d.clone()));
         assert_eq!(cache.load("a", &stamp, 512), None);

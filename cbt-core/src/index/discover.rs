@@ -8,7 +8,9 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::image::{backing_chain, detect_format, read_header, read_snapshot_table, ExtentScope, ImageFormat, ImageSpec};
+use crate::image::{
+    backing_chain, detect_format, read_header, read_snapshot_table, ExtentScope, ImageFormat, ImageSpec,
+};
 
 /// One thing to index: an image's current state or one of its snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,7 +23,11 @@ pub(crate) struct Candidate {
 /// Explicitly named files are taken whatever their extension; inside
 /// directories raw images are recognised by `raw_extensions`. Paths in
 /// `exclude` (canonical) are left out.
-pub(crate) fn discover(roots: &[PathBuf], raw_extensions: &[String], exclude: &[PathBuf]) -> Result<Vec<Candidate>> {
+pub(crate) fn discover(
+    roots: &[PathBuf],
+    raw_extensions: &[String],
+    exclude: &[PathBuf],
+) -> Result<Vec<Candidate>> {
     let mut files = BTreeSet::new();
     for root in roots {
         let meta = fs::metadata(root).map_err(|e| Error::io(root, "index root", e))?;
@@ -30,7 +36,10 @@ pub(crate) fn discover(roots: &[PathBuf], raw_extensions: &[String], exclude: &[
         } else if meta.is_file() || meta.file_type().is_block_device() {
             files.insert(root.canonicalize().map_err(|e| Error::io(root, "resolve", e))?);
         } else {
-            return Err(Error::malformed(root, "index root is neither a file, a block device nor a directory"));
+            return Err(Error::malformed(
+                root,
+                "index root is neither a file, a block device nor a directory",
+            ));
         }
     }
     let mut out = BTreeSet::new();
@@ -85,7 +94,10 @@ fn walk(dir: &Path, raw_extensions: &[String], out: &mut BTreeSet<PathBuf>) -> R
 
 fn add_image(path: &Path, exclude: &[PathBuf], out: &mut BTreeSet<Candidate>) -> Result<()> {
     if detect_format(path)? != ImageFormat::Qcow2 {
-        out.insert(Candidate { spec: ImageSpec::file(path), scope: ExtentScope::All });
+        out.insert(Candidate {
+            spec: ImageSpec::file(path),
+            scope: ExtentScope::All,
+        });
         return Ok(());
     }
     let chain = backing_chain(path)?;
@@ -94,9 +106,16 @@ fn add_image(path: &Path, exclude: &[PathBuf], out: &mut BTreeSet<Candidate>) ->
     loop {
         let has_backing = rest.len() > 0;
         // With a backing file in the index, each layer contributes only its own data.
-        let scope = if has_backing { ExtentScope::TopLayer } else { ExtentScope::All };
+        let scope = if has_backing {
+            ExtentScope::TopLayer
+        } else {
+            ExtentScope::All
+        };
         if !exclude.contains(&layer) {
-            out.insert(Candidate { spec: ImageSpec::file(&layer), scope });
+            out.insert(Candidate {
+                spec: ImageSpec::file(&layer),
+                scope,
+            });
             if detect_format(&layer)? == ImageFormat::Qcow2 {
                 let file = File::open(&layer).map_err(|e| Error::io(&layer, "open", e))?;
                 let (header, file_len) = read_header(&file, &layer)?;
@@ -104,7 +123,13 @@ fn add_image(path: &Path, exclude: &[PathBuf], out: &mut BTreeSet<Candidate>) ->
                 for s in &snapshots {
                     let unique_name = snapshots.iter().filter(|o| o.name == s.name).count() == 1;
                     let name = if unique_name { s.name.clone() } else { s.id.clone() };
-                    out.insert(Candidate { spec: ImageSpec { path: layer.clone(), snapshot: Some(name) }, scope });
+                    out.insert(Candidate {
+                        spec: ImageSpec {
+                            path: layer.clone(),
+                            snapshot: Some(name),
+                        },
+                        scope,
+                    });
                 }
             }
         }

@@ -75,7 +75,10 @@ impl Location {
     }
 
     fn unpack(v: u64) -> Self {
-        Location { image: (v >> OFFSET_BITS) as u32, offset: (v & ((1 << OFFSET_BITS) - 1)) * SECTOR }
+        Location {
+            image: (v >> OFFSET_BITS) as u32,
+            offset: (v & ((1 << OFFSET_BITS) - 1)) * SECTOR,
+        }
     }
 }
 
@@ -173,11 +176,19 @@ impl Index {
         check_block_size(options.block_size)?;
         let candidates = discover(roots, &options.raw_extensions, &options.exclude)?;
         if candidates.len() >= 1 << IMAGE_BITS {
-            return Err(Error::Config(format!("too many images to index ({})", candidates.len())));
+            return Err(Error::Config(format!(
+                "too many images to index ({})",
+                candidates.len()
+            )));
         }
         let cache = options.cache_dir.clone().map(DigestCache::new);
         let shards: Vec<Mutex<ShardBuilder>> = (0..SHARDS)
-            .map(|_| Mutex::new(ShardBuilder { entries: Vec::new(), compacted_len: 0 }))
+            .map(|_| {
+                Mutex::new(ShardBuilder {
+                    entries: Vec::new(),
+                    compacted_len: 0,
+                })
+            })
             .collect();
         let results: Vec<Mutex<Option<Indexed>>> = candidates.iter().map(|_| Mutex::new(None)).collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -265,7 +276,14 @@ impl Index {
             bytes_hashed,
         };
         let handles = images.iter().map(|_| OnceLock::new()).collect();
-        Ok(Index { block_size: options.block_size, images, handles, shards, stats, per_image })
+        Ok(Index {
+            block_size: options.block_size,
+            images,
+            handles,
+            shards,
+            stats,
+            per_image,
+        })
     }
 
     /// Block size of the index.
@@ -300,7 +318,10 @@ impl Index {
     /// Sorted short digests of image `i`'s non-zero blocks (only for an index
     /// built with [`Index::build_with_per_image`]).
     pub fn image_keys(&self, i: usize) -> Option<&[u64]> {
-        self.per_image.as_ref().and_then(|p| p.get(i)).map(|v| v.as_slice())
+        self.per_image
+            .as_ref()
+            .and_then(|p| p.get(i))
+            .map(|v| v.as_slice())
     }
 
     /// Opens (once) and returns image `i`.
@@ -319,7 +340,11 @@ impl Index {
     /// that changed since it was indexed, or a short-key collision, yields false.
     pub fn read_verified(&self, location: Location, buf: &mut [u8], expected: &Digest) -> Result<bool> {
         let image = self.open(location.image)?;
-        if location.offset.checked_add(buf.len() as u64).is_none_or(|end| end > image.len()) {
+        if location
+            .offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > image.len())
+        {
             return Ok(false);
         }
         image.read_at(buf, location.offset)?;
@@ -341,7 +366,11 @@ fn cache_identity(c: &Candidate, canonical: &Path, block_size: u32) -> String {
 /// The digests of one candidate: from the cache when its file is
 /// unchanged, otherwise by hashing it (and storing the result).
 /// Returns the digests, whether they came from the cache and the bytes read.
-fn digests_for(c: &Candidate, options: &IndexOptions, cache: Option<&DigestCache>) -> Result<(ImageDigests, bool, u64)> {
+fn digests_for(
+    c: &Candidate,
+    options: &IndexOptions,
+    cache: Option<&DigestCache>,
+) -> Result<(ImageDigests, bool, u64)> {
     let stamp = FileStamp::of(&c.spec.path)?;
     let identity = cache_identity(c, &c.spec.path, options.block_size);
     // A block device's size and mtime say nothing about its content: never cache it.
@@ -355,7 +384,10 @@ fn digests_for(c: &Candidate, options: &IndexOptions, cache: Option<&DigestCache
     let image = open_image(&c.spec)?;
     let layout = Layout::detect(image.as_ref(), options.block_size)?;
     let mut entries = Vec::new();
-    let hash_opts = HashOptions { threads: options.threads, scope: c.scope };
+    let hash_opts = HashOptions {
+        threads: options.threads,
+        scope: c.scope,
+    };
     let mut skipped_as_hole = 0u64;
     let summary = hash_image(image.as_ref(), &layout, &hash_opts, |records| {
         for r in records {
@@ -389,8 +421,10 @@ fn digests_for(c: &Candidate, options: &IndexOptions, cache: Option<&DigestCache
 /// Sorts and deduplicates every shard, a few threads each taking a share.
 fn finish_shards(shards: Vec<Mutex<ShardBuilder>>) -> Vec<Box<[Entry]>> {
     let workers = thread::available_parallelism().map_or(1, |n| n.get());
-    let mut slots: Vec<Mutex<Option<ShardBuilder>>> =
-        shards.into_iter().map(|m| Mutex::new(Some(m.into_inner().unwrap_or_else(|p| p.into_inner())))).collect();
+    let mut slots: Vec<Mutex<Option<ShardBuilder>>> = shards
+        .into_iter()
+        .map(|m| Mutex::new(Some(m.into_inner().unwrap_or_else(|p| p.into_inner()))))
+        .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     thread::scope(|s| {
         for _ in 0..workers {
@@ -420,7 +454,10 @@ fn insert(shards: &[Mutex<ShardBuilder>], image: u32, d: &ImageDigests) {
     let mut sorted: Vec<Entry> = d
         .entries
         .iter()
-        .map(|&(key, offset)| Entry { key, location: Location { image, offset }.pack() })
+        .map(|&(key, offset)| Entry {
+            key,
+            location: Location { image, offset }.pack(),
+        })
         .collect();
     sorted.sort_unstable_by_key(|e| e.key);
     for group in sorted.chunk_by(|a, b| a.key >> (64 - SHARD_BITS) == b.key >> (64 - SHARD_BITS)) {
@@ -441,8 +478,14 @@ mod tests {
     fn location_packing() {
         for l in [
             Location { image: 0, offset: 0 },
-            Location { image: 5, offset: 63 * 512 },
-            Location { image: (1 << IMAGE_BITS) - 1, offset: ((1u64 << OFFSET_BITS) - 1) * 512 },
+            Location {
+                image: 5,
+                offset: 63 * 512,
+            },
+            Location {
+                image: (1 << IMAGE_BITS) - 1,
+                offset: ((1u64 << OFFSET_BITS) - 1) * 512,
+            },
         ] {
             assert_eq!(Location::unpack(l.pack()), l);
         }
