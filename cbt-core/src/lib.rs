@@ -46,6 +46,19 @@ pub use reconstruct::{
 mod estimate;
 
 pub use estimate::{estimate, Commonality, Estimate};
+mod debcache;
+mod inspect;
+
+pub use debcache::{
+    estimate_with_packages, prepare_package_blobs, read_deb, DebControl, DebInfo, DebLimits, FileSink, Measure, PackageBlob,
+    PackageBlobs,
+    PackageCacheShare, PackageEstimate, SourceBlocks,
+};
+pub use inspect::{
+    deb822, describe_dir, describe_fs, describe_image, dpkg, DescribeOptions, Description, EntryKind, FilesystemInfo, GuestFs,
+    HostDirFs, KeyFile, Manifest, ManifestEntry, OsRelease, Package, Repository, SymlinkEntry,
+    teleport_plan, CandidateScore, PackageChange, Rejected, TeleportCost, TeleportOptions, TeleportPlan, TransferCost,
+};
 
 // The README's library example is compiled and run as a doc test.
 #[doc = include_str!("../../README.md")]

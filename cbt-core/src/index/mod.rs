@@ -17,6 +17,7 @@ use std::thread;
 
 use serde::Serialize;
 
+use crate::debcache::{prepare_package_blobs, PackageBlobs};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{open_image, ExtentScope, Image, ImageSpec};
@@ -46,6 +47,9 @@ pub struct IndexOptions {
     pub threads: usize,
     /// Canonical paths never to index (e.g. the image being copied).
     pub exclude: Vec<PathBuf>,
+    /// Directories of `.deb` package archives whose files also seed
+    /// blocks (see [`crate::prepare_package_blobs`]).
+    pub package_caches: Vec<PathBuf>,
 }
 
 impl Default for IndexOptions {
@@ -56,6 +60,7 @@ impl Default for IndexOptions {
             cache_dir: None,
             threads: 0,
             exclude: Vec::new(),
+            package_caches: Vec::new(),
         }
     }
 }
@@ -152,6 +157,8 @@ pub struct Index {
     stats: IndexStats,
     /// Per image: its digests, kept only when asked for (estimates).
     per_image: Option<Vec<Vec<u64>>>,
+    /// The padded blobs of the package caches, indexed as extra raw images.
+    package_blobs: Option<PackageBlobs>,
 }
 
 impl std::fmt::Debug for Index {
@@ -174,7 +181,18 @@ impl Index {
 
     fn build_inner(roots: &[PathBuf], options: &IndexOptions, keep_per_image: bool) -> Result<Index> {
         check_block_size(options.block_size)?;
-        let candidates = discover(roots, &options.raw_extensions, &options.exclude)?;
+        let package_blobs = match options.package_caches.as_slice() {
+            [] => None,
+            dirs => Some(prepare_package_blobs(
+                dirs,
+                options.cache_dir.as_deref(),
+                options.block_size,
+                options.threads,
+            )?),
+        };
+        let mut roots = roots.to_vec();
+        roots.extend(package_blobs.iter().flat_map(|b| b.roots()));
+        let candidates = discover(&roots, &options.raw_extensions, &options.exclude)?;
         if candidates.len() >= 1 << IMAGE_BITS {
             return Err(Error::Config(format!(
                 "too many images to index ({})",
@@ -283,6 +301,7 @@ impl Index {
             shards,
             stats,
             per_image,
+            package_blobs,
         })
     }
 
@@ -299,6 +318,11 @@ impl Index {
     /// Totals.
     pub fn stats(&self) -> &IndexStats {
         &self.stats
+    }
+
+    /// The package-cache blobs among the images, if package caches were given.
+    pub fn package_blobs(&self) -> Option<&PackageBlobs> {
+        self.package_blobs.as_ref()
     }
 
     /// Where a block with this digest can be read, if any image holds one

@@ -1,0 +1,494 @@
+//! Read-only access to a guest's files without mounting anything: a small
+//! [`GuestFs`] trait with an ext2/3/4 implementation over an [`Image`]
+//! (through `ext4-view`, reading at the partition's offset) and a host
+//! directory implementation (a chroot-like tree, used by tests and to
+//! describe an unpacked root).
+//!
+//! Paths are absolute byte strings in the guest. The trait's operations
+//! never follow a symlink in the last component and expect the earlier
+//! components to be real directories; [`Resolver`] turns any guest path
+//! into such a path, following symlinks inside the guest (an absolute
+//! link target is relative to the guest's root, never to the host's).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::image::Image;
+
+/// Most symlinks followed while resolving one path (Linux allows 40).
+const MAX_SYMLINKS: usize = 40;
+
+/// What a directory entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A device, FIFO or socket.
+    Other,
+}
+
+/// What [`GuestFs::lstat`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// The entry's kind.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub len: u64,
+    /// Permission and type bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// A read-only guest filesystem.
+pub trait GuestFs {
+    /// A name for messages, e.g. `disk.img (partition 1 at 1048576, ext4)`.
+    fn label(&self) -> &str;
+    /// Metadata of `path` without following a final symlink; `None` if it does not exist.
+    fn lstat(&self, path: &[u8]) -> Result<Option<Meta>>;
+    /// The target of the symlink at `path`.
+    fn read_link(&self, path: &[u8]) -> Result<Vec<u8>>;
+    /// The entries of directory `path` (without `.` and `..`), sorted by name.
+    fn list_dir(&self, path: &[u8]) -> Result<Vec<(Vec<u8>, Kind)>>;
+    /// A reader of the regular file at `path`.
+    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>>;
+
+    /// The error for a defect found at guest path `path`.
+    fn error(&self, path: &[u8], reason: String) -> Error {
+        Error::malformed(guest_name(self.label(), path), reason)
+    }
+}
+
+/// `label:/guest/path`, the name of a guest file in messages.
+pub fn guest_name(label: &str, path: &[u8]) -> PathBuf {
+    PathBuf::from(format!("{label}:{}", String::from_utf8_lossy(path)))
+}
+
+/// Joins a directory and a name.
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + name.len() + 1);
+    p.extend_from_slice(dir);
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// Splits `path` into its parent directory and last component.
+pub fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
+    let trimmed = match path.iter().rposition(|&b| b != b'/') {
+        Some(e) => &path[..=e],
+        None => return (b"/", b""),
+    };
+    match trimmed.iter().rposition(|&b| b == b'/') {
+        Some(0) => (b"/", &trimmed[1..]),
+        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+        None => (b"/", trimmed),
+    }
+}
+
+/// Resolves guest paths to symlink-free paths, remembering directories.
+pub struct Resolver<'a> {
+    fs: &'a dyn GuestFs,
+    dirs: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Resolver<'a> {
+    /// A resolver over `fs`.
+    pub fn new(fs: &'a dyn GuestFs) -> Self {
+        Resolver {
+            fs,
+            dirs: HashMap::new(),
+        }
+    }
+
+    /// The symlink-free path of `path`, following a final symlink if
+    /// `follow_last`; `None` if some component does not exist (or a
+    /// non-final component is not a directory).
+    pub fn resolve(&mut self, path: &[u8], follow_last: bool) -> Result<Option<Vec<u8>>> {
+        resolve(self.fs, path, follow_last)
+    }
+
+    /// Like [`Resolver::resolve`] without following the last component,
+    /// but tolerates a missing last component: the parent directory is
+    /// resolved (and cached) and the name appended. This is how package
+    /// file lists are matched against the filesystem (merged `/usr`:
+    /// `/bin/sh` is found at `/usr/bin/sh`).
+    pub fn canonical(&mut self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (dir, name) = split_last(path);
+        if name.is_empty() {
+            return Ok(Some(b"/".to_vec()));
+        }
+        if name == b"." || name == b".." {
+            return self.resolve(path, false);
+        }
+        let dir = match self.dirs.get(dir) {
+            Some(d) => d.clone(),
+            None => {
+                let r = resolve(self.fs, dir, true)?;
+                self.dirs.insert(dir.to_vec(), r.clone());
+                r
+            }
+        };
+        Ok(dir.map(|d| join(&d, name)))
+    }
+}
+
+fn resolve(fs: &dyn GuestFs, path: &[u8], follow_last: bool) -> Result<Option<Vec<u8>>> {
+    let mut pending: Vec<Vec<u8>> = components(path).rev().map(<[u8]>::to_vec).collect();
+    let mut done: Vec<Vec<u8>> = Vec::new();
+    let mut links = 0usize;
+    while let Some(comp) = pending.pop() {
+        match comp.as_slice() {
+            b"." => continue,
+            b".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let here = join(&to_path(&done), &comp);
+        let Some(meta) = fs.lstat(&here)? else {
+            return Ok(None);
+        };
+        let last = pending.is_empty();
+        match meta.kind {
+            Kind::Symlink if !last || follow_last => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(fs.error(path, "too many levels of symbolic links".into()));
+                }
+                let target = fs.read_link(&here)?;
+                if target.starts_with(b"/") {
+                    done.clear();
+                }
+                pending.extend(components(&target).rev().map(<[u8]>::to_vec));
+            }
+            Kind::Dir => done.push(comp),
+            _ if last => done.push(comp),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(to_path(&done)))
+}
+
+fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty())
+}
+
+fn to_path(comps: &[Vec<u8>]) -> Vec<u8> {
+    if comps.is_empty() {
+        return b"/".to_vec();
+    }
+    let mut p = Vec::new();
+    for c in comps {
+        p.push(b'/');
+        p.extend_from_slice(c);
+    }
+    p
+}
+
+/// Reads the whole regular file at `path` (symlinks followed), or `None`
+/// if it does not exist. A file larger than `max` bytes is an error.
+pub fn read_file(fs: &dyn GuestFs, path: &[u8], max: u64) -> Result<Option<Vec<u8>>> {
+    let Some(real) = resolve(fs, path, true)? else {
+        return Ok(None);
+    };
+    let Some(meta) = fs.lstat(&real)? else {
+        return Ok(None);
+    };
+    if meta.kind != Kind::File {
+        return Ok(None);
+    }
+    if meta.len > max {
+        return Err(fs.error(path, format!("{} bytes, more than the {max} accepted", meta.len)));
+    }
+    let mut data = Vec::with_capacity(meta.len as usize);
+    fs.open(&real)?
+        .take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::io(guest_name(fs.label(), path), "read", e))?;
+    if data.len() as u64 > max {
+        return Err(fs.error(path, format!("more than the {max} bytes accepted")));
+    }
+    Ok(Some(data))
+}
+
+/// An ext2/3/4 filesystem read through `ext4-view`.
+pub struct Ext4Fs {
+    fs: ext4_view::Ext4,
+    label: String,
+}
+
+/// A window of an image (a partition) as `ext4-view` wants to read it.
+struct ImageWindow {
+    image: Arc<dyn Image>,
+    offset: u64,
+    len: u64,
+}
+
+impl ext4_view::Ext4Read for ImageWindow {
+    fn read(
+        &mut self,
+        start: u64,
+        dst: &mut [u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let end = start.checked_add(dst.len() as u64).filter(|&e| e <= self.len);
+        if end.is_none() {
+            return Err(format!(
+                "read of {} bytes at {start} is past the end of the {}-byte filesystem",
+                dst.len(),
+                self.len
+            )
+            .into());
+        }
+        self.image
+            .read_at(dst, self.offset + start)
+            .map_err(|e| Box::new(e) as _)
+    }
+}
+
+impl Ext4Fs {
+    /// Loads the ext2/3/4 filesystem of `len` bytes at `offset` of `image`.
+    pub fn load(image: Arc<dyn Image>, offset: u64, len: u64, label: String) -> Result<Ext4Fs> {
+        let window = ImageWindow { image, offset, len };
+        let fs = ext4_view::Ext4::load(Box::new(window))
+            .map_err(|e| Error::malformed(&label, format!("ext4: {e}")))?;
+        Ok(Ext4Fs { fs, label })
+    }
+
+    fn fail(&self, path: &[u8], e: ext4_view::Ext4Error) -> Error {
+        match e {
+            ext4_view::Ext4Error::Io(io) => {
+                Error::malformed(guest_name(&self.label, path), format!("read failed: {io}"))
+            }
+            other => self.error(path, format!("ext4: {other}")),
+        }
+    }
+}
+
+fn ext4_kind(t: ext4_view::FileType) -> Kind {
+    if t.is_regular_file() {
+        Kind::File
+    } else if t.is_dir() {
+        Kind::Dir
+    } else if t.is_symlink() {
+        Kind::Symlink
+    } else {
+        Kind::Other
+    }
+}
+
+impl GuestFs for Ext4Fs {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn lstat(&self, path: &[u8]) -> Result<Option<Meta>> {
+        match self.fs.symlink_metadata(path) {
+            Ok(m) => Ok(Some(Meta {
+                kind: ext4_kind(m.file_type()),
+                len: m.len(),
+                mode: u32::from(m.mode()),
+                uid: m.uid(),
+                gid: m.gid(),
+            })),
+            Err(ext4_view::Ext4Error::NotFound | ext4_view::Ext4Error::NotADirectory) => Ok(None),
+            Err(e) => Err(self.fail(path, e)),
+        }
+    }
+
+    fn read_link(&self, path: &[u8]) -> Result<Vec<u8>> {
+        self.fs
+            .read_link(path)
+            .map(|p| p.as_ref().to_vec())
+            .map_err(|e| self.fail(path, e))
+    }
+
+    fn list_dir(&self, path: &[u8]) -> Result<Vec<(Vec<u8>, Kind)>> {
+        let mut out = Vec::new();
+        for entry in self.fs.read_dir(path).map_err(|e| self.fail(path, e))? {
+            let entry = entry.map_err(|e| self.fail(path, e))?;
+            let name = entry.file_name();
+            let name = name.as_ref();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let kind = entry.file_type().map(ext4_kind).map_err(|e| self.fail(path, e))?;
+            out.push((name.to_vec(), kind));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>> {
+        let file = self.fs.open(path).map_err(|e| self.fail(path, e))?;
+        Ok(Box::new(Ext4Reader { file }))
+    }
+}
+
+struct Ext4Reader {
+    file: ext4_view::File,
+}
+
+impl Read for Ext4Reader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file
+            .read_bytes(buf)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+/// A host directory seen as a guest's root.
+pub struct HostDirFs {
+    root: PathBuf,
+    label: String,
+}
+
+impl HostDirFs {
+    /// The tree under `root`.
+    pub fn new(root: &Path) -> Result<HostDirFs> {
+        let meta = std::fs::metadata(root).map_err(|e| Error::io(root, "open", e))?;
+        if !meta.is_dir() {
+            return Err(Error::malformed(root, "not a directory"));
+        }
+        Ok(HostDirFs {
+            root: root.to_path_buf(),
+            label: root.display().to_string(),
+        })
+    }
+
+    fn host(&self, path: &[u8]) -> PathBuf {
+        let rel = path.strip_prefix(b"/").unwrap_or(path);
+        self.root.join(std::ffi::OsStr::from_bytes(rel))
+    }
+
+    fn io(&self, path: &[u8], op: &'static str, e: std::io::Error) -> Error {
+        Error::io(guest_name(&self.label, path), op, e)
+    }
+}
+
+fn host_kind(t: std::fs::FileType) -> Kind {
+    if t.is_file() {
+        Kind::File
+    } else if t.is_dir() {
+        Kind::Dir
+    } else if t.is_symlink() {
+        Kind::Symlink
+    } else {
+        Kind::Other
+    }
+}
+
+impl GuestFs for HostDirFs {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn lstat(&self, path: &[u8]) -> Result<Option<Meta>> {
+        match std::fs::symlink_metadata(self.host(path)) {
+            Ok(m) => Ok(Some(Meta {
+                kind: host_kind(m.file_type()),
+                len: m.len(),
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+            })),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.io(path, "stat", e)),
+        }
+    }
+
+    fn read_link(&self, path: &[u8]) -> Result<Vec<u8>> {
+        std::fs::read_link(self.host(path))
+            .map(|t| t.as_os_str().as_bytes().to_vec())
+            .map_err(|e| self.io(path, "readlink", e))
+    }
+
+    fn list_dir(&self, path: &[u8]) -> Result<Vec<(Vec<u8>, Kind)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.host(path)).map_err(|e| self.io(path, "list", e))? {
+            let entry = entry.map_err(|e| self.io(path, "list", e))?;
+            let kind = entry
+                .file_type()
+                .map(host_kind)
+                .map_err(|e| self.io(path, "stat", e))?;
+            out.push((entry.file_name().as_bytes().to_vec(), kind));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>> {
+        let f = std::fs::File::open(self.host(path)).map_err(|e| self.io(path, "open", e))?;
+        Ok(Box::new(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn split_and_join() {
+        assert_eq!(split_last(b"/usr/bin/sh"), (&b"/usr/bin"[..], &b"sh"[..]));
+        assert_eq!(split_last(b"/sh"), (&b"/"[..], &b"sh"[..]));
+        assert_eq!(split_last(b"/"), (&b"/"[..], &b""[..]));
+        assert_eq!(join(b"/", b"etc"), b"/etc");
+        assert_eq!(join(b"/etc", b"x"), b"/etc/x");
+    }
+
+    #[test]
+    fn resolves_inside_the_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(r.join("usr/lib")).unwrap();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::write(r.join("usr/bin/sh"), b"x").unwrap();
+        std::fs::write(r.join("usr/lib/os-release"), b"ID=debian\n").unwrap();
+        symlink("usr/bin", r.join("bin")).unwrap();
+        // Absolute targets are relative to the guest root, not the host's.
+        symlink("/usr/lib/os-release", r.join("etc/os-release")).unwrap();
+        symlink("../../../../../etc/loop", r.join("etc/loop")).unwrap();
+        let fs = HostDirFs::new(r).unwrap();
+        let mut res = Resolver::new(&fs);
+        assert_eq!(res.resolve(b"/bin/sh", true).unwrap().unwrap(), b"/usr/bin/sh");
+        assert_eq!(
+            res.canonical(b"/bin/missing").unwrap().unwrap(),
+            b"/usr/bin/missing"
+        );
+        assert_eq!(res.canonical(b"/nodir/x").unwrap(), None);
+        assert_eq!(
+            res.resolve(b"/etc/os-release", false).unwrap().unwrap(),
+            b"/etc/os-release"
+        );
+        assert_eq!(
+            read_file(&fs, b"/etc/os-release", 100).unwrap().unwrap(),
+            b"ID=debian\n"
+        );
+        assert!(read_file(&fs, b"/etc/os-release", 3).is_err());
+        let e = res.resolve(b"/etc/loop", true).unwrap_err().to_string();
+        assert!(e.contains("symbolic links"), "{e}");
+    }
+}
