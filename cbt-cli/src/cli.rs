@@ -39,6 +39,10 @@ pub struct CommonOpts {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Directory of .deb package archives whose files also seed blocks
+    /// (repeatable; used by every command that builds an index).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub package_cache: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,7 +79,7 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
         /// Candidate images or directories.
-        #[arg(long = "against", value_name = "ROOT", num_args = 1.., required = true)]
+        #[arg(long = "against", value_name = "ROOT", num_args = 1.., required_unless_present = "package_cache")]
         against: Vec<PathBuf>,
         /// Print JSON.
         #[arg(long)]
@@ -90,6 +94,78 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send an image over the network: to a one-shot receiver
+    /// (`cbt recv --listen`) at HOST:PORT, or into a daemon's data
+    /// directory as HOST:PORT/NAME.
+    Send {
+        /// The image to send (raw or qcow2).
+        image: PathBuf,
+        /// HOST:PORT (a one-shot receiver) or HOST:PORT/NAME (a daemon).
+        dest: String,
+        /// Send this internal snapshot of IMAGE instead of its current state.
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
+        #[command(flatten)]
+        send: crate::net_commands::SendOpts,
+        #[command(flatten)]
+        net: crate::net_commands::NetOpts,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Receive an image over the network: pull HOST:PORT/NAME from a daemon
+    /// into OUT, or (with --listen) wait for one `cbt send` and write OUT.
+    Recv {
+        /// HOST:PORT/NAME and OUT, or only OUT with --listen.
+        #[arg(value_name = "[HOST:PORT/NAME] OUT", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Listen on ADDR (e.g. 127.0.0.1:4730) for one sender.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Images or directories (walked recursively) to take blocks from.
+        #[arg(long = "seed", value_name = "ROOT", num_args = 1..)]
+        seeds: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
+        format: FormatArg,
+        #[command(flatten)]
+        net: crate::net_commands::NetOpts,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the transfer daemon: receive pushed images into DIR (seeding from
+    /// the seed roots and DIR), serve pulls from the export directory.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4730")]
+        listen: String,
+        /// Directory pushed images are written to (and seeded from).
+        #[arg(long, value_name = "DIR", required = true)]
+        data: PathBuf,
+        /// More images or directories to take blocks from.
+        #[arg(long = "seed", value_name = "ROOT", num_args = 1..)]
+        seeds: Vec<PathBuf>,
+        /// Directory whose images clients may pull (by file name).
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+        /// Transfers served at once.
+        #[arg(long, value_name = "N", default_value_t = 8)]
+        max_connections: usize,
+        /// Format of pushed images written to DIR.
+        #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
+        format: FormatArg,
+        #[command(flatten)]
+        send: crate::net_commands::SendOpts,
+        #[command(flatten)]
+        net: crate::net_commands::NetOpts,
+    },
+    /// Describe the guest on an image offline: OS, packages, repositories,
+    /// hostname and the user-data manifest.
+    Describe(crate::describe_commands::DescribeArgs),
+    /// Plan a teleport: rebuild a guest from a similar local image plus
+    /// packages and its user data.
+    Teleport(crate::describe_commands::TeleportArgs),
     /// Run a self-contained demonstration on generated sample images.
     Demo {
         /// Keep the generated files in this directory instead of a temporary one.
@@ -137,17 +213,26 @@ impl CommonOpts {
         } else {
             Some(match &self.cache {
                 Some(d) => d.clone(),
-                None => default_cache_dir().context("cannot find a cache directory; pass --cache DIR or --no-cache")?,
+                None => default_cache_dir()
+                    .context("cannot find a cache directory; pass --cache DIR or --no-cache")?,
             })
         };
         let index = IndexOptions {
             block_size: self.block_size,
-            raw_extensions: self.raw_ext.iter().map(|e| e.trim_start_matches('.').to_string()).collect(),
+            raw_extensions: self
+                .raw_ext
+                .iter()
+                .map(|e| e.trim_start_matches('.').to_string())
+                .collect(),
             cache_dir,
             threads: self.threads,
             exclude: Vec::new(),
+            package_caches: self.package_cache.clone(),
         };
-        Ok(Config { index, threads: self.threads })
+        Ok(Config {
+            index,
+            threads: self.threads,
+        })
     }
 }
 
@@ -155,7 +240,9 @@ fn default_cache_dir() -> Option<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(x).join("cbt"));
     }
-    std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache").join("cbt"))
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache").join("cbt"))
 }
 
 /// Parses arguments (separate from `main` so it can be tested).
@@ -173,9 +260,14 @@ mod tests {
 
     #[test]
     fn parses_copy() {
-        let o = parse(["cbt", "copy", "a.img", "b.img", "--seed", "d1", "d2", "--format", "qcow2", "--json"]).unwrap();
+        let o = parse([
+            "cbt", "copy", "a.img", "b.img", "--seed", "d1", "d2", "--format", "qcow2", "--json",
+        ])
+        .unwrap();
         match o.command {
-            Command::Copy { seeds, json, format, .. } => {
+            Command::Copy {
+                seeds, json, format, ..
+            } => {
                 assert_eq!(seeds.len(), 2);
                 assert!(json);
                 assert!(matches!(format, FormatArg::Qcow2));

@@ -10,8 +10,8 @@ use crossbeam_channel::bounded;
 use serde::Serialize;
 
 use cbt_core::{
-    estimate, hash_image, open_image, reconstruct, BlockRecord, HashOptions, Image, ImageBlockSource, ImageSpec,
-    Index, IndexStats, Layout, ReconstructOptions, Report,
+    estimate, hash_image, open_image, reconstruct, BlockRecord, HashOptions, Image, ImageBlockSource,
+    ImageSpec, Index, IndexStats, Layout, ReconstructOptions, Report,
 };
 
 use crate::cli::{Command, Config, Opts};
@@ -20,14 +20,34 @@ use crate::cli::{Command, Config, Opts};
 pub fn run(opts: Opts) -> anyhow::Result<()> {
     let config = opts.common.resolve()?;
     match opts.command {
-        Command::Copy { src, dst, snapshot, seeds, format, no_readback, json } => {
+        Command::Copy {
+            src,
+            dst,
+            snapshot,
+            seeds,
+            format,
+            no_readback,
+            json,
+        } => {
             let spec = ImageSpec { path: src, snapshot };
-            let options = ReconstructOptions { format: format.into(), threads: config.threads, verify_readback: !no_readback };
+            let options = ReconstructOptions {
+                format: format.into(),
+                threads: config.threads,
+                verify_readback: !no_readback,
+            };
             let (report, stats) = copy(&config, &spec, &dst, &seeds, &options)?;
             print_copy(&report, &stats, json)
         }
-        Command::Estimate { src, snapshot, against, json } => {
+        Command::Estimate {
+            src,
+            snapshot,
+            against,
+            json,
+        } => {
             let spec = ImageSpec { path: src, snapshot };
+            if !config.index.package_caches.is_empty() {
+                return crate::describe_commands::estimate(&config, &spec, &against, json);
+            }
             let image = open_image(&spec)?;
             let mut options = config.index.clone();
             options.exclude = canonical(&spec.path).into_iter().collect();
@@ -43,9 +63,21 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                     est.source, est.image_bytes, est.blocks_nonzero, est.bytes_nonzero, est.blocks_zero
                 )?;
                 writeln!(out, "{:>8}  {:>14}  candidate", "found", "bytes to send")?;
-                writeln!(out, "{:>7.2}%  {:>14}  (union of all {} candidates)", est.union.found_fraction * 100.0, est.union.bytes_missing, est.candidates.len())?;
+                writeln!(
+                    out,
+                    "{:>7.2}%  {:>14}  (union of all {} candidates)",
+                    est.union.found_fraction * 100.0,
+                    est.union.bytes_missing,
+                    est.candidates.len()
+                )?;
                 for c in &est.candidates {
-                    writeln!(out, "{:>7.2}%  {:>14}  {}", c.found_fraction * 100.0, c.bytes_missing, c.path.as_deref().unwrap_or(""))?;
+                    writeln!(
+                        out,
+                        "{:>7.2}%  {:>14}  {}",
+                        c.found_fraction * 100.0,
+                        c.bytes_missing,
+                        c.path.as_deref().unwrap_or("")
+                    )?;
                 }
                 Ok(())
             }
@@ -60,7 +92,10 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                     stats: &'a IndexStats,
                     images_list: &'a [cbt_core::IndexedImage],
                 }
-                println_json(&Out { stats, images_list: index.images() })
+                println_json(&Out {
+                    stats,
+                    images_list: index.images(),
+                })
             } else {
                 let mut out = std::io::stdout().lock();
                 for img in index.images() {
@@ -78,7 +113,12 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 Ok(())
             }
         }
+        Command::Describe(args) => crate::describe_commands::describe(&config, args),
+        Command::Teleport(args) => crate::describe_commands::teleport(&config, args),
         Command::Demo { dir, size_mib } => crate::demo::run(&config, dir.as_deref(), size_mib),
+        cmd @ (Command::Send { .. } | Command::Recv { .. } | Command::Serve { .. }) => {
+            crate::net_commands::run(&config, cmd)
+        }
     }
 }
 
@@ -87,7 +127,11 @@ fn canonical(p: &Path) -> Option<PathBuf> {
 }
 
 fn print_index_stats(out: &mut impl Write, s: &IndexStats) -> std::io::Result<()> {
-    let per_block = if s.unique_blocks > 0 { s.memory_bytes as f64 / s.unique_blocks as f64 } else { 0.0 };
+    let per_block = if s.unique_blocks > 0 {
+        s.memory_bytes as f64 / s.unique_blocks as f64
+    } else {
+        0.0
+    };
     writeln!(
         out,
         "images: {}  blocks: {}  unique blocks: {}  zero blocks: {}  RAM: {} bytes ({per_block:.1} per unique block)  cached: {}  hashed: {} bytes",
@@ -106,7 +150,10 @@ pub fn copy(
 ) -> anyhow::Result<(Report, IndexStats)> {
     let image: Arc<dyn Image> = open_image(spec)?;
     if dst.is_dir() {
-        bail!("{}: is a directory; give the path of the image to write", dst.display());
+        bail!(
+            "{}: is a directory; give the path of the image to write",
+            dst.display()
+        );
     }
     let mut index_options = config.index.clone();
     // The source stands for a remote image: it must not seed itself.
@@ -114,21 +161,27 @@ pub fn copy(
     let index = Index::build(seeds, &index_options).context("building the seed index")?;
     let layout = Layout::detect(image.as_ref(), config.index.block_size)?;
     let mut source = ImageBlockSource::new(Arc::clone(&image));
-    let hash_options = HashOptions { threads: config.threads, ..Default::default() };
+    let hash_options = HashOptions {
+        threads: config.threads,
+        ..Default::default()
+    };
 
     let (tx, rx) = bounded::<Vec<BlockRecord>>(64);
     let report = thread::scope(|s| -> anyhow::Result<Report> {
         let hasher = s.spawn(|| {
             // On error the channel just closes; the error itself is reported below.
             let summary = hash_image(image.as_ref(), &layout, &hash_options, |records| {
-                tx.send(records.to_vec()).map_err(|_| cbt_core::Error::Stopped("copy stopped".into()))
+                tx.send(records.to_vec())
+                    .map_err(|_| cbt_core::Error::Stopped("copy stopped".into()))
             });
             drop(tx);
             summary
         });
         let records = rx.iter().flat_map(|batch| batch.into_iter().map(Ok));
         let result = reconstruct(&layout, records, &index, &mut source, dst, options, None);
-        let summary = hasher.join().map_err(|_| anyhow::anyhow!("hashing thread panicked"))?;
+        let summary = hasher
+            .join()
+            .map_err(|_| anyhow::anyhow!("hashing thread panicked"))?;
         // A failure to read the source explains any failure of the reconstruction.
         let summary = summary.with_context(|| format!("reading {spec}"))?;
         let report = result?;
@@ -151,13 +204,46 @@ fn print_copy(report: &Report, stats: &IndexStats, json: bool) -> anyhow::Result
         return println_json(&Out { report, index: stats });
     }
     let mut out = std::io::stdout().lock();
-    let pct = |n: u64| if report.blocks_total > 0 { n as f64 * 100.0 / report.blocks_total as f64 } else { 0.0 };
-    writeln!(out, "wrote {} ({} bytes) in {:.2}s", report.output.display(), report.image_bytes, report.seconds)?;
-    writeln!(out, "  zero blocks:    {:>10} ({:.1}%)", report.blocks_zero, pct(report.blocks_zero))?;
-    writeln!(out, "  local blocks:   {:>10} ({:.1}%), {} bytes", report.blocks_local, pct(report.blocks_local), report.bytes_local)?;
-    writeln!(out, "  missing blocks: {:>10} ({:.1}%), {} bytes read from the source", report.blocks_missing, pct(report.blocks_missing), report.bytes_missing)?;
+    let pct = |n: u64| {
+        if report.blocks_total > 0 {
+            n as f64 * 100.0 / report.blocks_total as f64
+        } else {
+            0.0
+        }
+    };
+    writeln!(
+        out,
+        "wrote {} ({} bytes) in {:.2}s",
+        report.output.display(),
+        report.image_bytes,
+        report.seconds
+    )?;
+    writeln!(
+        out,
+        "  zero blocks:    {:>10} ({:.1}%)",
+        report.blocks_zero,
+        pct(report.blocks_zero)
+    )?;
+    writeln!(
+        out,
+        "  local blocks:   {:>10} ({:.1}%), {} bytes",
+        report.blocks_local,
+        pct(report.blocks_local),
+        report.bytes_local
+    )?;
+    writeln!(
+        out,
+        "  missing blocks: {:>10} ({:.1}%), {} bytes read from the source",
+        report.blocks_missing,
+        pct(report.blocks_missing),
+        report.bytes_missing
+    )?;
     if report.local_rejected > 0 {
-        writeln!(out, "  seed blocks that no longer matched (fetched instead): {}", report.local_rejected)?;
+        writeln!(
+            out,
+            "  seed blocks that no longer matched (fetched instead): {}",
+            report.local_rejected
+        )?;
     }
     writeln!(out, "  verified: image digest {}", &report.image_digest[..16])?;
     Ok(())

@@ -24,15 +24,20 @@ mod partition;
 pub use digest::{is_zero, Digest};
 pub use error::{Error, Result};
 pub use image::{
-    detect_format, list_snapshots, open_image, parse_header, parse_snapshot_table, read_snapshot_table, Extent, ExtentScope, Image,
-    ImageFormat, ImageSpec, Qcow2Header, Qcow2Image, RawImage, SnapshotImage, SnapshotInfo, QCOW2_MAGIC,
+    detect_format, list_snapshots, open_image, parse_header, parse_snapshot_table, read_snapshot_table,
+    Extent, ExtentScope, Image, ImageFormat, ImageSpec, Qcow2Header, Qcow2Image, RawImage, SnapshotImage,
+    SnapshotInfo, QCOW2_MAGIC,
 };
 pub use partition::{parse_partitions, read_partitions, Partition};
 mod layout;
 mod pipeline;
 
-pub use layout::{check_block_size, BlockSpan, Layout, Region, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
-pub use pipeline::{hash_image, BlockKind, BlockRecord, HashOptions, HashSummary, ImageDigester, ZeroDigests};
+pub use layout::{
+    check_block_size, BlockSpan, Layout, Region, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+};
+pub use pipeline::{
+    hash_image, BlockKind, BlockRecord, HashOptions, HashSummary, ImageDigester, ZeroDigests,
+};
 mod index;
 
 pub use index::{Index, IndexOptions, IndexStats, IndexedImage, Location};
@@ -41,7 +46,8 @@ mod reconstruct;
 
 pub use output::{temp_path_for, OutputFile, OutputFormat};
 pub use reconstruct::{
-    image_digest, reconstruct, verify_output, write_manifest_entry, BlockRef, BlockSource, ImageBlockSource, Progress, ReconstructOptions, Report,
+    image_digest, reconstruct, verify_output, write_manifest_entry, BlockRef, BlockSource, ImageBlockSource,
+    Progress, ReconstructOptions, Report,
 };
 mod estimate;
 
@@ -50,14 +56,14 @@ mod debcache;
 mod inspect;
 
 pub use debcache::{
-    estimate_with_packages, prepare_package_blobs, read_deb, DebControl, DebInfo, DebLimits, FileSink, Measure, PackageBlob,
-    PackageBlobs,
-    PackageCacheShare, PackageEstimate, SourceBlocks,
+    estimate_with_packages, prepare_package_blobs, read_deb, DebControl, DebInfo, DebLimits, FileSink,
+    Measure, PackageBlob, PackageBlobs, PackageCacheShare, PackageEstimate, SourceBlocks,
 };
 pub use inspect::{
-    deb822, describe_dir, describe_fs, describe_image, dpkg, DescribeOptions, Description, EntryKind, FilesystemInfo, GuestFs,
-    HostDirFs, KeyFile, Manifest, ManifestEntry, OsRelease, Package, Repository, SymlinkEntry,
-    teleport_plan, CandidateScore, PackageChange, Rejected, TeleportCost, TeleportOptions, TeleportPlan, TransferCost,
+    deb822, describe_dir, describe_fs, describe_image, dpkg, teleport_plan, CandidateScore, DescribeOptions,
+    Description, EntryKind, FilesystemInfo, GuestFs, HostDirFs, KeyFile, Manifest, ManifestEntry, OsRelease,
+    Package, PackageChange, Rejected, Repository, SymlinkEntry, TeleportCost, TeleportOptions, TeleportPlan,
+    TransferCost,
 };
 
 // The README's library example is compiled and run as a doc test.

@@ -1,3 +1,119 @@
-//! `cbt-net`: network transfer of images between hosts (protocol, sender,
-//! receiver, daemon). Not yet implemented: see the cbt-net issue.
+//! `cbt-net`: moving an image between two hosts with content-based block
+//! transfer. The protocol is specified in `docs/PROTOCOL.md`.
+//!
+//! Components:
+//! - [`frame`]: the preamble and the length-prefixed frames, with a decoder
+//!   hardened for untrusted input;
+//! - [`handshake`]: versioned handshake and mutual challenge-response
+//!   authentication with a shared [`Secret`];
+//! - [`connection`]: framed reader and writer, byte counters, `--bwlimit`
+//!   token bucket, and the [`Link`] tasks that keep both directions flowing;
+//! - [`sender`] and [`receiver`]: the two roles of a transfer, independent of
+//!   who connected; the receiver predicts where each group of blocks lives
+//!   locally, asks for block digests only where the prediction fails, and
+//!   for blocks only where its [`cbt_core::Index`] has nothing;
+//! - [`client`] and [`daemon`]: the one-shot pair and the `cbt serve`
+//!   daemon (push and pull), with connection cap, idle timeouts and graceful
+//!   shutdown;
+//! - [`resume`]: partial outputs kept after a failure and used as seeds.
 #![forbid(unsafe_code)]
+
+pub mod blockmap;
+pub mod client;
+pub mod compress;
+pub mod connection;
+pub mod daemon;
+mod error;
+pub mod frame;
+pub mod handshake;
+pub mod names;
+pub mod receiver;
+pub mod resume;
+pub mod sender;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+pub use client::{parse_target, pull, push, receive_once, ClientOptions, Target, DEFAULT_PORT};
+pub use compress::Compression;
+pub use connection::{Counters, Link, Shutdown, ShutdownTrigger, Timeouts};
+pub use daemon::{serve, ServeOptions};
+pub use error::{Error, Result};
+pub use handshake::Secret;
+pub use receiver::{receive, ReceiveOptions};
+pub use sender::{send, SendOptions};
+
+/// What a transfer did, from one side's point of view.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferReport {
+    /// "sender" or "receiver".
+    pub role: &'static str,
+    /// The other side's address.
+    pub peer: String,
+    /// The source image (as the sender names it).
+    pub source: String,
+    /// Where the image was published (receiver only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
+    /// Image size in bytes.
+    pub image_bytes: u64,
+    /// Blocks in the image.
+    pub blocks_total: u64,
+    /// All-zero blocks (never sent, written as holes).
+    pub blocks_zero: u64,
+    /// Blocks found at the receiver.
+    pub blocks_local: u64,
+    /// Blocks that crossed the network (repairs included).
+    pub blocks_sent: u64,
+    /// Blocks fetched again after verification found them wrong.
+    pub blocks_repaired: u64,
+    /// Bytes this side wrote to the socket.
+    pub wire_bytes_sent: u64,
+    /// Bytes this side read from the socket.
+    pub wire_bytes_received: u64,
+    /// Wall-clock seconds of the transfer (from the connection to the end).
+    pub seconds: f64,
+    /// Image bytes per wall-clock second.
+    pub observed_bandwidth: f64,
+    /// The image digest both sides agreed on.
+    pub image_digest: String,
+}
+
+impl TransferReport {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        role: &'static str,
+        peer: &str,
+        source: String,
+        output: Option<PathBuf>,
+        layout: &cbt_core::Layout,
+        stats: frame::DoneStats,
+        counters: &Counters,
+        seconds: f64,
+        digest: cbt_core::Digest,
+    ) -> Self {
+        TransferReport {
+            role,
+            peer: peer.to_string(),
+            source,
+            output,
+            image_bytes: layout.len(),
+            blocks_total: layout.block_count(),
+            blocks_zero: stats.blocks_zero,
+            blocks_local: stats.blocks_local,
+            blocks_sent: stats.blocks_sent,
+            blocks_repaired: stats.blocks_repaired,
+            wire_bytes_sent: counters.sent.load(Ordering::Relaxed),
+            wire_bytes_received: counters.received.load(Ordering::Relaxed),
+            seconds,
+            observed_bandwidth: if seconds > 0.0 {
+                layout.len() as f64 / seconds
+            } else {
+                0.0
+            },
+            image_digest: digest.to_hex(),
+        }
+    }
+}

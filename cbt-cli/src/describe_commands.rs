@@ -1,0 +1,455 @@
+//! The functional-copy commands: `cbt describe` (offline guest
+//! inspection), `cbt teleport plan`, and `cbt estimate` with package
+//! caches (the caches reported as one candidate).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use cbt_core::{
+    describe_dir, describe_image, estimate_with_packages, open_image, teleport_plan, DescribeOptions,
+    Description, EntryKind, ImageSpec, Index, TeleportOptions, TeleportPlan,
+};
+
+use crate::cli::Config;
+
+/// `cbt describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// The image (raw or qcow2), or an unpacked root directory.
+    pub image: PathBuf,
+    /// Describe this internal snapshot of IMAGE.
+    #[arg(long, value_name = "NAME")]
+    pub snapshot: Option<String>,
+    /// Do not compare package files with their recorded checksums (faster;
+    /// modified package files are then not reported).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Skip the user-data manifest (no walk over the files).
+    #[arg(long)]
+    pub no_manifest: bool,
+    /// Print JSON (schema in docs/DESCRIBE.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cbt teleport`.
+#[derive(Debug, Args)]
+pub struct TeleportArgs {
+    #[command(subcommand)]
+    pub command: TeleportCommand,
+}
+
+/// The `teleport` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TeleportCommand {
+    /// Pick the local image closest to SRC (same distribution, version and
+    /// architecture, fewest bytes still to send), list the packages to
+    /// install and remove and the user data to send, and compare the time
+    /// of a teleport with a plain cbt transfer.
+    Plan {
+        /// The image to move.
+        src: PathBuf,
+        /// Plan for this internal snapshot of SRC.
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
+        /// Local images or directories (walked recursively) to consider:
+        /// their images, backing files and internal snapshots.
+        #[arg(long, value_name = "ROOT", num_args = 1.., required = true)]
+        candidates: Vec<PathBuf>,
+        /// Link rate: bytes per second, or with a unit: 100Mbit, 1Gbit/s,
+        /// 10MB/s, 20MiB/s.
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        link: Option<f64>,
+        /// Seconds charged per package installed or removed.
+        #[arg(long, value_name = "S", default_value_t = 0.5)]
+        seconds_per_package: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses a link rate into bytes per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").or_else(|| t.strip_suffix("ps")).unwrap_or(t);
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with an optional unit"))?;
+    let mut unit = unit.trim();
+    let mut scale = 1.0;
+    if let Some(c) = unit.chars().next() {
+        let power = match c {
+            'k' | 'K' => 1,
+            'M' => 2,
+            'G' => 3,
+            'T' => 4,
+            _ => 0,
+        };
+        if power > 0 {
+            unit = &unit[1..];
+            let base: f64 = if let Some(rest) = unit.strip_prefix('i') {
+                unit = rest;
+                1024.0
+            } else {
+                1000.0
+            };
+            scale = base.powi(power);
+        }
+    }
+    let per_byte = match unit {
+        "" | "B" => 1.0,
+        "bit" | "b" => 0.125,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use B or bit, e.g. 100Mbit, 10MB/s)"
+            ))
+        }
+    };
+    let rate = value * scale * per_byte;
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(format!("{s:?}: the rate must be positive"));
+    }
+    Ok(rate)
+}
+
+/// `cbt describe`.
+pub fn describe(_config: &Config, args: DescribeArgs) -> anyhow::Result<()> {
+    let options = DescribeOptions {
+        packages: true,
+        manifest: !args.no_manifest,
+        verify: !args.no_verify,
+    };
+    let d = if args.image.is_dir() {
+        if args.snapshot.is_some() {
+            bail!(
+                "{}: --snapshot needs an image, not a directory",
+                args.image.display()
+            );
+        }
+        describe_dir(&args.image, &options)?
+    } else {
+        let spec = ImageSpec {
+            path: args.image.clone(),
+            snapshot: args.snapshot,
+        };
+        describe_image(open_image(&spec)?, &options).with_context(|| format!("describing {spec}"))?
+    };
+    if args.json {
+        return println_json(&d);
+    }
+    print_description(&d)
+}
+
+fn print_description(d: &Description) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "image: {}", d.image)?;
+    for f in &d.filesystems {
+        let part = f
+            .partition
+            .map_or("whole image".to_string(), |n| format!("partition {n}"));
+        let root = if f.root { " (root)" } else { "" };
+        let err = f.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        writeln!(
+            out,
+            "filesystem: {part} at {}, {} bytes, {}{root}{err}",
+            f.offset, f.len, f.kind
+        )?;
+    }
+    let pretty =
+        d.os.as_ref()
+            .and_then(|o| o.pretty_name.clone())
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+    match (&d.distro, &d.version) {
+        (Some(distro), version) => writeln!(
+            out,
+            "os: {distro} {}{pretty}",
+            version.as_deref().unwrap_or("(no version)")
+        )?,
+        (None, _) => writeln!(out, "os: unknown")?,
+    }
+    writeln!(
+        out,
+        "architecture: {}",
+        d.architecture.as_deref().unwrap_or("unknown")
+    )?;
+    writeln!(out, "hostname: {}", d.hostname.as_deref().unwrap_or("(none)"))?;
+    let installed = d.installed().count();
+    writeln!(
+        out,
+        "package manager: {}, {} packages ({installed} installed)",
+        d.package_manager.as_deref().unwrap_or("none found"),
+        d.packages.len()
+    )?;
+    for p in &d.packages {
+        let state = if p.is_installed() {
+            String::new()
+        } else {
+            format!(" [{}]", p.state)
+        };
+        writeln!(out, "  {} {} {}{state}", p.name, p.version, p.architecture)?;
+    }
+    writeln!(out, "repositories: {}", d.repositories.len())?;
+    for r in &d.repositories {
+        writeln!(
+            out,
+            "  {} {} {} {}  ({})",
+            r.kind,
+            r.uri,
+            r.suite,
+            r.components.join(" "),
+            r.file
+        )?;
+    }
+    if !d.keys.is_empty() {
+        writeln!(out, "keys:")?;
+        for k in &d.keys {
+            writeln!(out, "  {} ({} bytes)", k.path, k.size)?;
+        }
+    }
+    if let Some(m) = &d.user_data {
+        let count = |k: EntryKind| m.files.iter().filter(|f| f.kind == k).count();
+        writeln!(
+            out,
+            "user data: {} bytes in {} files ({} unowned, {} modified package files, {} modified conffiles); \
+             package-manager state: {} files, {} bytes",
+            m.user_data_bytes,
+            m.files.len() - count(EntryKind::PackageState),
+            count(EntryKind::Unowned),
+            count(EntryKind::Modified),
+            count(EntryKind::ModifiedConffile),
+            count(EntryKind::PackageState),
+            m.package_state_bytes
+        )?;
+        writeln!(
+            out,
+            "package files: {} ({} verified, {} without checksum), {} missing, {} unowned symlinks",
+            m.package_files,
+            m.verified_files,
+            m.unverified_files,
+            m.missing_files.len(),
+            m.symlinks.len()
+        )?;
+        for f in &m.files {
+            let kind = match f.kind {
+                EntryKind::Unowned => "unowned",
+                EntryKind::Modified => "modified",
+                EntryKind::ModifiedConffile => "conffile",
+                EntryKind::PackageState => "state",
+            };
+            writeln!(out, "  {kind:<9} {:>12} {} {}", f.size, &f.blake3[..16], f.path)?;
+        }
+    }
+    for w in &d.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
+    Ok(())
+}
+
+/// `cbt teleport ...`.
+pub fn teleport(config: &Config, args: TeleportArgs) -> anyhow::Result<()> {
+    match args.command {
+        TeleportCommand::Plan {
+            src,
+            snapshot,
+            candidates,
+            link,
+            seconds_per_package,
+            json,
+        } => {
+            if !(seconds_per_package >= 0.0 && seconds_per_package.is_finite()) {
+                bail!("--seconds-per-package must be a non-negative number");
+            }
+            let spec = ImageSpec { path: src, snapshot };
+            let options = TeleportOptions {
+                index: config.index.clone(),
+                threads: config.threads,
+                link_rate: link,
+                seconds_per_package,
+            };
+            let plan =
+                teleport_plan(&spec, &candidates, &options).with_context(|| format!("planning {spec}"))?;
+            if json {
+                println_json(&plan)
+            } else {
+                print_plan(&plan)
+            }
+        }
+    }
+}
+
+fn print_plan(p: &TeleportPlan) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let secs = |s: Option<f64>| s.map(|s| format!(", about {s:.1} s")).unwrap_or_default();
+    writeln!(
+        out,
+        "source: {} ({} {} {}), user data: {} bytes in {} files",
+        p.source,
+        p.distro.as_deref().unwrap_or("unknown OS"),
+        p.version.as_deref().unwrap_or("?"),
+        p.architecture.as_deref().unwrap_or("?"),
+        p.user_data_bytes,
+        p.user_data_files
+    )?;
+    writeln!(
+        out,
+        "candidates (same distribution, version and architecture), best first:"
+    )?;
+    writeln!(
+        out,
+        "  {:>14}  {:>7}  {:>7}  image",
+        "bytes to send", "found", "changes"
+    )?;
+    for c in &p.candidates {
+        let found = c
+            .found_fraction
+            .map_or("abandoned".to_string(), |f| format!("{:.2}%", f * 100.0));
+        let bytes = if c.abandoned {
+            format!(">{}", c.bytes_missing.saturating_sub(1))
+        } else {
+            c.bytes_missing.to_string()
+        };
+        writeln!(
+            out,
+            "  {bytes:>14}  {found:>7}  {:>7}  {}",
+            c.package_changes, c.image
+        )?;
+    }
+    for r in &p.rejected {
+        writeln!(out, "  rejected: {}: {}", r.image, r.reason)?;
+    }
+    if let Some(best) = &p.best {
+        writeln!(out, "best: {best}")?;
+        writeln!(out, "install ({}):", p.install.len())?;
+        for c in &p.install {
+            let from = c
+                .candidate_version
+                .as_deref()
+                .map(|v| format!(" (candidate has {v})"))
+                .unwrap_or_default();
+            let cached = if c.in_package_cache == Some(true) {
+                " [in package cache]"
+            } else {
+                ""
+            };
+            writeln!(out, "  {}:{} {}{from}{cached}", c.name, c.architecture, c.version)?;
+        }
+        writeln!(out, "remove ({}):", p.remove.len())?;
+        for c in &p.remove {
+            writeln!(out, "  {}:{} {}", c.name, c.architecture, c.version)?;
+        }
+        writeln!(out, "repositories to add ({}):", p.repositories_to_add.len())?;
+        for r in &p.repositories_to_add {
+            writeln!(
+                out,
+                "  {} {} {} {}",
+                r.kind,
+                r.uri,
+                r.suite,
+                r.components.join(" ")
+            )?;
+        }
+    }
+    writeln!(out, "cbt transfer: {} bytes{}", p.cbt.bytes, secs(p.cbt.seconds))?;
+    if let Some(t) = &p.teleport {
+        writeln!(
+            out,
+            "teleport: {} bytes (user data {} + package downloads {}; {} packages from the cache, {} package operations){}",
+            t.bytes,
+            t.user_data_bytes,
+            t.package_download_bytes,
+            t.packages_from_cache,
+            t.package_operations,
+            secs(t.seconds)
+        )?;
+    }
+    writeln!(out, "choice: {} ({})", p.choice, p.reason)?;
+    Ok(())
+}
+
+/// `cbt estimate` with package caches: the caches count as one candidate.
+pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bool) -> anyhow::Result<()> {
+    let image = open_image(spec)?;
+    let mut options = config.index.clone();
+    options.exclude = canonical(&spec.path).into_iter().collect();
+    let index = Index::build_with_per_image(against, &options)?;
+    let est = estimate_with_packages(image.as_ref(), spec, &index, config.threads)?;
+    if json {
+        return println_json(&est);
+    }
+    let e = &est.estimate;
+    let pc = &est.package_cache;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}: {} bytes, {} non-zero blocks ({} bytes), {} zero blocks",
+        e.source, e.image_bytes, e.blocks_nonzero, e.bytes_nonzero, e.blocks_zero
+    )?;
+    writeln!(out, "{:>8}  {:>14}  candidate", "found", "bytes to send")?;
+    writeln!(
+        out,
+        "{:>7.2}%  {:>14}  (union of all {} images and the package caches)",
+        e.union.found_fraction * 100.0,
+        e.union.bytes_missing,
+        e.candidates.len()
+    )?;
+    let skipped = if pc.archives_skipped > 0 {
+        format!(", {} skipped", pc.archives_skipped)
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "{:>7.2}%  {:>14}  package caches ({} archives{skipped})",
+        pc.found_fraction * 100.0,
+        pc.bytes_missing,
+        pc.archives
+    )?;
+    for c in &e.candidates {
+        writeln!(
+            out,
+            "{:>7.2}%  {:>14}  {}",
+            c.found_fraction * 100.0,
+            c.bytes_missing,
+            c.path.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+fn canonical(p: &Path) -> Option<PathBuf> {
+    p.canonicalize().ok()
+}
+
+fn println_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("1000").unwrap(), 1000.0);
+        assert_eq!(parse_rate("100Mbit").unwrap(), 12_500_000.0);
+        assert_eq!(parse_rate("1Gbit/s").unwrap(), 125_000_000.0);
+        assert_eq!(parse_rate("10MB/s").unwrap(), 10_000_000.0);
+        assert_eq!(parse_rate("2MiB/s").unwrap(), 2.0 * 1024.0 * 1024.0);
+        assert_eq!(parse_rate("8kbps").unwrap(), 1000.0);
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10 parsecs").is_err());
+        assert!(parse_rate("0").is_err());
+    }
+}

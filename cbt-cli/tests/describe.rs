@@ -1,0 +1,892 @@
+//! End-to-end tests of the functional-copy layer: `cbt describe`,
+//! `cbt estimate --package-cache`, `cbt copy --package-cache` and
+//! `cbt teleport plan`, on Debian-like guests built at test time.
+//!
+//! Each guest is a tree with a hand-made dpkg database (status, file
+//! lists, md5sums, conffiles, a diversion) and merged `/usr`. Its packages
+//! also exist as real `.deb` archives built with `dpkg-deb --build` (xz,
+//! zstd, gzip and uncompressed members). The tree is put into ext4 images
+//! with `mkfs.ext4 -d`, unpartitioned and inside a GPT partition. The tests
+//! check the exact package list, the exact user-data manifest, and the
+//! exact number of blocks the package cache supplies.
+
+// Test code: a panic with its message is the failure report.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use common::{assert_success, copy_into, json_u64, sparse_file, tool, TestEnv, XorShift, BLOCK, MIB};
+
+/// Exit code for malformed or unsupported input.
+const EXIT_BAD_INPUT: i32 = 3;
+
+/// One package: its control fields and files (absolute paths as shipped).
+struct Pkg {
+    name: &'static str,
+    version: &'static str,
+    arch: &'static str,
+    multi_arch_same: bool,
+    installed_kib: u64,
+    files: Vec<(&'static str, Vec<u8>)>,
+    conffiles: Vec<&'static str>,
+    /// `dpkg-deb -Z` value.
+    compression: &'static str,
+}
+
+impl Pkg {
+    fn new(name: &'static str, version: &'static str, arch: &'static str, compression: &'static str) -> Pkg {
+        Pkg {
+            name,
+            version,
+            arch,
+            multi_arch_same: false,
+            installed_kib: 0,
+            files: Vec::new(),
+            conffiles: Vec::new(),
+            compression,
+        }
+    }
+
+    fn file(mut self, path: &'static str, data: Vec<u8>) -> Pkg {
+        self.installed_kib += (data.len() as u64).div_ceil(1024);
+        self.files.push((path, data));
+        self
+    }
+
+    fn conffile(mut self, path: &'static str, data: &[u8]) -> Pkg {
+        self.conffiles.push(path);
+        self.file(path, data.to_vec())
+    }
+
+    /// Directories to list in `.list`, then files.
+    fn list(&self) -> String {
+        let mut dirs = BTreeSet::new();
+        for (p, _) in &self.files {
+            let mut d = Path::new(p).parent();
+            while let Some(x) = d {
+                dirs.insert(x.to_string_lossy().into_owned());
+                d = x.parent();
+            }
+        }
+        let mut out = String::new();
+        for d in dirs {
+            out += if d == "/" { "/." } else { &d };
+            out.push('\n');
+        }
+        for (p, _) in &self.files {
+            out += p;
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Builds the `.deb` in `dir` with `dpkg-deb --build`.
+    fn build_deb(&self, env: &TestEnv, dir: &Path) -> PathBuf {
+        let src = env.dir(&format!("pkgsrc/{}-{}", self.name, self.version));
+        fs::create_dir_all(src.join("DEBIAN")).unwrap();
+        let multi = if self.multi_arch_same {
+            "Multi-Arch: same\n"
+        } else {
+            ""
+        };
+        fs::write(
+            src.join("DEBIAN/control"),
+            format!(
+                "Package: {}\nVersion: {}\nArchitecture: {}\n{multi}Maintainer: Test <t@example.invalid>\nInstalled-Size: {}\nDescription: test package\n",
+                self.name, self.version, self.arch, self.installed_kib
+            ),
+        )
+        .unwrap();
+        for (p, data) in &self.files {
+            let f = src.join(p.trim_start_matches('/'));
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(f, data).unwrap();
+        }
+        if !self.conffiles.is_empty() {
+            fs::write(src.join("DEBIAN/conffiles"), self.conffiles.join("\n") + "\n").unwrap();
+        }
+        fs::write(src.join("DEBIAN/md5sums"), self.md5sums()).unwrap();
+        let deb = dir.join(format!("{}_{}_{}.deb", self.name, self.version, self.arch));
+        let mut cmd = Command::new(tool("dpkg-deb", "dpkg"));
+        cmd.arg(format!("-Z{}", self.compression))
+            .arg("--root-owner-group")
+            .arg("--build")
+            .arg(&src)
+            .arg(&deb);
+        let out = cmd.output().expect("run dpkg-deb");
+        assert_success(&out, "dpkg-deb", &args![src, deb]);
+        deb
+    }
+
+    fn md5sums(&self) -> String {
+        self.files
+            .iter()
+            .filter(|(p, _)| !self.conffiles.contains(p))
+            .map(|(p, d)| format!("{}  {}\n", md5_hex(d), p.trim_start_matches('/')))
+            .collect()
+    }
+
+    /// The status paragraph for `state` (e.g. `install ok installed`).
+    fn status(&self, state: &str) -> String {
+        let mut s = format!("Package: {}\nStatus: {state}\nPriority: optional\n", self.name);
+        s += &format!(
+            "Installed-Size: {}\nMaintainer: Test <t@example.invalid>\nArchitecture: {}\n",
+            self.installed_kib, self.arch
+        );
+        if self.multi_arch_same {
+            s += "Multi-Arch: same\n";
+        }
+        s += &format!("Version: {}\n", self.version);
+        if !self.conffiles.is_empty() {
+            s += "Conffiles:\n";
+            for c in &self.conffiles {
+                let data = &self.files.iter().find(|(p, _)| p == c).unwrap().1;
+                s += &format!(" {c} {}\n", md5_hex(data));
+            }
+        }
+        s + "Description: test package\n long description\n .\n more\n\n"
+    }
+
+    fn info_stem(&self) -> String {
+        if self.multi_arch_same {
+            format!("{}:{}", self.name, self.arch)
+        } else {
+            self.name.to_string()
+        }
+    }
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("x");
+    fs::write(&f, data).unwrap();
+    let out = Command::new("md5sum").arg(&f).output().expect("run md5sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    XorShift::new(seed).bytes(len)
+}
+
+/// Where a shipped path lives on a merged-/usr system.
+fn merged(path: &str) -> String {
+    for d in ["/bin/", "/sbin/", "/lib/"] {
+        if let Some(rest) = path.strip_prefix(d) {
+            return format!("/usr{d}{rest}");
+        }
+    }
+    path.to_string()
+}
+
+/// A guest: its tree, its packages, and what the manifest must say.
+struct Guest {
+    root: PathBuf,
+    packages: Vec<Pkg>,
+    /// (state, package) for the status file; state as in `Status:`.
+    states: BTreeMap<&'static str, &'static str>,
+    /// Package files (real paths) whose content was changed, with their package and kind.
+    modified: BTreeMap<String, (&'static str, &'static str)>,
+    /// Package files (real paths) absent from the tree.
+    missing: Vec<String>,
+}
+
+/// The packages of the reference guest. `hello_version` and the extras let
+/// candidates differ from it.
+fn base_packages(hello_version: &'static str) -> Vec<Pkg> {
+    let mut libfoo = Pkg::new("libfoo", "2.1-3", "amd64", "zstd")
+        .file("/lib/x86_64-linux-gnu/libfoo.so.2", random(2, 100_000));
+    libfoo.multi_arch_same = true;
+    vec![
+        Pkg::new("base-files", "12.4+deb12u5", "amd64", "xz")
+            .file(
+                "/usr/lib/os-release",
+                b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nVERSION=\"12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n"
+                    .to_vec(),
+            )
+            .conffile("/etc/debian_version", b"12.5\n"),
+        Pkg::new("dpkg", "1.21.22", "amd64", "gzip").file("/usr/bin/dpkg", random(9, 30_000)),
+        Pkg::new("hello", hello_version, "amd64", "xz")
+            .file("/bin/hello", random(if hello_version == "1.0-1" { 1 } else { 11 }, 40_000))
+            .file("/usr/share/doc/hello/README", b"hello: prints a greeting\n".to_vec())
+            .conffile("/etc/hello.conf", b"greeting=hello\n"),
+        libfoo,
+        Pkg::new("tool", "0.5", "all", "none")
+            .file("/usr/bin/tool", random(3, 8_000))
+            .file("/usr/share/tool/data.bin", random(4, 64_000))
+            .file("/usr/share/tool/README", b"tool readme\n".to_vec()),
+    ]
+}
+
+/// Writes the reference guest (or a variant) into `rel`.
+/// `user_files` adds the user data; `extra` adds packages.
+fn make_guest(env: &TestEnv, rel: &str, packages: Vec<Pkg>, user_files: bool, os_version: &str) -> Guest {
+    let root = env.dir(rel);
+    for d in [
+        "usr/bin",
+        "usr/sbin",
+        "usr/lib",
+        "etc/apt/sources.list.d",
+        "etc/apt/trusted.gpg.d",
+        "var/lib/dpkg/info",
+        "home",
+        "tmp",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    symlink("usr/bin", root.join("bin")).unwrap();
+    symlink("usr/sbin", root.join("sbin")).unwrap();
+    symlink("usr/lib", root.join("lib")).unwrap();
+    symlink("../usr/lib/os-release", root.join("etc/os-release")).unwrap();
+    fs::write(
+        root.join("etc/apt/sources.list"),
+        format!("deb http://deb.debian.org/debian {} main\n", codename(os_version)),
+    )
+    .unwrap();
+    let mut g = Guest {
+        root: root.clone(),
+        packages,
+        states: BTreeMap::new(),
+        modified: BTreeMap::new(),
+        missing: Vec::new(),
+    };
+    let mut status = String::new();
+    // A purged package stays in the status file only for its selection.
+    status += "Package: purged\nStatus: purge ok not-installed\nPriority: optional\nArchitecture: amd64\n\n";
+    for p in &g.packages {
+        for (path, data) in &p.files {
+            let mut data = data.clone();
+            if path == &"/usr/lib/os-release" && os_version != "12" {
+                data = format!(
+                    "PRETTY_NAME=\"Debian GNU/Linux {os_version}\"\nID=debian\nVERSION_ID=\"{os_version}\"\n"
+                )
+                .into_bytes();
+            }
+            let real = root.join(merged(path).trim_start_matches('/'));
+            fs::create_dir_all(real.parent().unwrap()).unwrap();
+            fs::write(real, data).unwrap();
+        }
+        fs::write(
+            root.join(format!("var/lib/dpkg/info/{}.list", p.info_stem())),
+            p.list(),
+        )
+        .unwrap();
+        fs::write(
+            root.join(format!("var/lib/dpkg/info/{}.md5sums", p.info_stem())),
+            p.md5sums(),
+        )
+        .unwrap();
+        if !p.conffiles.is_empty() {
+            fs::write(
+                root.join(format!("var/lib/dpkg/info/{}.conffiles", p.info_stem())),
+                p.conffiles.join("\n") + "\n",
+            )
+            .unwrap();
+        }
+        status += &p.status("install ok installed");
+        g.states.insert(p.name, "installed");
+    }
+    if os_version != "12" {
+        // The os-release of another release no longer matches base-files' md5sums.
+        g.modified
+            .insert("/usr/lib/os-release".into(), ("base-files", "modified"));
+    }
+    // A removed package whose conffile stays behind, unmodified.
+    let old = Pkg::new("oldpkg", "0.1", "all", "none").conffile("/etc/oldpkg.conf", b"old=1\n");
+    fs::write(root.join("etc/oldpkg.conf"), b"old=1\n").unwrap();
+    fs::write(
+        root.join("var/lib/dpkg/info/oldpkg.list"),
+        "/etc\n/etc/oldpkg.conf\n",
+    )
+    .unwrap();
+    status += &old.status("deinstall ok config-files");
+    g.states.insert("oldpkg", "config-files");
+    fs::write(root.join("var/lib/dpkg/status"), status).unwrap();
+    fs::write(root.join("var/lib/dpkg/available"), "").unwrap();
+
+    if user_files {
+        fs::write(root.join("etc/hostname"), "web1\n").unwrap();
+        fs::write(
+            root.join("etc/apt/sources.list.d/extra.sources"),
+            "Types: deb\nURIs: https://extra.example/apt\nSuites: stable\nComponents: main contrib\nSigned-By: /etc/apt/trusted.gpg.d/extra.gpg\n",
+        )
+        .unwrap();
+        fs::write(root.join("etc/apt/trusted.gpg.d/extra.gpg"), random(5, 1_200)).unwrap();
+        fs::create_dir_all(root.join("home/alice/.ssh")).unwrap();
+        fs::write(root.join("home/alice/notes.txt"), "remember the milk\n").unwrap();
+        fs::write(
+            root.join("home/alice/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAA test\n",
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("srv/www")).unwrap();
+        fs::write(root.join("srv/www/index.html"), random(6, 30_000)).unwrap();
+        fs::write(root.join("srv/www/empty.txt"), "").unwrap();
+        symlink("/srv/www/index.html", root.join("home/alice/site")).unwrap();
+        // The admin changed a shipped file and a conffile.
+        fs::write(
+            root.join("usr/share/doc/hello/README"),
+            "hello: prints a greeting (patched)\n",
+        )
+        .unwrap();
+        g.modified
+            .insert("/usr/share/doc/hello/README".into(), ("hello", "modified"));
+        fs::write(root.join("etc/hello.conf"), "greeting=bonjour\n").unwrap();
+        g.modified
+            .insert("/etc/hello.conf".into(), ("hello", "modified_conffile"));
+        // The admin removed a shipped file.
+        fs::remove_file(root.join("usr/share/tool/README")).unwrap();
+        g.missing.push("/usr/share/tool/README".into());
+        // A local diversion: the package's /usr/bin/tool moved aside, the
+        // admin's own /usr/bin/tool in its place.
+        fs::rename(root.join("usr/bin/tool"), root.join("usr/bin/tool.distrib")).unwrap();
+        fs::write(root.join("usr/bin/tool"), "#!/bin/sh\necho wrapped\n").unwrap();
+        fs::write(
+            root.join("var/lib/dpkg/diversions"),
+            "/usr/bin/tool\n/usr/bin/tool.distrib\n:\n",
+        )
+        .unwrap();
+    }
+    g
+}
+
+fn codename(version: &str) -> &'static str {
+    match version {
+        "11" => "bullseye",
+        _ => "bookworm",
+    }
+}
+
+impl Guest {
+    /// Real paths of package files present and unmodified.
+    fn intact_package_files(&self) -> BTreeSet<String> {
+        let diverted = |p: &str| {
+            if p == "/usr/bin/tool" && self.root.join("usr/bin/tool.distrib").exists() {
+                "/usr/bin/tool.distrib".to_string()
+            } else {
+                merged(p)
+            }
+        };
+        let mut out: BTreeSet<String> = self
+            .packages
+            .iter()
+            .flat_map(|p| p.files.iter().map(|(path, _)| diverted(path)))
+            .filter(|p| !self.modified.contains_key(p) && !self.missing.contains(p))
+            .collect();
+        out.insert("/etc/oldpkg.conf".into());
+        out
+    }
+
+    /// The exact manifest expected: (path, kind, size, blake3, package).
+    fn expected_manifest(&self) -> Vec<(String, String, u64, String, Option<String>)> {
+        let owned = self.intact_package_files();
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let ft = e.file_type().unwrap();
+                if ft.is_dir() {
+                    stack.push(e.path());
+                } else if ft.is_file() {
+                    let guest = format!("/{}", e.path().strip_prefix(&self.root).unwrap().display());
+                    if owned.contains(&guest) {
+                        continue;
+                    }
+                    let data = fs::read(e.path()).unwrap();
+                    let (kind, package) = match self.modified.get(&guest) {
+                        Some((p, k)) => (k.to_string(), Some(p.to_string())),
+                        None if guest.starts_with("/var/lib/dpkg/") => ("package_state".to_string(), None),
+                        None => ("unowned".to_string(), None),
+                    };
+                    out.push((
+                        guest,
+                        kind,
+                        data.len() as u64,
+                        cbt_core::Digest::of(&data).to_hex(),
+                        package,
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// The manifest of a `describe --json` output, in the shape of `expected_manifest`.
+fn manifest_of(v: &Value) -> Vec<(String, String, u64, String, Option<String>)> {
+    let mut out: Vec<_> = v["user_data"]["files"]
+        .as_array()
+        .expect("user_data.files")
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["kind"].as_str().unwrap().to_string(),
+                f["size"].as_u64().unwrap(),
+                f["blake3"].as_str().unwrap().to_string(),
+                f.get("package").and_then(|p| p.as_str()).map(String::from),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn packages_of(v: &Value) -> Vec<(String, String, String, String)> {
+    v["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap().to_string();
+            (s("name"), s("version"), s("architecture"), s("state"))
+        })
+        .collect()
+}
+
+/// An ext4 image of `tree` inside a GPT partition starting at 1 MiB.
+fn gpt_image(env: &TestEnv, tree: &Path, rel: &str, fs_mib: u64) -> PathBuf {
+    let fs_img = env.ext4(tree, &format!("{rel}.fs"), fs_mib);
+    let disk = env.path(rel);
+    sparse_file(&disk, (fs_mib + 2) * MIB);
+    env.sfdisk(
+        &disk,
+        &format!(
+            "label: gpt\nstart=2048, size={}, type=linux\n",
+            fs_mib * MIB / 512
+        ),
+    );
+    copy_into(&fs_img, &disk, MIB);
+    fs::remove_file(fs_img).unwrap();
+    disk
+}
+
+#[test]
+fn describe_lists_packages_and_the_exact_user_data() {
+    let env = TestEnv::new();
+    let g = make_guest(&env, "guest", base_packages("1.0-1"), true, "12");
+    let plain = env.ext4(&g.root, "plain.img", 32);
+    let gpt = gpt_image(&env, &g.root, "gpt.img", 32);
+    let qcow = env.to_qcow2(&gpt, "gpt.qcow2", &[]);
+    let expected_packages: Vec<(String, String, String, String)> = {
+        let mut v: Vec<_> = g
+            .packages
+            .iter()
+            .map(|p| {
+                (
+                    p.name.to_string(),
+                    p.version.to_string(),
+                    p.arch.to_string(),
+                    "installed".to_string(),
+                )
+            })
+            .collect();
+        v.push(("oldpkg".into(), "0.1".into(), "all".into(), "config-files".into()));
+        v.sort();
+        v
+    };
+    let expected = g.expected_manifest();
+    assert!(expected
+        .iter()
+        .any(|e| e.0 == "/home/alice/notes.txt" && e.1 == "unowned"));
+    assert!(
+        expected
+            .iter()
+            .any(|e| e.0 == "/usr/bin/tool" && e.1 == "unowned"),
+        "the admin's file at a diverted path"
+    );
+
+    for (img, partition) in [
+        (&plain, Value::Null),
+        (&gpt, Value::from(1)),
+        (&qcow, Value::from(1)),
+    ] {
+        let v = env.cbt_json(&args!["describe", img]);
+        let what = img.display();
+        assert_eq!(v["distro"], "debian", "{what}");
+        assert_eq!(v["version"], "12", "{what}");
+        assert_eq!(v["os"]["version_codename"], "bookworm", "{what}");
+        assert_eq!(v["architecture"], "amd64", "{what}");
+        assert_eq!(v["package_manager"], "dpkg", "{what}");
+        assert_eq!(v["hostname"], "web1", "{what}");
+        assert_eq!(v["filesystems"][0]["partition"], partition, "{what}");
+        assert_eq!(v["filesystems"][0]["kind"], "ext4", "{what}");
+        assert_eq!(v["filesystems"][0]["root"], true, "{what}");
+        assert_eq!(packages_of(&v), expected_packages, "{what}");
+        let repos: Vec<(&str, &str)> = v["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["uri"].as_str().unwrap(), r["suite"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            repos,
+            [
+                ("http://deb.debian.org/debian", "bookworm"),
+                ("https://extra.example/apt", "stable")
+            ],
+            "{what}"
+        );
+        assert_eq!(v["keys"][0]["path"], "/etc/apt/trusted.gpg.d/extra.gpg", "{what}");
+        assert_eq!(v["keys"][0]["size"], 1_200, "{what}");
+        assert_eq!(manifest_of(&v), expected, "{what}");
+        assert_eq!(
+            v["user_data"]["missing_files"],
+            serde_json::json!(["/usr/share/tool/README"]),
+            "{what}"
+        );
+        // Symlinks no package lists (/bin and /lib are listed as directories).
+        let links = serde_json::json!([
+            {"path": "/etc/os-release", "target": "../usr/lib/os-release"},
+            {"path": "/home/alice/site", "target": "/srv/www/index.html"},
+            {"path": "/sbin", "target": "usr/sbin"},
+        ]);
+        assert_eq!(v["user_data"]["symlinks"], links, "{what}");
+        let user_bytes: u64 = expected
+            .iter()
+            .filter(|e| e.1 != "package_state")
+            .map(|e| e.2)
+            .sum();
+        assert_eq!(json_u64(&v, "user_data.user_data_bytes"), user_bytes, "{what}");
+        assert_eq!(v["warnings"], serde_json::json!([]), "{what}");
+    }
+
+    // The unpacked tree gives the same answer; the text output names the essentials.
+    let tree = env.cbt_json(&args!["describe", &g.root]);
+    assert_eq!(manifest_of(&tree), expected);
+    let out = env.cbt_ok(&args!["describe", &gpt]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "os: debian 12",
+        "hostname: web1",
+        "libfoo 2.1-3 amd64",
+        "conffile",
+        "/home/alice/notes.txt",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+
+    // --no-verify: modified package files are not found, user files still are.
+    let v = env.cbt_json(&args!["describe", &plain, "--no-verify"]);
+    let kinds: BTreeSet<String> = manifest_of(&v).into_iter().map(|e| e.1).collect();
+    assert_eq!(kinds, ["package_state", "unowned"].map(String::from).into());
+}
+
+#[test]
+fn package_cache_supplies_the_package_blocks() {
+    let env = TestEnv::new();
+    let packages = base_packages("1.0-1");
+    let debs = env.dir("debs");
+    for p in &packages {
+        p.build_deb(&env, &debs);
+    }
+    let g = make_guest(&env, "guest", packages, true, "12");
+    let gpt = gpt_image(&env, &g.root, "gpt.img", 32);
+
+    // Blocks of intact package files (all non-zero): each found in the cache.
+    let files: BTreeMap<String, u64> = g
+        .packages
+        .iter()
+        .flat_map(|p| p.files.iter().map(|(path, d)| (path.to_string(), d.len() as u64)))
+        .map(|(p, len)| {
+            (
+                if p == "/usr/bin/tool" {
+                    "/usr/bin/tool.distrib".to_string()
+                } else {
+                    merged(&p)
+                },
+                len,
+            )
+        })
+        .collect();
+    let intact = g.intact_package_files();
+    let expected_blocks: u64 = files
+        .iter()
+        .filter(|(p, _)| intact.contains(*p))
+        .map(|(_, len)| len.div_ceil(BLOCK))
+        .sum();
+    assert!(expected_blocks > 50, "{expected_blocks}");
+
+    let v = env.cbt_json(&args!["estimate", &gpt, "--package-cache", &debs]);
+    assert_eq!(json_u64(&v, "package_cache.archives"), 5);
+    assert_eq!(json_u64(&v, "package_cache.archives_skipped"), 0);
+    assert_eq!(
+        json_u64(&v, "package_cache.blocks_found"),
+        expected_blocks,
+        "{v:#}"
+    );
+    assert_eq!(json_u64(&v, "union.blocks_found"), expected_blocks);
+    let nonzero = json_u64(&v, "blocks_nonzero");
+    let share = expected_blocks as f64 / nonzero as f64;
+    assert!((common::json_f64(&v, "package_cache.found_fraction") - share).abs() < 1e-9);
+    // The rest is filesystem metadata, user data and the dpkg database.
+    assert!(
+        share > 0.4,
+        "package files are much of this image's data: {share}"
+    );
+    eprintln!(
+        "package cache supplies {expected_blocks} of {nonzero} non-zero blocks ({:.1}%)",
+        share * 100.0
+    );
+
+    // The blobs are cached: a second run reuses them and says the same.
+    let again = env.cbt_json(&args!["estimate", &gpt, "--package-cache", &debs]);
+    assert_eq!(json_u64(&again, "package_cache.blocks_found"), expected_blocks);
+    let blobs = fs::read_dir(env.cache_dir().join("debs")).unwrap().count();
+    assert_eq!(blobs, 10, "one blob and one sidecar per archive");
+
+    // A copy takes exactly those blocks from the cache and verifies.
+    let out = env.path("out/copy.img");
+    let r = env.cbt_json(&args!["copy", &gpt, &out, "--package-cache", &debs]);
+    assert_eq!(json_u64(&r, "blocks_local"), expected_blocks);
+    env.assert_identical(&gpt, &out);
+
+    // A malformed archive is skipped with a warning naming it.
+    let bad = debs.join("broken_1.0_all.deb");
+    let good = fs::read(debs.join("hello_1.0-1_amd64.deb")).unwrap();
+    fs::write(&bad, &good[..good.len() / 2]).unwrap();
+    let args = args!["estimate", &gpt, "--package-cache", &debs, "--json"];
+    let o = env.cbt_ok(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("broken_1.0_all.deb"),
+        "no warning naming the archive:\n{stderr}"
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json_u64(&v, "package_cache.archives_skipped"), 1);
+    assert_eq!(json_u64(&v, "package_cache.blocks_found"), expected_blocks);
+}
+
+#[test]
+fn bad_input_is_named_and_unknown_os_is_reported() {
+    let env = TestEnv::new();
+    let g = make_guest(&env, "guest", base_packages("1.0-1"), false, "12");
+    let good = env.ext4(&g.root, "good.img", 16);
+
+    // A damaged superblock.
+    let corrupt = env.path("corrupt.img");
+    fs::copy(&good, &corrupt).unwrap();
+    common::write_at(&corrupt, 1024 + 4, &[0xff; 8]);
+    let out = env.cbt_fail(&args!["describe", &corrupt]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT), "{err}");
+    assert!(err.contains("corrupt.img") && err.contains("ext4"), "{err}");
+
+    // A truncated status file.
+    let status = g.root.join("var/lib/dpkg/status");
+    let text = fs::read_to_string(&status).unwrap();
+    let cut = text.find("Version: 2.1-3").unwrap();
+    fs::write(&status, &text[..cut]).unwrap();
+    let truncated = env.ext4(&g.root, "truncated.img", 16);
+    let out = env.cbt_fail(&args!["describe", &truncated]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT), "{err}");
+    assert!(
+        err.contains("truncated.img:/var/lib/dpkg/status")
+            && err.contains("libfoo")
+            && err.contains("truncated"),
+        "{err}"
+    );
+    fs::write(&status, &text[..text.len() - 8]).unwrap();
+    let cut_mid_line = env.ext4(&g.root, "cut.img", 16);
+    let err = String::from_utf8_lossy(&env.cbt_fail(&args!["describe", &cut_mid_line]).stderr).into_owned();
+    assert!(
+        err.contains("/var/lib/dpkg/status") && err.contains("truncated"),
+        "{err}"
+    );
+
+    // Unknown content: a report of what was found, not an error.
+    let unknown = env.path("unknown.img");
+    fs::write(&unknown, random(7, 2 * MIB as usize)).unwrap();
+    let v = env.cbt_json(&args!["describe", &unknown]);
+    assert_eq!(v["distro"], Value::Null);
+    assert_eq!(v["filesystems"][0]["kind"], "unknown");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("no readable Linux root filesystem"),
+        "{v:#}"
+    );
+
+    // An ext4 filesystem that is not a Linux root, beside a swap partition.
+    let data_tree = env.dir("data");
+    fs::write(data_tree.join("file.txt"), "data\n").unwrap();
+    let data_fs = env.ext4(&data_tree, "data.fs", 8);
+    let disk = env.path("disk.img");
+    sparse_file(&disk, 20 * MIB);
+    env.sfdisk(
+        &disk,
+        "label: gpt\nstart=2048, size=4096, type=swap\nstart=8192, size=16384, type=linux\n",
+    );
+    common::write_at(&disk, MIB + 4086, b"SWAPSPACE2");
+    copy_into(&data_fs, &disk, 4 * MIB);
+    let v = env.cbt_json(&args!["describe", &disk]);
+    let kinds: Vec<&str> = v["filesystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["swap", "ext4"]);
+    assert_eq!(v["distro"], Value::Null);
+    assert!(!v["warnings"].as_array().unwrap().is_empty());
+
+    // A malformed .deb given directly as the package cache: skipped, named.
+    let debs = env.dir("baddebs");
+    fs::write(
+        debs.join("junk.deb"),
+        b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n",
+    )
+    .unwrap();
+    let o = env.cbt_ok(&args!["estimate", &good, "--package-cache", &debs]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("junk.deb") && stderr.contains("no data.tar"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn teleport_plan_picks_the_closest_candidate() {
+    let env = TestEnv::new();
+    let source = make_guest(&env, "src", base_packages("1.0-1"), true, "12");
+    let src = env.ext4(&source.root, "src.img", 32);
+
+    // Candidates: a minimal install, a close one (older hello, one extra
+    // package) kept as the current state of a qcow2 whose internal snapshot
+    // is the minimal install, and another Debian release.
+    let mut minimal = base_packages("1.0-1");
+    minimal.retain(|p| matches!(p.name, "base-files" | "dpkg" | "libfoo"));
+    let minimal = make_guest(&env, "minimal", minimal, false, "12");
+    let minimal_img = env.ext4(&minimal.root, "tmp/minimal.img", 32);
+    let mut close = base_packages("0.9-1");
+    close.push(Pkg::new("extra", "3.0", "amd64", "xz").file("/usr/bin/extra", random(8, 5_000)));
+    let close = make_guest(&env, "close", close, false, "12");
+    let close_img = env.ext4(&close.root, "tmp/close.img", 32);
+    let cands = env.dir("cands");
+    let layered = env.to_qcow2(&minimal_img, "cands/vm.qcow2", &[]);
+    env.qemu_img(&args!["snapshot", "-c", "minimal", &layered]);
+    env.write_over(&close_img, &layered);
+    let old = make_guest(&env, "old", base_packages("1.0-1"), false, "11");
+    env.ext4(&old.root, "cands/old.img", 32);
+
+    let v = env.cbt_json(&args![
+        "teleport",
+        "plan",
+        &src,
+        "--candidates",
+        &cands,
+        "--link",
+        "1MB/s"
+    ]);
+    let layered_name = layered.canonicalize().unwrap().display().to_string();
+    assert_eq!(v["best"], Value::from(layered_name.clone()), "{v:#}");
+    let ranked: Vec<&str> = v["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ranked,
+        [layered_name.clone(), format!("{layered_name}@minimal")],
+        "{v:#}"
+    );
+    let rejected = v["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{v:#}");
+    assert!(
+        rejected[0]["reason"].as_str().unwrap().contains("debian 11"),
+        "{v:#}"
+    );
+
+    let names = |k: &str| -> Vec<(String, Option<String>)> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p.get("candidate_version")
+                        .and_then(|c| c.as_str())
+                        .map(String::from),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names("install"),
+        [("hello".to_string(), Some("0.9-1".to_string()))]
+    );
+    assert_eq!(names("remove"), [("extra".to_string(), None)]);
+    let added: Vec<&str> = v["repositories_to_add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(added, ["https://extra.example/apt"]);
+
+    let described = env.cbt_json(&args!["describe", &src]);
+    assert_eq!(v["user_data_bytes"], described["user_data"]["user_data_bytes"]);
+    let hello_size = v["install"][0]["installed_size"].as_u64().unwrap();
+    assert_eq!(
+        json_u64(&v, "teleport.bytes"),
+        json_u64(&v, "user_data_bytes") + hello_size
+    );
+    let (cbt_s, tp_s) = (
+        common::json_f64(&v, "cbt.seconds"),
+        common::json_f64(&v, "teleport.seconds"),
+    );
+    assert!(
+        (tp_s - (json_u64(&v, "teleport.bytes") as f64 / 1e6 + 2.0 * 0.5)).abs() < 1e-6,
+        "{v:#}"
+    );
+    assert_eq!(v["choice"], if tp_s < cbt_s { "teleport" } else { "cbt" });
+
+    // With hello 1.0-1 in a package cache, its download is free.
+    let debs = env.dir("debs");
+    base_packages("1.0-1")
+        .iter()
+        .find(|p| p.name == "hello")
+        .unwrap()
+        .build_deb(&env, &debs);
+    let v = env.cbt_json(&args![
+        "teleport",
+        "plan",
+        &src,
+        "--candidates",
+        &cands,
+        "--package-cache",
+        &debs
+    ]);
+    assert_eq!(v["install"][0]["in_package_cache"], true);
+    assert_eq!(json_u64(&v, "teleport.package_download_bytes"), 0);
+    assert_eq!(json_u64(&v, "teleport.packages_from_cache"), 1);
+    assert_eq!(v["cbt"]["seconds"], Value::Null);
+
+    // No candidate of the same release: only a block transfer.
+    let v = env.cbt_json(&args![
+        "teleport",
+        "plan",
+        &src,
+        "--candidates",
+        env.path("cands/old.img")
+    ]);
+    assert_eq!(v["best"], Value::Null);
+    assert_eq!(v["choice"], "cbt");
+}

@@ -1,0 +1,758 @@
+//! End-to-end tests of `cbt send`, `cbt recv` and `cbt serve` on loopback:
+//! the real binary, images made by mkfs.ext4 and qemu-img, outputs checked
+//! with `qemu-img compare`. Daemons and one-shot receivers listen on
+//! 127.0.0.1:0 and announce their port on stderr.
+
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{json_f64, json_u64, nonzero_blocks, TestEnv, XorShift, MIB};
+use serde_json::Value;
+
+/// A `cbt` process running in the background, its stderr collected.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    what: String,
+}
+
+impl Proc {
+    fn spawn(env: &TestEnv, args: &[OsString]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cbt"));
+        cmd.arg("--cache")
+            .arg(env.cache_dir())
+            .args(args)
+            .current_dir(env.root())
+            .env_remove("CBT_LOG")
+            .env_remove("CBT_SECRET_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start cbt");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let what = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Proc { child, log, what }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `needle`.
+    #[track_caller]
+    fn wait_log(&mut self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "cbt {} exited ({status}) before printing {needle:?}:\n{}",
+                    self.what,
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < limit,
+                "cbt {}: no {needle:?} after {limit:?}:\n{}",
+                self.what,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address announced by `serve` or `recv --listen`.
+    #[track_caller]
+    fn addr(&mut self) -> String {
+        self.wait_log("cbt: listening on ", Duration::from_secs(30));
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("cbt: listening on "))
+            .unwrap_or_default();
+        line.trim_start_matches("cbt: listening on ").trim().to_string()
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+
+    /// Waits for the process (at most `limit`); its status, stdout and stderr.
+    #[track_caller]
+    fn finish(mut self, limit: Duration) -> (ExitStatus, String, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("cbt {} did not finish in {limit:?}:\n{}", self.what, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        // Let the stderr thread catch up with the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        (status, out, self.log())
+    }
+
+    /// Waits for success and parses the JSON summary on stdout.
+    #[track_caller]
+    fn json(self) -> Value {
+        let what = self.what.clone();
+        let (status, out, err) = self.finish(Duration::from_secs(120));
+        assert!(
+            status.success(),
+            "cbt {what} failed: {status}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("cbt {what}: not JSON ({e}):\n{out}"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `cbt serve` on a free port with these extra arguments.
+fn daemon(env: &TestEnv, data: &Path, extra: &[OsString]) -> (Proc, String) {
+    let mut a = args!["serve", "--listen", "127.0.0.1:0", "--data", data].to_vec();
+    a.extend_from_slice(extra);
+    let mut p = Proc::spawn(env, &a);
+    let addr = p.addr();
+    (p, addr)
+}
+
+/// Runs `cbt ARGS --json` to completion and returns its summary.
+#[track_caller]
+fn cbt_json(env: &TestEnv, args: &[OsString]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json".into());
+    Proc::spawn(env, &a).json()
+}
+
+/// Checks the summary has every field people and scripts rely on, and
+/// that the block counts add up.
+#[track_caller]
+fn check_summary(v: &Value) {
+    for key in [
+        "image_bytes",
+        "blocks_zero",
+        "blocks_local",
+        "blocks_sent",
+        "wire_bytes_sent",
+        "wire_bytes_received",
+    ] {
+        json_u64(v, key);
+    }
+    assert!(json_f64(v, "seconds") > 0.0);
+    assert!(json_f64(v, "observed_bandwidth") > 0.0);
+    assert_eq!(
+        json_u64(v, "blocks_zero") + json_u64(v, "blocks_local") + json_u64(v, "blocks_sent")
+            - json_u64(v, "blocks_repaired"),
+        json_u64(v, "blocks_total"),
+        "block counts do not add up:\n{v:#}"
+    );
+}
+
+fn wire(v: &Value) -> u64 {
+    json_u64(v, "wire_bytes_sent") + json_u64(v, "wire_bytes_received")
+}
+
+/// A 64 MiB ext4 image holding two trees; `extra` adds a third tree.
+fn ext4_image(env: &TestEnv, rel: &str, extra: Option<u64>) -> PathBuf {
+    let tree = env.dir(&format!("trees/{rel}"));
+    common::write_tree(&tree, 1, 60);
+    common::write_tree(&tree, 2, 40);
+    if let Some(seed) = extra {
+        common::write_tree(&tree, seed, 30);
+    }
+    env.ext4(&tree, rel, 64)
+}
+
+/// A raw image of `mib` MiB of incompressible data (with a zero MiB every 8).
+fn noise_image(env: &TestEnv, rel: &str, mib: u64, seed: u64) -> PathBuf {
+    let path = env.path(rel);
+    let mut rng = XorShift::new(seed);
+    let mut f = std::fs::File::create(&path).unwrap();
+    for m in 0..mib {
+        let chunk = if m % 8 == 7 {
+            vec![0u8; MIB as usize]
+        } else {
+            rng.bytes(MIB as usize)
+        };
+        f.write_all(&chunk).unwrap();
+    }
+    path
+}
+
+fn write_secret(env: &TestEnv, rel: &str, secret: &str) -> PathBuf {
+    let p = env.path(rel);
+    std::fs::write(&p, format!("{secret}\n")).unwrap();
+    p
+}
+
+#[test]
+fn push_and_pull_raw_and_qcow2() {
+    let env = TestEnv::new();
+    let src = ext4_image(&env, "src.img", Some(3));
+    let export = env.dir("export");
+    let src_qcow2 = env.to_qcow2(&src, "export/src.qcow2", &[]);
+    std::fs::copy(&src, export.join("src.img")).unwrap();
+    let data = env.dir("data");
+    // The receiver's seeds: an older image with two of the three trees.
+    let seeds = env.dir("seeds");
+    let old = ext4_image(&env, "seeds/old.img", None);
+    env.assert_different(&old, &src);
+    let (_d, addr) = daemon(&env, &data, &args!["--export", export]);
+
+    // Push a qcow2 source into the daemon, which seeds from its data dir only.
+    let pushed = cbt_json(&env, &args!["send", src_qcow2, format!("{addr}/pushed.img")]);
+    check_summary(&pushed);
+    env.assert_identical(&data.join("pushed.img"), &src);
+    assert_eq!(json_u64(&pushed, "blocks_local"), 0);
+
+    // Pushing the raw source under another name: every block is already there.
+    let again = cbt_json(&env, &args!["send", src, format!("{addr}/again.img")]);
+    check_summary(&again);
+    env.assert_identical(&data.join("again.img"), &src);
+    assert_eq!(json_u64(&again, "blocks_sent"), 0, "{again:#}");
+
+    // Pull both exports, into raw and qcow2, seeded with the older image.
+    for (name, out, format) in [
+        ("src.qcow2", "pulled.img", "raw"),
+        ("src.img", "pulled.qcow2", "qcow2"),
+    ] {
+        let out = env.path(out);
+        let pulled = cbt_json(
+            &env,
+            &args![
+                "recv",
+                format!("{addr}/{name}"),
+                out,
+                "--seed",
+                seeds,
+                "--format",
+                format
+            ],
+        );
+        check_summary(&pulled);
+        env.assert_identical(&out, &src);
+        assert!(
+            json_u64(&pulled, "blocks_local") > 0,
+            "the older image shares two trees:\n{pulled:#}"
+        );
+        assert!(
+            json_u64(&pulled, "blocks_sent") > 0,
+            "the third tree is new:\n{pulled:#}"
+        );
+    }
+    // Nothing but the images in the data directory (no side files left).
+    let mut names: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["again.img", "pushed.img"]);
+}
+
+#[test]
+fn one_shot_pair_and_wire_cost() {
+    let env = TestEnv::new();
+    let src = ext4_image(&env, "src.img", Some(4));
+    let nonzero = nonzero_blocks(&src).len() as u64;
+    let seeds = env.dir("seeds");
+    env.to_qcow2(&src, "seeds/copy.qcow2", &["-c"]);
+    let empty = env.dir("empty");
+
+    let run = |out: &str, seed: &Path| -> (Value, Value) {
+        let out = env.path(out);
+        let mut recv = Proc::spawn(
+            &env,
+            &args!["recv", "--listen", "127.0.0.1:0", out, "--seed", seed, "--json"],
+        );
+        let addr = recv.addr();
+        let sent = cbt_json(&env, &args!["send", src, addr]);
+        let received = recv.json();
+        env.assert_identical(&out, &src);
+        check_summary(&sent);
+        check_summary(&received);
+        assert_eq!(
+            json_u64(&sent, "wire_bytes_sent"),
+            json_u64(&received, "wire_bytes_received")
+        );
+        (sent, received)
+    };
+
+    // ΔD = 0: every block exists at the receiver (in a compressed qcow2).
+    let (sent, received) = run("all_local.img", &seeds);
+    let image = json_u64(&sent, "image_bytes");
+    assert_eq!(json_u64(&received, "blocks_local"), nonzero);
+    eprintln!("ΔD=0: {} wire bytes for {image} image bytes", wire(&sent));
+    assert!(
+        (wire(&sent) as f64) < image as f64 * 0.001,
+        "more than 0.1% on the wire:\n{sent:#}"
+    );
+
+    // ΔD = 1: nothing at the receiver; every non-zero block crosses once.
+    let (sent, _) = run("all_sent.img", &empty);
+    assert_eq!(json_u64(&sent, "blocks_sent"), nonzero);
+    eprintln!(
+        "ΔD=1: {} wire bytes for {} non-zero bytes",
+        wire(&sent),
+        nonzero * 4096
+    );
+    assert!(
+        wire(&sent) < nonzero * 4096 * 102 / 100,
+        "more than 2% overhead:\n{sent:#}"
+    );
+}
+
+#[test]
+fn wrong_secret_is_refused() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 4, 7);
+    let data = env.dir("data");
+    let good = write_secret(&env, "good.key", "correct horse battery staple");
+    let bad = write_secret(&env, "bad.key", "incorrect horse battery");
+    let (_d, addr) = daemon(&env, &data, &args!["--secret-file", good]);
+
+    for extra in [args!["--secret-file", bad].to_vec(), Vec::new()] {
+        let mut a = args!["send", src, format!("{addr}/x.img")].to_vec();
+        a.extend(extra);
+        let (status, _, err) = Proc::spawn(&env, &a).finish(Duration::from_secs(60));
+        assert!(!status.success() && status.code() != Some(101), "{status}\n{err}");
+        assert!(err.contains("authentication failed"), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
+
+    // The right secret, given through the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_cbt"))
+        .args(args![
+            "--cache",
+            env.cache_dir(),
+            "send",
+            src,
+            format!("{addr}/x.img")
+        ])
+        .env("CBT_SECRET_FILE", &good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read(data.join("x.img")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+
+    // A client with a secret refuses a server without one.
+    let open = env.dir("open");
+    let (_o, open_addr) = daemon(&env, &open, &[]);
+    let (status, _, err) = Proc::spawn(
+        &env,
+        &args!["send", src, format!("{open_addr}/y.img"), "--secret-file", good],
+    )
+    .finish(Duration::from_secs(60));
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("does not authenticate"), "{err}");
+}
+
+#[test]
+fn traversal_names_are_refused() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 2, 8);
+    let data = env.dir("srv/data");
+    let export = env.dir("srv/export");
+    std::fs::copy(&src, env.path("srv/secret.img")).unwrap();
+    let (_d, addr) = daemon(&env, &data, &args!["--export", export]);
+    for name in ["../x", "/etc/x", "..", ".hidden", "a/b"] {
+        let (status, _, err) =
+            Proc::spawn(&env, &args!["send", src, format!("{addr}/{name}")]).finish(Duration::from_secs(60));
+        assert!(
+            !status.success() && status.code() != Some(101),
+            "push {name}: {status}\n{err}"
+        );
+        assert!(
+            err.contains("refused") || err.contains("reported"),
+            "push {name}: {err}"
+        );
+        let out = env.path("pulled.img");
+        let (status, _, err) =
+            Proc::spawn(&env, &args!["recv", format!("{addr}/{name}"), out]).finish(Duration::from_secs(60));
+        assert!(
+            !status.success() && status.code() != Some(101),
+            "pull {name}: {status}\n{err}"
+        );
+        assert!(!out.exists());
+    }
+    // Pulling a file next to the export directory is refused too.
+    let (status, _, _) = Proc::spawn(
+        &env,
+        &args!["recv", format!("{addr}/../secret.img"), env.path("s.img")],
+    )
+    .finish(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(!env.root().join("x").exists() && !env.root().join("srv/x").exists());
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
+}
+
+/// Reads what the server answers until it closes: its preamble, then frames.
+fn server_answer(stream: &mut TcpStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got);
+    got
+}
+
+/// True if `bytes` (after the 12-byte preamble) hold an ERROR frame.
+fn has_error_frame(bytes: &[u8]) -> bool {
+    if bytes.len() < 12 || &bytes[..8] != b"CBTNET\r\n" {
+        return false;
+    }
+    let mut rest = &bytes[12..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if rest[4] == 0x05 {
+            return true;
+        }
+        rest = &rest[(5 + len).min(rest.len())..];
+    }
+    false
+}
+
+#[test]
+fn malformed_frames_get_an_error_and_the_daemon_keeps_serving() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 4, 9);
+    let data = env.dir("data");
+    let (mut d, addr) = daemon(&env, &data, &[]);
+    let preamble = b"CBTNET\r\n\x00\x01\x00\x00";
+
+    // A client that connected and says nothing stays open meanwhile.
+    let idle = TcpStream::connect(&addr).unwrap();
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not cbt", b"GET / HTTP/1.0\r\n\r\n".to_vec()),
+        ("wrong version", b"CBTNET\r\n\x00\x63\x00\x00".to_vec()),
+        (
+            "oversized",
+            [&preamble[..], &[0xff, 0xff, 0xff, 0xff, 0x17]].concat(),
+        ),
+        ("unknown type", [&preamble[..], &[0, 0, 0, 0, 0x7e]].concat()),
+        (
+            "malformed hello",
+            [&preamble[..], &[0, 0, 0, 3, 0x01, 9, 0, 0]].concat(),
+        ),
+        (
+            "out of turn",
+            [&preamble[..], &[0, 0, 0, 8, 0x18, 0, 0, 0, 0, 0, 0, 0, 1]].concat(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(&bytes).unwrap();
+        let answer = server_answer(&mut s);
+        assert!(
+            has_error_frame(&answer),
+            "{what}: no ERROR frame in {answer:?}\n{}",
+            d.log()
+        );
+    }
+    // Truncated: half a frame, then the client goes away.
+    {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(&[&preamble[..], &[0, 0, 1, 0, 0x01, 1]].concat())
+            .unwrap();
+    }
+    d.wait_log("exceeds the maximum", Duration::from_secs(20));
+
+    // The daemon still serves a real client.
+    let v = cbt_json(&env, &args!["send", src, format!("{addr}/ok.img")]);
+    check_summary(&v);
+    assert_eq!(
+        std::fs::read(data.join("ok.img")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    drop(idle);
+}
+
+#[test]
+fn two_transfers_at_once() {
+    let env = TestEnv::new();
+    let a = noise_image(&env, "a.img", 8, 10);
+    let b = noise_image(&env, "b.img", 8, 11);
+    let export = env.dir("export");
+    let c = noise_image(&env, "export/c.img", 8, 12);
+    let data = env.dir("data");
+    let (d, addr) = daemon(&env, &data, &args!["--export", export, "--bwlimit", "8M"]);
+    // Rate-limited so they overlap: about a second each.
+    let pa = Proc::spawn(
+        &env,
+        &args!["send", a, format!("{addr}/a.img"), "--bwlimit", "6M", "--json"],
+    );
+    let pb = Proc::spawn(
+        &env,
+        &args!["send", b, format!("{addr}/b.img"), "--bwlimit", "6M", "--json"],
+    );
+    let out = env.path("c.out");
+    let pc = Proc::spawn(&env, &args!["recv", format!("{addr}/c.img"), out, "--json"]);
+    let (va, vb, vc) = (pa.json(), pb.json(), pc.json());
+    for v in [&va, &vb, &vc] {
+        check_summary(v);
+        assert!(json_f64(v, "seconds") > 0.5, "not rate-limited?\n{v:#}");
+    }
+    assert_eq!(
+        std::fs::read(data.join("a.img")).unwrap(),
+        std::fs::read(&a).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(data.join("b.img")).unwrap(),
+        std::fs::read(&b).unwrap()
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&c).unwrap());
+    assert!(!d.log().contains("busy"));
+    d.signal("-TERM");
+}
+
+/// Bytes actually allocated to a file (a sparse partial output grows as
+/// blocks arrive).
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+#[track_caller]
+fn wait_allocated(path: &Path, bytes: u64, limit: Duration) {
+    let start = Instant::now();
+    while allocated(path) < bytes {
+        assert!(
+            start.elapsed() < limit,
+            "{} did not reach {bytes} bytes",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn resume_after_killing_the_sender() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 24, 13);
+    let data = env.dir("data");
+    let (mut d, addr) = daemon(&env, &data, &[]);
+    let partial = data.join(".vm.img.cbt-partial");
+
+    let sender = Proc::spawn(
+        &env,
+        &args!["send", src, format!("{addr}/vm.img"), "--bwlimit", "2M"],
+    );
+    wait_allocated(&partial, 4 * MIB, Duration::from_secs(60));
+    sender.signal("-KILL");
+    let _ = sender.finish(Duration::from_secs(10));
+    d.wait_log("receive failed", Duration::from_secs(30));
+    assert!(
+        !data.join("vm.img").exists(),
+        "a final file after a failed transfer"
+    );
+    let kept = allocated(&partial);
+    assert!(kept >= 4 * MIB);
+
+    let v = cbt_json(&env, &args!["send", src, format!("{addr}/vm.img")]);
+    check_summary(&v);
+    assert_eq!(
+        std::fs::read(data.join("vm.img")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    let local_bytes = json_u64(&v, "blocks_local") * 4096;
+    assert!(
+        local_bytes + 64 * MIB >= kept && local_bytes >= 3 * MIB,
+        "resume reused {local_bytes} of {kept} bytes:\n{v:#}"
+    );
+    // Resume files are gone after success.
+    let names: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["vm.img"]);
+}
+
+#[test]
+fn resume_after_sigkill_of_the_receiver() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 24, 14);
+    let out = env.path("out/vm.img");
+    let partial = env.path("out/.vm.img.cbt-partial");
+    let empty = env.dir("empty");
+
+    let mut recv = Proc::spawn(
+        &env,
+        &args!["recv", "--listen", "127.0.0.1:0", out, "--seed", empty],
+    );
+    let addr = recv.addr();
+    let sender = Proc::spawn(&env, &args!["send", src, addr, "--bwlimit", "2M"]);
+    wait_allocated(&partial, 4 * MIB, Duration::from_secs(60));
+    recv.signal("-KILL");
+    let (status, _, err) = sender.finish(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "the sender must notice the receiver died:\n{err}"
+    );
+    assert!(!out.exists());
+
+    let mut recv = Proc::spawn(
+        &env,
+        &args!["recv", "--listen", "127.0.0.1:0", out, "--seed", empty, "--json"],
+    );
+    let addr = recv.addr();
+    let sent = cbt_json(&env, &args!["send", src, addr]);
+    let received = recv.json();
+    check_summary(&received);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+    assert!(
+        json_u64(&sent, "blocks_local") * 4096 >= 3 * MIB,
+        "nothing reused:\n{sent:#}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_daemon_without_a_final_file() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 16, 15);
+    let data = env.dir("data");
+    let (d, addr) = daemon(&env, &data, &[]);
+    let sender = Proc::spawn(
+        &env,
+        &args!["send", src, format!("{addr}/vm.img"), "--bwlimit", "2M"],
+    );
+    wait_allocated(&data.join(".vm.img.cbt-partial"), MIB, Duration::from_secs(60));
+    d.signal("-TERM");
+    let (status, _, log) = d.finish(Duration::from_secs(30));
+    assert!(status.success(), "daemon exit {status}:\n{log}");
+    let (status, _, _) = sender.finish(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        !data.join("vm.img").exists(),
+        "half-written file at the final path"
+    );
+    assert!(
+        data.join(".vm.img.cbt-partial").exists(),
+        "partial output kept for a resume"
+    );
+}
+
+#[test]
+fn connection_cap_and_idle_timeout() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 2, 16);
+    let data = env.dir("data");
+    let (_d, addr) = daemon(
+        &env,
+        &data,
+        &args!["--max-connections", "1", "--idle-timeout", "5"],
+    );
+
+    // A silent client takes the only slot...
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _, err) =
+        Proc::spawn(&env, &args!["send", src, format!("{addr}/a.img")]).finish(Duration::from_secs(60));
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("busy"), "{err}");
+
+    // ...until the idle timeout turns it away with an error.
+    let answer = server_answer(&mut idle);
+    assert!(has_error_frame(&answer), "{answer:?}");
+    assert!(
+        since.elapsed() >= Duration::from_secs(4),
+        "closed after {:?}",
+        since.elapsed()
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(100));
+    let v = cbt_json(&env, &args!["send", src, format!("{addr}/a.img")]);
+    check_summary(&v);
+}
+
+#[test]
+fn partitioned_disk_finds_blocks_of_a_bare_filesystem() {
+    let env = TestEnv::new();
+    let tree = env.tree("tree", 21, 60);
+    let fs = env.ext4(&tree, "seeds/fs.img", 40);
+    // The same filesystem inside a partition starting at sector 63, so
+    // its blocks sit at 512-byte alignment on the disk.
+    let disk = env.path("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
+    env.sfdisk(&disk, "label: dos\nstart=63, size=90000, type=83\n");
+    common::copy_into(&fs, &disk, 63 * 512);
+    let data = env.dir("data");
+    let (_d, addr) = daemon(&env, &data, &args!["--seed", env.root().join("seeds")]);
+    let v = cbt_json(&env, &args!["send", disk, format!("{addr}/disk.img")]);
+    check_summary(&v);
+    env.assert_identical(&data.join("disk.img"), &disk);
+    let fs_blocks = nonzero_blocks(&fs).len() as u64;
+    assert!(
+        json_u64(&v, "blocks_local") >= fs_blocks * 9 / 10,
+        "partition-aligned blocks not found:\n{v:#}"
+    );
+    assert!(json_u64(&v, "blocks_sent") <= 4, "{v:#}");
+}
+
+#[test]
+fn odd_sizes_and_empty_images() {
+    let env = TestEnv::new();
+    let data = env.dir("data");
+    let (_d, addr) = daemon(&env, &data, &[]);
+    for (name, len) in [
+        ("empty.img", 0usize),
+        ("tiny.img", 1000),
+        ("odd.img", 3 * 4096 + 123),
+    ] {
+        let path = env.path(name);
+        std::fs::write(&path, XorShift::new(len as u64).bytes(len)).unwrap();
+        let v = cbt_json(&env, &args!["send", path, format!("{addr}/{name}")]);
+        assert_eq!(json_u64(&v, "image_bytes"), len as u64);
+        assert_eq!(
+            std::fs::read(data.join(name)).unwrap(),
+            std::fs::read(&path).unwrap(),
+            "{name}"
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! The client side and the one-shot receiver: connect (or accept one
+//! connection), run the handshake, then hand the link to the sender or the
+//! receiver. Push and pull differ only in which role each end takes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cbt_core::Image;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::connection::{Counters, FrameReader, FrameWriter, Link, Shutdown, Timeouts};
+use crate::error::{Error, Result};
+use crate::frame::Mode;
+use crate::handshake::{self, Secret};
+use crate::receiver::{receive, ReceiveOptions};
+use crate::sender::{send, SendOptions};
+use crate::TransferReport;
+
+/// The port used when an address has none.
+pub const DEFAULT_PORT: u16 = 4730;
+
+/// Connection settings of a client or a one-shot receiver.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The shared secret, if any (required when the peer has one).
+    pub secret: Option<Secret>,
+    /// Idle and keepalive timing.
+    pub timeouts: Timeouts,
+    /// Limit on the whole handshake.
+    pub handshake_timeout: Duration,
+    /// Bytes per second this side may write (`--bwlimit`), when it sends.
+    pub bwlimit: Option<u64>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            secret: None,
+            timeouts: Timeouts::default(),
+            handshake_timeout: Duration::from_secs(30),
+            bwlimit: None,
+        }
+    }
+}
+
+/// `HOST:PORT[/NAME]`, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `HOST:PORT`, as given (resolved when connecting).
+    pub addr: String,
+    /// The image's name at a daemon.
+    pub name: Option<String>,
+}
+
+/// Parses `HOST:PORT`, `HOST:PORT/NAME`, `[V6]:PORT/NAME`; a missing port
+/// is [`DEFAULT_PORT`].
+pub fn parse_target(s: &str) -> std::result::Result<Target, String> {
+    let (addr, name) = match s.split_once('/') {
+        Some((a, n)) => (a, Some(n.to_string())),
+        None => (s, None),
+    };
+    if addr.is_empty() {
+        return Err(format!("{s:?}: no host"));
+    }
+    let has_port = if let Some(rest) = addr.strip_prefix('[') {
+        let Some((_, after)) = rest.split_once(']') else {
+            return Err(format!("{s:?}: unclosed '['"));
+        };
+        after.starts_with(':')
+    } else {
+        addr.contains(':')
+    };
+    let addr = if has_port {
+        addr.to_string()
+    } else {
+        format!("{addr}:{DEFAULT_PORT}")
+    };
+    if let Some((_, port)) = addr.rsplit_once(':') {
+        port.parse::<u16>()
+            .map_err(|_| format!("{s:?}: bad port {port:?}"))?;
+    }
+    if name.as_deref() == Some("") {
+        return Err(format!("{s:?}: empty image name after '/'"));
+    }
+    Ok(Target { addr, name })
+}
+
+type Halves = (
+    FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+);
+
+pub(crate) fn framed(stream: TcpStream, peer: &str) -> Halves {
+    let _ = stream.set_nodelay(true);
+    let counters = Arc::new(Counters::default());
+    let (rd, wr) = stream.into_split();
+    (
+        FrameReader::new(rd, Arc::clone(&counters), peer.to_string()),
+        FrameWriter::new(wr, counters, peer.to_string()),
+    )
+}
+
+async fn connect(
+    addr: &str,
+    mode: Mode,
+    name: &str,
+    options: &ClientOptions,
+    shutdown: &Shutdown,
+) -> Result<Link> {
+    let stream = tokio::time::timeout(options.handshake_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| Error::Timeout {
+            peer: addr.to_string(),
+            seconds: options.handshake_timeout.as_secs(),
+        })?
+        .map_err(|e| Error::io(addr, "connect", e))?;
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+    let (mut reader, mut writer) = framed(stream, &peer);
+    handshake::client(
+        &mut reader,
+        &mut writer,
+        &peer,
+        mode,
+        name,
+        options.secret.as_ref(),
+        options.handshake_timeout,
+    )
+    .await?;
+    if mode == Mode::Push {
+        writer.set_rate_limit(options.bwlimit);
+    }
+    Ok(Link::spawn(reader, writer, options.timeouts, shutdown.clone()))
+}
+
+/// Sends `image` to `addr`: to a one-shot receiver (`name` None) or into a
+/// daemon's data directory as `name`.
+pub async fn push(
+    addr: &str,
+    name: Option<&str>,
+    image: Arc<dyn Image>,
+    send_options: &SendOptions,
+    options: &ClientOptions,
+    shutdown: Shutdown,
+) -> Result<TransferReport> {
+    let link = connect(addr, Mode::Push, name.unwrap_or(""), options, &shutdown).await?;
+    tokio::select! {
+        r = send(link, image, send_options) => r,
+        _ = wait(shutdown) => Err(Error::Cancelled),
+    }
+}
+
+/// Receives the image a daemon exports as `name` into `receive_options.output`.
+pub async fn pull(
+    addr: &str,
+    name: &str,
+    receive_options: ReceiveOptions,
+    options: &ClientOptions,
+    shutdown: Shutdown,
+) -> Result<TransferReport> {
+    let link = connect(addr, Mode::Pull, name, options, &shutdown).await?;
+    receive(link, receive_options, shutdown).await
+}
+
+async fn wait(mut s: Shutdown) {
+    s.wait().await
+}
+
+/// The one-shot receiver: accepts connections on `listener` until a client
+/// that passes the handshake pushes an image, and receives that one.
+/// Clients that fail the handshake (wrong secret, not cbt) are turned away
+/// and the receiver keeps waiting.
+pub async fn receive_once(
+    listener: TcpListener,
+    receive_options: ReceiveOptions,
+    options: &ClientOptions,
+    shutdown: Shutdown,
+) -> Result<TransferReport> {
+    let mut stop = shutdown.clone();
+    loop {
+        let (stream, addr) = tokio::select! {
+            a = listener.accept() => a.map_err(|e| Error::io("listener", "accept", e))?,
+            _ = stop.wait() => return Err(Error::Cancelled),
+        };
+        let peer = addr.to_string();
+        let (mut reader, mut writer) = framed(stream, &peer);
+        let request = match handshake::server(
+            &mut reader,
+            &mut writer,
+            &peer,
+            options.secret.as_ref(),
+            options.handshake_timeout,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%peer, "turned away: {e}");
+                if !matches!(e, Error::Auth { .. }) {
+                    let _ = writer
+                        .send(&crate::frame::Frame::Error {
+                            message: e.to_string(),
+                        })
+                        .await;
+                }
+                continue;
+            }
+        };
+        let refusal = match (request.mode, request.name.is_empty()) {
+            (Mode::Push, true) => None,
+            (Mode::Push, false) => Some("this is a one-shot receiver: send without a /NAME"),
+            (Mode::Pull, _) => Some("this is a one-shot receiver: it only accepts pushes"),
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(%peer, "refused: {reason}");
+            let _ = request.refuse(&mut writer, reason).await;
+            continue;
+        }
+        request.accept(&mut writer).await?;
+        tracing::info!(%peer, "receiving");
+        let link = Link::spawn(reader, writer, options.timeouts, shutdown.clone());
+        return receive(link, receive_options, shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = parse_target("host:99/vm.img").unwrap();
+        assert_eq!((t.addr.as_str(), t.name.as_deref()), ("host:99", Some("vm.img")));
+        assert_eq!(parse_target("127.0.0.1:5").unwrap().name, None);
+        assert_eq!(parse_target("host").unwrap().addr, format!("host:{DEFAULT_PORT}"));
+        assert_eq!(parse_target("[::1]:7/x").unwrap().addr, "[::1]:7");
+        assert_eq!(
+            parse_target("[::1]/x").unwrap().addr,
+            format!("[::1]:{DEFAULT_PORT}")
+        );
+        // Everything after the first '/' is the name; the daemon judges it.
+        assert_eq!(parse_target("h:1/../x").unwrap().name.as_deref(), Some("../x"));
+        assert_eq!(
+            parse_target("h:1//etc/x").unwrap().name.as_deref(),
+            Some("/etc/x")
+        );
+        assert!(parse_target("h:x").is_err());
+        assert!(parse_target("h:1/").is_err());
+        assert!(parse_target("/x").is_err());
+    }
+}

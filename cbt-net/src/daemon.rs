@@ -1,0 +1,326 @@
+//! The daemon (`cbt serve`): receives pushed images into its data directory
+//! (seeding from its seed roots and from the data directory itself) and
+//! serves pulls from its export directory.
+//!
+//! One task per connection, at most `max_connections` at once (a client
+//! over the cap is told the server is busy). Every connection passes the
+//! handshake (and the secret, when one is configured) before anything else;
+//! names are checked by [`check_name`]; two transfers never write the same
+//! name at once. On shutdown the daemon stops accepting, tells running
+//! transfers to stop (their partial outputs stay at hidden temporary paths,
+//! never at a final path) and waits for them.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cbt_core::{open_image, Image, ImageSpec};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::client::framed;
+use crate::connection::{Link, Shutdown, Timeouts};
+use crate::error::{Error, Result};
+use crate::frame::{Frame, Mode};
+use crate::handshake::{self, Secret};
+use crate::names::check_name;
+use crate::receiver::{receive, ReceiveOptions};
+use crate::sender::{send, SendOptions};
+
+/// How long running transfers get to stop after a shutdown request.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Settings of the daemon.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Pushed images are written here.
+    pub data_dir: PathBuf,
+    /// Extra seed roots for pushed images (the data directory is always one).
+    pub seeds: Vec<PathBuf>,
+    /// Images that may be pulled, by file name; None: no pulls.
+    pub export: Option<PathBuf>,
+    /// Required shared secret.
+    pub secret: Option<Secret>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Idle and keepalive timing.
+    pub timeouts: Timeouts,
+    /// Limit on the handshake.
+    pub handshake_timeout: Duration,
+    /// Template for receiving (format, index settings, windows); the output
+    /// and seeds are set per transfer.
+    pub receive: ReceiveOptions,
+    /// How to send pulled images.
+    pub send: SendOptions,
+    /// Bytes per second written per pull (`--bwlimit`).
+    pub bwlimit: Option<u64>,
+}
+
+impl ServeOptions {
+    /// Defaults for a daemon writing into `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServeOptions {
+            data_dir,
+            seeds: Vec::new(),
+            export: None,
+            secret: None,
+            max_connections: 8,
+            timeouts: Timeouts::default(),
+            handshake_timeout: Duration::from_secs(30),
+            receive: ReceiveOptions::new(PathBuf::new()),
+            send: SendOptions::default(),
+            bwlimit: None,
+        }
+    }
+}
+
+/// Shared by the connection tasks.
+struct State {
+    options: ServeOptions,
+    /// Names being received right now.
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Releases a claimed name when the transfer ends.
+struct Claim<'a> {
+    state: &'a State,
+    name: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.state.busy.lock() {
+            b.remove(&self.name);
+        }
+    }
+}
+
+impl State {
+    fn claim(&self, name: &str) -> Option<Claim<'_>> {
+        let mut b = self.busy.lock().ok()?;
+        b.insert(name.to_string()).then(|| Claim {
+            state: self,
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` resolves, then stops
+/// the running transfers and returns once they ended.
+pub async fn serve(
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    if !options.data_dir.is_dir() {
+        return Err(Error::Config(format!(
+            "{}: the data directory does not exist",
+            options.data_dir.display()
+        )));
+    }
+    if let Some(e) = &options.export {
+        if !e.is_dir() {
+            return Err(Error::Config(format!(
+                "{}: the export directory does not exist",
+                e.display()
+            )));
+        }
+    }
+    let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let state = Arc::new(State {
+        options,
+        busy: Mutex::new(HashSet::new()),
+    });
+    let (trigger, stop) = Shutdown::new();
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let peer = addr.to_string();
+                match Arc::clone(&limit).try_acquire_owned() {
+                    Ok(permit) => {
+                        let (state, stop) = (Arc::clone(&state), stop.clone());
+                        tasks.spawn(async move {
+                            connection(stream, peer, &state, stop).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "refused: too many connections");
+                        tasks.spawn(busy(stream, peer, state.options.handshake_timeout));
+                    }
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    tracing::info!(running = tasks.len(), "shutting down");
+    trigger.trigger();
+    let drained =
+        tokio::time::timeout(DRAIN_LIMIT, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!("transfers did not stop in time; aborting them");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    Ok(())
+}
+
+/// Tells a client over the connection cap to come back later.
+async fn busy(stream: TcpStream, peer: String, limit: Duration) {
+    let (mut reader, mut writer) = framed(stream, &peer);
+    let _ = tokio::time::timeout(limit, async {
+        writer.write_preamble().await?;
+        reader.read_preamble().await?;
+        writer
+            .send(&Frame::Error {
+                message: "server busy: too many connections, try again later".into(),
+            })
+            .await
+    })
+    .await;
+}
+
+async fn connection(stream: TcpStream, peer: String, state: &State, stop: Shutdown) {
+    let o = &state.options;
+    let (mut reader, mut writer) = framed(stream, &peer);
+    let request = match handshake::server(
+        &mut reader,
+        &mut writer,
+        &peer,
+        o.secret.as_ref(),
+        o.handshake_timeout,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(%peer, "turned away: {e}");
+            if !matches!(e, Error::Auth { .. }) {
+                let _ = writer
+                    .send(&Frame::Error {
+                        message: e.to_string(),
+                    })
+                    .await;
+            }
+            return;
+        }
+    };
+    let name = match check_name(&request.name) {
+        Ok(n) => n.to_string(),
+        Err(reason) => {
+            tracing::warn!(%peer, "refused: {reason}");
+            let _ = request.refuse(&mut writer, &reason).await;
+            return;
+        }
+    };
+    match request.mode {
+        Mode::Push => {
+            let path = o.data_dir.join(&name);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+                let _ = request
+                    .refuse(&mut writer, &format!("{name}: exists and is not a regular file"))
+                    .await;
+                return;
+            }
+            let Some(_claim) = state.claim(&name) else {
+                let _ = request
+                    .refuse(
+                        &mut writer,
+                        &format!("{name}: another transfer to this name is running"),
+                    )
+                    .await;
+                return;
+            };
+            if request.accept(&mut writer).await.is_err() {
+                return;
+            }
+            tracing::info!(%peer, %name, "receiving");
+            let mut options = o.receive.clone();
+            options.output = path;
+            options.seeds = o.seeds.clone();
+            options.seeds.extend(data_dir_images(&o.data_dir));
+            let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
+            match receive(link, options, stop).await {
+                Ok(r) => tracing::info!(
+                    %peer, %name, blocks_local = r.blocks_local, blocks_sent = r.blocks_sent,
+                    wire_bytes_received = r.wire_bytes_received, seconds = r.seconds, "received"
+                ),
+                Err(e) => tracing::warn!(%peer, %name, "receive failed: {e}"),
+            }
+        }
+        Mode::Pull => {
+            let Some(export) = &o.export else {
+                let _ = request.refuse(&mut writer, "this server exports no images").await;
+                return;
+            };
+            let image = match open_export(export, &name).await {
+                Ok(i) => i,
+                Err(reason) => {
+                    tracing::warn!(%peer, %name, "refused: {reason}");
+                    let _ = request.refuse(&mut writer, &reason).await;
+                    return;
+                }
+            };
+            if request.accept(&mut writer).await.is_err() {
+                return;
+            }
+            tracing::info!(%peer, %name, "sending");
+            writer.set_rate_limit(o.bwlimit);
+            let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
+            let mut stop = stop;
+            let result = tokio::select! {
+                r = send(link, image, &o.send) => r,
+                _ = stop.wait() => Err(Error::Cancelled),
+            };
+            match result {
+                Ok(r) => {
+                    tracing::info!(%peer, %name, blocks_sent = r.blocks_sent, seconds = r.seconds, "sent")
+                }
+                Err(e) => tracing::warn!(%peer, %name, "send failed: {e}"),
+            }
+        }
+    }
+}
+
+async fn open_export(export: &Path, name: &str) -> std::result::Result<Arc<dyn Image>, String> {
+    let path = export.join(name);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        _ => return Err(format!("{name}: no such image")),
+    }
+    tokio::task::spawn_blocking(move || open_image(&ImageSpec::file(path)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{name}: cannot open: {e}"))
+}
+
+/// The images of the data directory, as explicit seed roots (so they are
+/// indexed whatever their names' extensions); hidden side files are skipped.
+fn data_dir_images(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}

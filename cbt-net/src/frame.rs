@@ -1,0 +1,919 @@
+//! The frame codec: the preamble every connection starts with, and the
+//! length-prefixed frames that follow it.
+//!
+//! ```text
+//! preamble: magic "CBTNET\r\n" (8) | version u16 | reserved u16        (12 bytes, once per direction)
+//! frame:    length u32 | type u8 | payload (length bytes)              (big-endian integers)
+//! ```
+//!
+//! The decoder is written for bytes from an untrusted peer: it checks the
+//! header (length against [`MAX_PAYLOAD`], known type) before it waits for
+//! or allocates anything, treats a short buffer as the normal
+//! [`Decoded::Incomplete`] state, and parses every payload strictly (every
+//! count checked against the bytes actually present, no trailing bytes).
+//! It never panics, whatever the input; `fuzz/fuzz_targets/frame_decoder.rs`
+//! exercises exactly that.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use cbt_core::{Digest, Region};
+
+/// First bytes of every connection, in both directions.
+pub const MAGIC: [u8; 8] = *b"CBTNET\r\n";
+/// Protocol version spoken by this implementation.
+pub const VERSION: u16 = 1;
+/// Bytes of the preamble: magic, version, reserved.
+pub const PREAMBLE_LEN: usize = 12;
+/// Bytes of a frame header: payload length and type.
+pub const HEADER_LEN: usize = 5;
+/// Largest payload accepted or sent (2 MiB): room for one 1 MiB block,
+/// with a wide margin, and small enough that a peer cannot make us
+/// allocate much.
+pub const MAX_PAYLOAD: usize = 2 << 20;
+/// Longest string (name, label, error message) in a frame.
+pub const MAX_STRING: usize = 4096;
+/// Most blocks in one group.
+pub const MAX_GROUP_BLOCKS: usize = 1024;
+/// Length of nonces and proofs in the handshake.
+pub const NONCE_LEN: usize = 32;
+
+/// What the connecting side wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The client sends an image; the server receives it.
+    Push = 1,
+    /// The client receives an image the server exports.
+    Pull = 2,
+}
+
+/// One entry of the group stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupEntry {
+    /// The next group holds data; its group digest (BLAKE3 over the
+    /// digests of its blocks).
+    Data(Digest),
+    /// The next `n` groups are entirely zero.
+    Zeros(u64),
+}
+
+/// How a block's bytes are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// As they are.
+    Raw = 0,
+    /// Compressed with zstd (one frame per block).
+    Zstd = 1,
+}
+
+/// A run of consecutive block indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRange {
+    /// First block index.
+    pub first: u64,
+    /// Number of blocks (at least 1).
+    pub count: u32,
+}
+
+/// What the sender announces before the group stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Begin {
+    /// Image size in bytes.
+    pub image_len: u64,
+    /// Block size of the layout.
+    pub block_size: u32,
+    /// Blocks per group.
+    pub group_blocks: u16,
+    /// The layout's regions (see [`cbt_core::Layout::from_regions`]).
+    pub regions: Vec<Region>,
+    /// A name of the source for messages.
+    pub label: String,
+}
+
+/// The receiver's totals, sent to the sender when the image is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DoneStats {
+    /// All-zero blocks.
+    pub blocks_zero: u64,
+    /// Blocks found at the receiver.
+    pub blocks_local: u64,
+    /// Blocks that crossed the network.
+    pub blocks_sent: u64,
+    /// Blocks fixed after verification.
+    pub blocks_repaired: u64,
+}
+
+/// A protocol frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Client → server: what it wants, and its nonce.
+    Hello {
+        /// Push or pull.
+        mode: Mode,
+        /// The image's name at the daemon (empty for a one-shot receiver).
+        name: String,
+        /// Fresh random bytes for the server's proof.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Server → client: its nonce and whether it requires the secret.
+    Challenge {
+        /// Fresh random bytes for the client's proof.
+        nonce: [u8; NONCE_LEN],
+        /// True when the server has a secret configured.
+        auth: bool,
+    },
+    /// Client → server: proof of the secret (absent without one).
+    Auth {
+        /// `keyed_hash(key, "client" ‖ nonces ‖ request)`.
+        proof: Option<[u8; NONCE_LEN]>,
+    },
+    /// Server → client: the request is accepted, with the server's proof.
+    Accept {
+        /// `keyed_hash(key, "server" ‖ nonces ‖ request)`.
+        proof: Option<[u8; NONCE_LEN]>,
+    },
+    /// Either way: a fatal error; the connection closes after it.
+    Error {
+        /// What went wrong, for people.
+        message: String,
+    },
+    /// Either way: nothing to say, but still alive.
+    Keepalive,
+    /// Sender → receiver: the image's size and layout.
+    Begin(Begin),
+    /// Receiver → sender: index built, output created; send groups.
+    Ready {
+        /// Data groups the sender may have in flight beyond the credit.
+        window: u32,
+    },
+    /// Sender → receiver: the next entries of the group stream.
+    Groups {
+        /// Entries in order.
+        entries: Vec<GroupEntry>,
+    },
+    /// Sender → receiver: the group stream is complete.
+    End {
+        /// Digest of the whole image ([`cbt_core::ImageDigester`]).
+        image_digest: Digest,
+        /// Number of groups in the image.
+        groups: u64,
+    },
+    /// Receiver → sender: send the block digests of these groups.
+    NeedDigests {
+        /// Group indices.
+        groups: Vec<u64>,
+    },
+    /// Sender → receiver: the block digests of one group.
+    Digests {
+        /// Group index.
+        group: u64,
+        /// One digest per block (zero blocks: the digest of their zeros).
+        digests: Vec<Digest>,
+    },
+    /// Receiver → sender: send these blocks.
+    NeedBlocks {
+        /// Runs of block indices.
+        ranges: Vec<BlockRange>,
+    },
+    /// Sender → receiver: one block's content.
+    Block {
+        /// Block index.
+        index: u64,
+        /// How `data` is encoded.
+        encoding: Encoding,
+        /// The (possibly compressed) bytes.
+        data: Bytes,
+    },
+    /// Receiver → sender: this many data groups are complete, in order.
+    Credit {
+        /// Data groups completed (a prefix of the data groups sent).
+        completed: u64,
+    },
+    /// Receiver → sender: the image verified and was published.
+    Done(DoneStats),
+}
+
+mod ty {
+    pub const HELLO: u8 = 0x01;
+    pub const CHALLENGE: u8 = 0x02;
+    pub const AUTH: u8 = 0x03;
+    pub const ACCEPT: u8 = 0x04;
+    pub const ERROR: u8 = 0x05;
+    pub const KEEPALIVE: u8 = 0x06;
+    pub const BEGIN: u8 = 0x10;
+    pub const READY: u8 = 0x11;
+    pub const GROUPS: u8 = 0x12;
+    pub const END: u8 = 0x13;
+    pub const NEED_DIGESTS: u8 = 0x14;
+    pub const DIGESTS: u8 = 0x15;
+    pub const NEED_BLOCKS: u8 = 0x16;
+    pub const BLOCK: u8 = 0x17;
+    pub const CREDIT: u8 = 0x18;
+    pub const DONE: u8 = 0x19;
+}
+
+/// Why bytes from a peer are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The header announces a payload larger than [`MAX_PAYLOAD`].
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    Oversized {
+        /// Announced payload length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The type byte is not one this version knows.
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    /// The payload does not parse as its type requires.
+    #[error("malformed {frame} frame: {reason}")]
+    Malformed {
+        /// The frame type's name.
+        frame: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The preamble is not cbt's.
+    #[error("not a cbt peer (bad magic)")]
+    BadMagic,
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {0}, this is version {VERSION}")]
+    Version(u16),
+}
+
+/// The result of trying to decode one frame from a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole frame, removed from the buffer.
+    Frame(Frame),
+    /// More bytes are needed; at least this many in total (header included).
+    Incomplete(usize),
+}
+
+/// The preamble this side sends.
+pub fn preamble() -> [u8; PREAMBLE_LEN] {
+    let mut p = [0u8; PREAMBLE_LEN];
+    p[..8].copy_from_slice(&MAGIC);
+    p[8..10].copy_from_slice(&VERSION.to_be_bytes());
+    p
+}
+
+/// Checks a peer's preamble.
+pub fn check_preamble(p: &[u8; PREAMBLE_LEN]) -> Result<(), FrameError> {
+    if p[..8] != MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    let version = u16::from_be_bytes([p[8], p[9]]);
+    if version != VERSION {
+        return Err(FrameError::Version(version));
+    }
+    Ok(())
+}
+
+fn type_name(t: u8) -> Option<&'static str> {
+    Some(match t {
+        ty::HELLO => "HELLO",
+        ty::CHALLENGE => "CHALLENGE",
+        ty::AUTH => "AUTH",
+        ty::ACCEPT => "ACCEPT",
+        ty::ERROR => "ERROR",
+        ty::KEEPALIVE => "KEEPALIVE",
+        ty::BEGIN => "BEGIN",
+        ty::READY => "READY",
+        ty::GROUPS => "GROUPS",
+        ty::END => "END",
+        ty::NEED_DIGESTS => "NEED_DIGESTS",
+        ty::DIGESTS => "DIGESTS",
+        ty::NEED_BLOCKS => "NEED_BLOCKS",
+        ty::BLOCK => "BLOCK",
+        ty::CREDIT => "CREDIT",
+        ty::DONE => "DONE",
+        _ => return None,
+    })
+}
+
+/// Checks the header at the start of `buf` without consuming anything:
+/// the frame's total length (header included) once the header is there.
+/// An oversized or unknown frame is an error as soon as its header arrives,
+/// before any of its payload is awaited.
+pub fn check_header(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len as usize > MAX_PAYLOAD {
+        return Err(FrameError::Oversized {
+            len: u64::from(len),
+            max: MAX_PAYLOAD,
+        });
+    }
+    if type_name(buf[4]).is_none() {
+        return Err(FrameError::UnknownType(buf[4]));
+    }
+    Ok(Some(HEADER_LEN + len as usize))
+}
+
+/// Decodes one frame from the front of `buf`, removing it on success.
+/// Incomplete input leaves `buf` untouched.
+pub fn decode(buf: &mut BytesMut) -> Result<Decoded, FrameError> {
+    let Some(total) = check_header(buf)? else {
+        return Ok(Decoded::Incomplete(HEADER_LEN));
+    };
+    if buf.len() < total {
+        return Ok(Decoded::Incomplete(total));
+    }
+    let t = buf[4];
+    let mut frame = buf.split_to(total).freeze();
+    frame.advance(HEADER_LEN);
+    parse(t, frame).map(Decoded::Frame)
+}
+
+/// A strict reader over one payload.
+struct Payload {
+    frame: &'static str,
+    bytes: Bytes,
+}
+
+impl Payload {
+    fn err(&self, reason: &'static str) -> FrameError {
+        FrameError::Malformed {
+            frame: self.frame,
+            reason,
+        }
+    }
+
+    fn need(&self, n: usize) -> Result<(), FrameError> {
+        if self.bytes.remaining() < n {
+            Err(self.err("truncated"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        self.need(1)?;
+        Ok(self.bytes.get_u8())
+    }
+
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        self.need(2)?;
+        Ok(self.bytes.get_u16())
+    }
+
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        self.need(4)?;
+        Ok(self.bytes.get_u32())
+    }
+
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        self.need(8)?;
+        Ok(self.bytes.get_u64())
+    }
+
+    fn array(&mut self) -> Result<[u8; 32], FrameError> {
+        self.need(32)?;
+        let mut a = [0u8; 32];
+        self.bytes.copy_to_slice(&mut a);
+        Ok(a)
+    }
+
+    fn bool(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.err("flag is neither 0 nor 1")),
+        }
+    }
+
+    fn opt_array(&mut self) -> Result<Option<[u8; 32]>, FrameError> {
+        if self.bool()? {
+            Ok(Some(self.array()?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn string(&mut self) -> Result<String, FrameError> {
+        let len = self.u16()? as usize;
+        if len > MAX_STRING {
+            return Err(self.err("string too long"));
+        }
+        self.need(len)?;
+        let raw = self.bytes.split_to(len);
+        String::from_utf8(raw.to_vec()).map_err(|_| self.err("string is not UTF-8"))
+    }
+
+    fn rest(&mut self) -> Bytes {
+        self.bytes.split_off(0)
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.remaining()
+    }
+
+    fn finish(self) -> Result<(), FrameError> {
+        if self.bytes.has_remaining() {
+            Err(self.err("trailing bytes"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
+    let frame = type_name(t).ok_or(FrameError::UnknownType(t))?;
+    let mut p = Payload { frame, bytes };
+    let f = match t {
+        ty::HELLO => {
+            let mode = match p.u8()? {
+                1 => Mode::Push,
+                2 => Mode::Pull,
+                _ => return Err(p.err("unknown mode")),
+            };
+            let name = p.string()?;
+            let nonce = p.array()?;
+            Frame::Hello { mode, name, nonce }
+        }
+        ty::CHALLENGE => {
+            let nonce = p.array()?;
+            let auth = p.bool()?;
+            Frame::Challenge { nonce, auth }
+        }
+        ty::AUTH => Frame::Auth {
+            proof: p.opt_array()?,
+        },
+        ty::ACCEPT => Frame::Accept {
+            proof: p.opt_array()?,
+        },
+        ty::ERROR => Frame::Error { message: p.string()? },
+        ty::KEEPALIVE => Frame::Keepalive,
+        ty::BEGIN => {
+            let image_len = p.u64()?;
+            let block_size = p.u32()?;
+            let group_blocks = p.u16()?;
+            if group_blocks == 0 || group_blocks as usize > MAX_GROUP_BLOCKS {
+                return Err(p.err("group size out of range"));
+            }
+            let count = p.u32()? as usize;
+            if count.checked_mul(24).is_none_or(|n| n > p.remaining()) {
+                return Err(p.err("region count exceeds the payload"));
+            }
+            let mut regions = Vec::with_capacity(count);
+            for _ in 0..count {
+                regions.push(Region {
+                    start: p.u64()?,
+                    end: p.u64()?,
+                    base: p.u64()?,
+                });
+            }
+            let label = p.string()?;
+            Frame::Begin(Begin {
+                image_len,
+                block_size,
+                group_blocks,
+                regions,
+                label,
+            })
+        }
+        ty::READY => Frame::Ready { window: p.u32()? },
+        ty::GROUPS => {
+            // Each entry takes at least 9 bytes, so the payload bounds the count.
+            let mut entries = Vec::with_capacity(p.remaining() / 9);
+            while p.remaining() > 0 {
+                entries.push(match p.u8()? {
+                    0 => GroupEntry::Data(Digest(p.array()?)),
+                    1 => match p.u64()? {
+                        0 => return Err(p.err("empty zero run")),
+                        n => GroupEntry::Zeros(n),
+                    },
+                    _ => return Err(p.err("unknown group entry")),
+                });
+            }
+            if entries.is_empty() {
+                return Err(p.err("no entries"));
+            }
+            Frame::Groups { entries }
+        }
+        ty::END => {
+            let image_digest = Digest(p.array()?);
+            let groups = p.u64()?;
+            Frame::End { image_digest, groups }
+        }
+        ty::NEED_DIGESTS => {
+            if p.remaining() == 0 || p.remaining() % 8 != 0 {
+                return Err(p.err("payload is not a list of group indices"));
+            }
+            let mut groups = Vec::with_capacity(p.remaining() / 8);
+            while p.remaining() > 0 {
+                groups.push(p.u64()?);
+            }
+            Frame::NeedDigests { groups }
+        }
+        ty::DIGESTS => {
+            let group = p.u64()?;
+            let n = p.remaining();
+            if n == 0 || n % 32 != 0 || n / 32 > MAX_GROUP_BLOCKS {
+                return Err(p.err("payload is not a list of block digests"));
+            }
+            let mut digests = Vec::with_capacity(n / 32);
+            while p.remaining() > 0 {
+                digests.push(Digest(p.array()?));
+            }
+            Frame::Digests { group, digests }
+        }
+        ty::NEED_BLOCKS => {
+            if p.remaining() == 0 || p.remaining() % 12 != 0 {
+                return Err(p.err("payload is not a list of block ranges"));
+            }
+            let mut ranges = Vec::with_capacity(p.remaining() / 12);
+            while p.remaining() > 0 {
+                let first = p.u64()?;
+                let count = p.u32()?;
+                if count == 0 || first.checked_add(u64::from(count)).is_none() {
+                    return Err(p.err("invalid block range"));
+                }
+                ranges.push(BlockRange { first, count });
+            }
+            Frame::NeedBlocks { ranges }
+        }
+        ty::BLOCK => {
+            let index = p.u64()?;
+            let encoding = match p.u8()? {
+                0 => Encoding::Raw,
+                1 => Encoding::Zstd,
+                _ => return Err(p.err("unknown encoding")),
+            };
+            let data = p.rest();
+            if data.is_empty() {
+                return Err(p.err("empty block"));
+            }
+            Frame::Block {
+                index,
+                encoding,
+                data,
+            }
+        }
+        ty::CREDIT => Frame::Credit { completed: p.u64()? },
+        ty::DONE => Frame::Done(DoneStats {
+            blocks_zero: p.u64()?,
+            blocks_local: p.u64()?,
+            blocks_sent: p.u64()?,
+            blocks_repaired: p.u64()?,
+        }),
+        _ => return Err(FrameError::UnknownType(t)),
+    };
+    p.finish()?;
+    Ok(f)
+}
+
+impl Frame {
+    /// The frame type's name, for messages.
+    pub fn name(&self) -> &'static str {
+        type_name(self.type_byte()).unwrap_or("?")
+    }
+
+    fn type_byte(&self) -> u8 {
+        match self {
+            Frame::Hello { .. } => ty::HELLO,
+            Frame::Challenge { .. } => ty::CHALLENGE,
+            Frame::Auth { .. } => ty::AUTH,
+            Frame::Accept { .. } => ty::ACCEPT,
+            Frame::Error { .. } => ty::ERROR,
+            Frame::Keepalive => ty::KEEPALIVE,
+            Frame::Begin(_) => ty::BEGIN,
+            Frame::Ready { .. } => ty::READY,
+            Frame::Groups { .. } => ty::GROUPS,
+            Frame::End { .. } => ty::END,
+            Frame::NeedDigests { .. } => ty::NEED_DIGESTS,
+            Frame::Digests { .. } => ty::DIGESTS,
+            Frame::NeedBlocks { .. } => ty::NEED_BLOCKS,
+            Frame::Block { .. } => ty::BLOCK,
+            Frame::Credit { .. } => ty::CREDIT,
+            Frame::Done(_) => ty::DONE,
+        }
+    }
+
+    /// Appends the encoded frame to `dst`. Fails (leaving `dst` as it was)
+    /// if the payload would exceed [`MAX_PAYLOAD`] or a string [`MAX_STRING`].
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        dst.put_u8(self.type_byte());
+        let result = self.encode_payload(dst);
+        let len = dst.len() - start - HEADER_LEN;
+        if let Err(e) = result {
+            dst.truncate(start);
+            return Err(e);
+        }
+        if len > MAX_PAYLOAD {
+            dst.truncate(start);
+            return Err(FrameError::Oversized {
+                len: len as u64,
+                max: MAX_PAYLOAD,
+            });
+        }
+        dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+
+    fn encode_payload(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let name = self.name();
+        let put_string = |dst: &mut BytesMut, s: &str| {
+            if s.len() > MAX_STRING {
+                return Err(FrameError::Malformed {
+                    frame: name,
+                    reason: "string too long",
+                });
+            }
+            dst.put_u16(s.len() as u16);
+            dst.put_slice(s.as_bytes());
+            Ok(())
+        };
+        let put_opt = |dst: &mut BytesMut, a: &Option<[u8; 32]>| match a {
+            Some(a) => {
+                dst.put_u8(1);
+                dst.put_slice(a);
+            }
+            None => dst.put_u8(0),
+        };
+        match self {
+            Frame::Hello { mode, name, nonce } => {
+                dst.put_u8(*mode as u8);
+                put_string(dst, name)?;
+                dst.put_slice(nonce);
+            }
+            Frame::Challenge { nonce, auth } => {
+                dst.put_slice(nonce);
+                dst.put_u8(u8::from(*auth));
+            }
+            Frame::Auth { proof } | Frame::Accept { proof } => put_opt(dst, proof),
+            Frame::Error { message } => {
+                // Messages are for people: cut rather than fail.
+                let mut end = message.len().min(MAX_STRING);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_string(dst, &message[..end])?;
+            }
+            Frame::Keepalive => {}
+            Frame::Begin(b) => {
+                dst.put_u64(b.image_len);
+                dst.put_u32(b.block_size);
+                dst.put_u16(b.group_blocks);
+                dst.put_u32(b.regions.len() as u32);
+                for r in &b.regions {
+                    dst.put_u64(r.start);
+                    dst.put_u64(r.end);
+                    dst.put_u64(r.base);
+                }
+                put_string(dst, &b.label)?;
+            }
+            Frame::Ready { window } => dst.put_u32(*window),
+            Frame::Groups { entries } => {
+                for e in entries {
+                    match e {
+                        GroupEntry::Data(d) => {
+                            dst.put_u8(0);
+                            dst.put_slice(&d.0);
+                        }
+                        GroupEntry::Zeros(n) => {
+                            dst.put_u8(1);
+                            dst.put_u64(*n);
+                        }
+                    }
+                }
+            }
+            Frame::End { image_digest, groups } => {
+                dst.put_slice(&image_digest.0);
+                dst.put_u64(*groups);
+            }
+            Frame::NeedDigests { groups } => groups.iter().for_each(|g| dst.put_u64(*g)),
+            Frame::Digests { group, digests } => {
+                dst.put_u64(*group);
+                digests.iter().for_each(|d| dst.put_slice(&d.0));
+            }
+            Frame::NeedBlocks { ranges } => ranges.iter().for_each(|r| {
+                dst.put_u64(r.first);
+                dst.put_u32(r.count);
+            }),
+            Frame::Block {
+                index,
+                encoding,
+                data,
+            } => {
+                dst.put_u64(*index);
+                dst.put_u8(*encoding as u8);
+                dst.put_slice(data);
+            }
+            Frame::Credit { completed } => dst.put_u64(*completed),
+            Frame::Done(s) => {
+                dst.put_u64(s.blocks_zero);
+                dst.put_u64(s.blocks_local);
+                dst.put_u64(s.blocks_sent);
+                dst.put_u64(s.blocks_repaired);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Hello {
+                mode: Mode::Push,
+                name: "vm1.img".into(),
+                nonce: [7; 32],
+            },
+            Frame::Challenge {
+                nonce: [9; 32],
+                auth: true,
+            },
+            Frame::Auth { proof: Some([1; 32]) },
+            Frame::Auth { proof: None },
+            Frame::Accept { proof: None },
+            Frame::Error {
+                message: "no such image".into(),
+            },
+            Frame::Keepalive,
+            Frame::Begin(Begin {
+                image_len: 1 << 30,
+                block_size: 4096,
+                group_blocks: 64,
+                regions: vec![
+                    Region {
+                        start: 0,
+                        end: 1 << 20,
+                        base: 0,
+                    },
+                    Region {
+                        start: 1 << 20,
+                        end: 1 << 30,
+                        base: 1 << 20,
+                    },
+                ],
+                label: "disk.qcow2".into(),
+            }),
+            Frame::Ready { window: 512 },
+            Frame::Groups {
+                entries: vec![GroupEntry::Data(Digest([3; 32])), GroupEntry::Zeros(1_000_000)],
+            },
+            Frame::End {
+                image_digest: Digest([4; 32]),
+                groups: 17,
+            },
+            Frame::NeedDigests {
+                groups: vec![1, 5, 9],
+            },
+            Frame::Digests {
+                group: 5,
+                digests: vec![Digest([5; 32]); 64],
+            },
+            Frame::NeedBlocks {
+                ranges: vec![BlockRange { first: 10, count: 3 }],
+            },
+            Frame::Block {
+                index: 42,
+                encoding: Encoding::Zstd,
+                data: Bytes::from_static(b"abc"),
+            },
+            Frame::Credit { completed: 99 },
+            Frame::Done(DoneStats {
+                blocks_zero: 1,
+                blocks_local: 2,
+                blocks_sent: 3,
+                blocks_repaired: 0,
+            }),
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_frame_type() {
+        let mut buf = BytesMut::new();
+        for f in samples() {
+            f.encode(&mut buf).unwrap();
+        }
+        for want in samples() {
+            match decode(&mut buf).unwrap() {
+                Decoded::Frame(got) => assert_eq!(got, want),
+                Decoded::Incomplete(_) => panic!("incomplete"),
+            }
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_and_leaves_the_buffer_alone() {
+        for f in samples() {
+            let mut whole = BytesMut::new();
+            f.encode(&mut whole).unwrap();
+            for cut in 0..whole.len() {
+                let mut part = BytesMut::from(&whole[..cut]);
+                match decode(&mut part) {
+                    Ok(Decoded::Incomplete(n)) => assert!(n > cut),
+                    other => panic!("{} cut at {cut}: {other:?}", f.name()),
+                }
+                assert_eq!(part.len(), cut);
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_is_refused_from_the_header_alone() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(MAX_PAYLOAD as u32 + 1);
+        buf.put_u8(ty::BLOCK);
+        assert!(matches!(decode(&mut buf), Err(FrameError::Oversized { .. })));
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, ty::BLOCK][..]);
+        assert!(matches!(decode(&mut buf), Err(FrameError::Oversized { .. })));
+    }
+
+    #[test]
+    fn unknown_type_is_an_error() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 0, 0x7f][..]);
+        assert_eq!(decode(&mut buf), Err(FrameError::UnknownType(0x7f)));
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        let cases: Vec<(u8, Vec<u8>)> = vec![
+            (ty::HELLO, vec![3]),                                          // unknown mode
+            (ty::HELLO, vec![1, 0xff, 0xff]),                              // string longer than the limit
+            (ty::CHALLENGE, vec![0; 33].into_iter().chain([2]).collect()), // bad flag
+            (ty::KEEPALIVE, vec![0]),                                      // trailing byte
+            (ty::GROUPS, vec![]),                                          // no entries
+            (ty::GROUPS, vec![1, 0, 0, 0, 0, 0, 0, 0, 0]),                 // empty zero run
+            (ty::GROUPS, vec![2]),                                         // unknown entry
+            (ty::NEED_DIGESTS, vec![0; 7]),
+            (ty::DIGESTS, vec![0; 8 + 31]),
+            (ty::NEED_BLOCKS, vec![0; 12]),                  // zero count
+            (ty::BLOCK, vec![0; 9]),                         // empty block
+            (ty::BLOCK, vec![0, 0, 0, 0, 0, 0, 0, 0, 9, 1]), // unknown encoding
+            // BEGIN claiming a billion regions in a small payload.
+            (ty::BEGIN, [&[0u8; 12][..], &[0, 64], &[0x40, 0, 0, 0]].concat()),
+        ];
+        for (t, payload) in cases {
+            let mut buf = BytesMut::new();
+            buf.put_u32(payload.len() as u32);
+            buf.put_u8(t);
+            buf.put_slice(&payload);
+            assert!(
+                matches!(decode(&mut buf), Err(FrameError::Malformed { .. })),
+                "type {t:#x} {payload:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn preamble_checks_magic_and_version() {
+        assert!(check_preamble(&preamble()).is_ok());
+        let mut p = preamble();
+        p[0] = b'X';
+        assert_eq!(check_preamble(&p), Err(FrameError::BadMagic));
+        let mut p = preamble();
+        p[9] = 2;
+        assert_eq!(check_preamble(&p), Err(FrameError::Version(2)));
+    }
+
+    #[test]
+    fn encoder_refuses_oversized_payloads() {
+        let mut buf = BytesMut::new();
+        let f = Frame::Block {
+            index: 0,
+            encoding: Encoding::Raw,
+            data: Bytes::from(vec![1u8; MAX_PAYLOAD]),
+        };
+        assert!(f.encode(&mut buf).is_err());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A cheap, deterministic stand-in for the fuzz target.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let n = (x % 64) as usize;
+            let mut bytes = Vec::with_capacity(n + 5);
+            for _ in 0..n + 5 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push(x as u8);
+            }
+            // Keep lengths small and types plausible so parsing is reached.
+            bytes[0] = 0;
+            bytes[1] = 0;
+            bytes[2] = 0;
+            bytes[3] = (n as u8).min(bytes[3]);
+            bytes[4] = [
+                0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18,
+                0x19,
+            ][bytes[4] as usize % 16];
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Decoded::Frame(_)) = decode(&mut buf) {}
+        }
+    }
+}

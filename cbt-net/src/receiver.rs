@@ -1,0 +1,1212 @@
+//! The receiving side of a transfer, whoever opened the connection.
+//!
+//! The receiver keeps a *cursor*: where in its local images it expects the
+//! next group of the source to be (just after the last group it found). For
+//! each data group it reads the predicted bytes, hashes their blocks and
+//! compares the group digest; a match is written at once (the group digest
+//! covers full 32-byte block digests, so this check is as strong as a
+//! per-block one). Otherwise it asks for that group's block digests
+//! (NEED_DIGESTS), looks every block up in the [`Index`] (re-hashing what it
+//! reads), and asks for the blocks it still lacks (NEED_BLOCKS). Groups that
+//! keep finding nothing locally are fetched whole, without digests. Requests
+//! are pipelined: many groups in flight, block requests bounded in bytes,
+//! credit returned as data groups complete.
+//!
+//! Every block digest ends up in a verification manifest (in layout order);
+//! at the end the manifest must reproduce the source's image digest, the
+//! written image is re-read and checked against the manifest by
+//! [`verify_output`] (mismatching blocks are fetched again over the same
+//! connection), and only then is the output published.
+//!
+//! The engine is synchronous and runs on a blocking thread; it owns the
+//! protocol state. Checking predictions (read, hash, compare, write) runs on
+//! a few predictor threads, whose verdicts come back on the engine's event
+//! channel next to the peer's frames; the network tasks only move frames.
+//!
+//! ```text
+//! reader task ─frames─▶ ┌────────┐ ─jobs (bounded)─▶ predictor × N ─┐
+//!                       │ engine │ ◀──────────── verdicts ──────────┘
+//! writer task ◀─frames─ └────────┘ ─▶ output, manifest
+//! ```
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use cbt_core::{
+    is_zero, verify_output, write_manifest_entry, BlockKind, BlockRecord, BlockRef, BlockSource, BlockSpan,
+    Digest, ImageDigester, Index, IndexOptions, Layout, Location, OutputFile, OutputFormat, ZeroDigests,
+};
+use tokio::sync::mpsc;
+
+use crate::blockmap::{group_digest, BlockMap, GroupSpan};
+use crate::compress::Decompressor;
+use crate::connection::{Link, Shutdown};
+use crate::error::{Error, Result};
+use crate::frame::{Begin, BlockRange, DoneStats, Encoding, Frame, GroupEntry};
+use crate::resume;
+use crate::TransferReport;
+
+/// Largest image accepted from a peer (1 PiB).
+const MAX_IMAGE_LEN: u64 = 1 << 50;
+/// Most ranges in one NEED_BLOCKS frame.
+const MAX_RANGES_PER_FRAME: usize = 16 * 1024;
+/// After this many groups in a row without a local block, groups are
+/// fetched whole (with one group in [`PROBE_EVERY`] still resolved through
+/// its digests, to notice when local data comes back).
+const MISS_STREAK: u32 = 8;
+const PROBE_EVERY: u32 = 8;
+/// Predictor threads at most.
+const MAX_PREDICTORS: usize = 4;
+
+/// How to receive.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// Where the image is published.
+    pub output: PathBuf,
+    /// Output format.
+    pub format: OutputFormat,
+    /// Images and directories to take blocks from.
+    pub seeds: Vec<PathBuf>,
+    /// Index settings (the block size is taken from the sender).
+    pub index: IndexOptions,
+    /// Data groups the sender may have in flight.
+    pub window_groups: u32,
+    /// Bytes of blocks requested and not yet received, at most.
+    pub window_bytes: u64,
+}
+
+impl ReceiveOptions {
+    /// Defaults for writing `output`.
+    pub fn new(output: PathBuf) -> Self {
+        ReceiveOptions {
+            output,
+            format: OutputFormat::Raw,
+            seeds: Vec::new(),
+            index: IndexOptions::default(),
+            window_groups: 1024,
+            window_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Receives an image over an established link, verifies it and publishes
+/// it at `options.output`. On failure nothing appears there; after a lost
+/// connection the partial output is kept for the next attempt.
+pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown) -> Result<TransferReport> {
+    let started = Instant::now();
+    let counters = Arc::clone(&link.counters);
+    let peer = link.peer.clone();
+    let begin = match link.incoming.recv().await {
+        Some(Ok(Frame::Begin(b))) => Ok(b),
+        Some(Ok(Frame::Error { message })) => Err(Error::Remote {
+            peer: peer.clone(),
+            message,
+        }),
+        Some(Ok(f)) => Err(Error::protocol(
+            &peer,
+            format!("expected BEGIN, got {}", f.name()),
+        )),
+        Some(Err(e)) => Err(e),
+        None => Err(Error::Closed { peer: peer.clone() }),
+    };
+    let result = match begin {
+        Ok(begin) => {
+            // Frames and predictor verdicts share one channel to the engine.
+            let (dummy_tx, dummy_rx) = mpsc::unbounded_channel();
+            drop(dummy_tx);
+            let mut incoming = std::mem::replace(&mut link.incoming, dummy_rx);
+            let (events_tx, events) = mpsc::unbounded_channel();
+            let frames = events_tx.clone();
+            let forward = tokio::spawn(async move {
+                while let Some(f) = incoming.recv().await {
+                    if frames.send(Event::Frame(f)).is_err() {
+                        break;
+                    }
+                }
+            });
+            let channels = Channels {
+                events,
+                events_tx,
+                outgoing: link.outgoing.clone(),
+            };
+            let label = begin.label.clone();
+            let peer2 = peer.clone();
+            let r =
+                tokio::task::spawn_blocking(move || run_engine(begin, options, channels, shutdown, peer2))
+                    .await
+                    .map_err(|e| Error::Config(format!("receiver thread failed: {e}")))
+                    .and_then(|r| r)
+                    .map(|r| (r, label));
+            forward.abort();
+            r
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(((layout, stats, digest, output), label)) => {
+            link.close(Duration::from_secs(10)).await;
+            Ok(TransferReport::new(
+                "receiver",
+                &peer,
+                label,
+                Some(output),
+                &layout,
+                stats,
+                &counters,
+                started.elapsed().as_secs_f64(),
+                digest,
+            ))
+        }
+        Err(e) => {
+            match &e {
+                Error::Remote { .. } | Error::Closed { .. } | Error::Io { .. } | Error::Timeout { .. } => {
+                    link.close(Duration::from_secs(2)).await
+                }
+                _ => link.fail(e.to_string()).await,
+            }
+            Err(e)
+        }
+    }
+}
+
+type EngineResult = (Layout, DoneStats, Digest, PathBuf);
+
+/// The engine's connections to the rest of the receiver.
+struct Channels {
+    events: mpsc::UnboundedReceiver<Event>,
+    /// For the predictor threads' verdicts.
+    events_tx: mpsc::UnboundedSender<Event>,
+    outgoing: mpsc::Sender<Frame>,
+}
+
+fn run_engine(
+    begin: Begin,
+    options: ReceiveOptions,
+    channels: Channels,
+    shutdown: Shutdown,
+    peer: String,
+) -> Result<EngineResult> {
+    if begin.image_len > MAX_IMAGE_LEN {
+        return Err(Error::protocol(
+            &peer,
+            format!("image of {} bytes is too large", begin.image_len),
+        ));
+    }
+    let layout = Layout::from_regions(begin.image_len, begin.block_size, begin.regions.clone())
+        .map_err(|e| Error::protocol(&peer, format!("invalid layout: {e}")))?;
+    let map = BlockMap::new(&layout, begin.group_blocks);
+    if options.output.is_dir() {
+        return Err(Error::Config(format!(
+            "{}: is a directory",
+            options.output.display()
+        )));
+    }
+
+    // Seeds: the roots given, earlier partial outputs, and the previous
+    // version of the output itself.
+    let mut seeds = options.seeds.clone();
+    seeds.extend(resume::prepare(&options.output)?);
+    if options.output.is_file() {
+        seeds.push(options.output.clone());
+    }
+    let mut index_options = options.index.clone();
+    index_options.block_size = layout.block_size();
+    let index = Arc::new(Index::build(&seeds, &index_options)?);
+    tracing::info!(
+        images = index.stats().images,
+        unique_blocks = index.stats().unique_blocks,
+        "seed index ready"
+    );
+
+    let output = Arc::new(OutputFile::create(&options.output, options.format, layout.len())?);
+    let manifest_path = resume::manifest_path(&options.output);
+    let manifest = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&manifest_path)
+        .map_err(|e| cbt_core::Error::io(&manifest_path, "create manifest", e))?;
+    manifest
+        .set_len(map.blocks() * 32)
+        .map_err(|e| cbt_core::Error::io(&manifest_path, "size manifest", e))?;
+
+    let shared = Shared {
+        index,
+        output: Some(output),
+        manifest: Arc::new(manifest),
+        manifest_path: manifest_path.clone(),
+        map,
+    };
+    let mut engine = Engine::new(peer, shared, channels, shutdown, &options)?;
+    let result = engine.run(&layout);
+    engine.stop_predictors();
+    let Engine {
+        shared,
+        stats,
+        outgoing,
+        ..
+    } = engine;
+    let _ = fs::remove_file(&manifest_path);
+    let Some(Ok(output)) = shared.output.map(Arc::try_unwrap) else {
+        return Err(Error::Config("the output is still in use".into()));
+    };
+    match result {
+        Ok(digest) => {
+            let published = output.publish()?;
+            resume::cleanup(&options.output);
+            // The sender waits for this before it reports success.
+            let _ = outgoing.blocking_send(Frame::Done(stats));
+            Ok((layout, stats, digest, published))
+        }
+        Err(e) => {
+            if matches!(e, Error::Core(cbt_core::Error::Verification { .. })) {
+                output.discard();
+            } else {
+                // Keep what arrived for the next attempt; make it readable.
+                let mut output = output;
+                let _ = output.finish_writing();
+                tracing::info!(
+                    "partial output kept at {} for a later resume",
+                    cbt_core::temp_path_for(&options.output).display()
+                );
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What the engine and the predictor threads share.
+#[derive(Clone)]
+struct Shared {
+    index: Arc<Index>,
+    /// Always there, except while the engine lends it to `verify_output`.
+    output: Option<Arc<OutputFile>>,
+    manifest: Arc<File>,
+    manifest_path: PathBuf,
+    map: BlockMap,
+}
+
+impl Shared {
+    fn output(&self) -> Result<&OutputFile> {
+        self.output
+            .as_deref()
+            .ok_or_else(|| Error::Config("the output is being verified".into()))
+    }
+
+    /// Writes the blocks of `buf` (laid out as `blocks`) marked good,
+    /// contiguous ones with one write.
+    fn write_runs(&self, buf: &[u8], blocks: &[BlockSpan], good: &[bool]) -> Result<()> {
+        let mut pos = 0usize;
+        let mut run: Option<(usize, u64)> = None;
+        for (b, ok) in blocks.iter().zip(good) {
+            if *ok {
+                run.get_or_insert((pos, b.offset));
+            } else if let Some((from, at)) = run.take() {
+                self.output()?.write_at(&buf[from..pos], at)?;
+            }
+            pos += b.len as usize;
+        }
+        if let Some((from, at)) = run {
+            self.output()?.write_at(&buf[from..pos], at)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the digests of consecutive blocks at their place in the manifest.
+    fn write_manifest(&self, first_block: u64, digests: &[Digest]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(digests.len() * 32);
+        for d in digests {
+            write_manifest_entry(&mut bytes, d, &self.manifest_path)?;
+        }
+        self.manifest
+            .write_all_at(&bytes, first_block * 32)
+            .map_err(|e| cbt_core::Error::io(&self.manifest_path, "write manifest", e).into())
+    }
+}
+
+/// What the engine waits for.
+enum Event {
+    /// A frame from the peer (or the connection's end).
+    Frame(Result<Frame>),
+    /// A predictor's verdict on a job.
+    Predicted(PredictJob, Result<Outcome>),
+}
+
+/// Check whether a data group is at a predicted local position.
+struct PredictJob {
+    g: u64,
+    seq: u64,
+    digest: Digest,
+    span: GroupSpan,
+    image: u32,
+    offset: u64,
+}
+
+enum Outcome {
+    /// Found and written: its zero and non-zero blocks.
+    Matched { zero: u64, local: u64 },
+    /// Not there; the digests of the blocks found there, if readable.
+    Missed(Option<Vec<Digest>>),
+}
+
+/// A predictor thread: checks data groups at their predicted local
+/// position and writes those that match.
+fn predictor(
+    shared: &Shared,
+    jobs: &crossbeam_channel::Receiver<PredictJob>,
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    let mut buf = Vec::new();
+    let mut zeros = ZeroDigests::default();
+    for job in jobs {
+        let outcome = check_prediction(shared, &job, &mut buf, &mut zeros);
+        if events.send(Event::Predicted(job, outcome)).is_err() {
+            break;
+        }
+    }
+}
+
+fn check_prediction(
+    shared: &Shared,
+    job: &PredictJob,
+    buf: &mut Vec<u8>,
+    zeros: &mut ZeroDigests,
+) -> Result<Outcome> {
+    let span = &job.span;
+    let Ok(image) = shared.index.open(job.image) else {
+        return Ok(Outcome::Missed(None));
+    };
+    if job
+        .offset
+        .checked_add(span.len)
+        .is_none_or(|end| end > image.len())
+    {
+        return Ok(Outcome::Missed(None));
+    }
+    buf.resize(span.len as usize, 0);
+    if image.read_at(buf, job.offset).is_err() {
+        return Ok(Outcome::Missed(None));
+    }
+    let blocks: Vec<BlockSpan> = shared.map.group_blocks_spans(span).collect();
+    let mut digests = Vec::with_capacity(blocks.len());
+    let mut good = Vec::with_capacity(blocks.len());
+    let mut pos = 0usize;
+    for b in &blocks {
+        let data = &buf[pos..pos + b.len as usize];
+        let zero = is_zero(data);
+        digests.push(if zero { zeros.get(b.len) } else { Digest::of(data) });
+        good.push(!zero);
+        pos += b.len as usize;
+    }
+    if group_digest(&digests) != job.digest {
+        return Ok(Outcome::Missed(Some(digests)));
+    }
+    shared.write_runs(buf, &blocks, &good)?;
+    shared.write_manifest(span.first_block, &digests)?;
+    let local = good.iter().filter(|g| **g).count() as u64;
+    Ok(Outcome::Matched {
+        zero: blocks.len() as u64 - local,
+        local,
+    })
+}
+
+/// How a group that was not found where predicted is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// Ask for its block digests, look them up, ask for what is missing.
+    Digests,
+    /// Ask for all its blocks at once (when nothing is being found
+    /// locally): no digests on the wire, the group digest checks the data.
+    Whole,
+}
+
+/// A data group waiting for its digests or for missing blocks.
+struct Pending {
+    seq: u64,
+    span: GroupSpan,
+    digest: Digest,
+    /// Where it was predicted to be, and the digests of the blocks found there.
+    predicted: Option<(u32, u64, Vec<Digest>)>,
+    /// Whole-group fetch: the digests of the blocks received so far.
+    whole: Option<Vec<Option<Digest>>>,
+    resolved: bool,
+    missing: u32,
+}
+
+struct Awaited {
+    group: u64,
+    /// What the block must hash to (None: fetched as part of a whole group).
+    digest: Option<Digest>,
+    len: u32,
+}
+
+struct Engine {
+    peer: String,
+    shared: Shared,
+    events: mpsc::UnboundedReceiver<Event>,
+    outgoing: mpsc::Sender<Frame>,
+    shutdown: Shutdown,
+    /// Jobs for the predictor threads (None once they were stopped).
+    jobs: Option<crossbeam_channel::Sender<PredictJob>>,
+    predictors: Vec<JoinHandle<()>>,
+    /// Predictions asked for and not answered yet.
+    predicting: u64,
+    decompressor: Decompressor,
+    zeros: ZeroDigests,
+    window_groups: u32,
+    window_bytes: u64,
+    /// Next group of the stream.
+    head_group: u64,
+    /// Data groups seen so far (their sequence numbers, for credit).
+    data_seq: u64,
+    /// Entries received and not processed yet: first group, sequence
+    /// number (data groups), entry.
+    deferred: VecDeque<(u64, u64, GroupEntry)>,
+    /// Predicted local position of the next group to process: (image, offset).
+    cursor: Option<(u32, u64)>,
+    /// A group whose digests were asked for to find the cursor; data
+    /// groups wait for its answer.
+    probe: Option<u64>,
+    /// Whether local data is worth looking for.
+    hopeful: bool,
+    /// Groups resolved in a row without finding any block locally.
+    miss_streak: u32,
+    /// Groups fetched whole since the streak began.
+    whole_count: u32,
+    pending: HashMap<u64, Pending>,
+    done_seqs: BTreeSet<u64>,
+    /// Data groups complete, in order.
+    completed: u64,
+    credited: u64,
+    /// Blocks to request, in order.
+    want: VecDeque<u64>,
+    /// Every block wanted from the sender (queued or requested).
+    awaiting: HashMap<u64, Awaited>,
+    /// Requested and not yet received: block → bytes.
+    outstanding: HashMap<u64, u32>,
+    outstanding_bytes: u64,
+    need_digests: Vec<u64>,
+    end: Option<(Digest, u64)>,
+    stats: DoneStats,
+    rejected: u64,
+    buf: Vec<u8>,
+    block_buf: Vec<u8>,
+}
+
+impl Engine {
+    fn new(
+        peer: String,
+        shared: Shared,
+        channels: Channels,
+        shutdown: Shutdown,
+        options: &ReceiveOptions,
+    ) -> Result<Self> {
+        let threads = thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_PREDICTORS);
+        let (jobs, job_rx) = crossbeam_channel::bounded::<PredictJob>(threads * 4);
+        let mut predictors = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (shared, rx, tx) = (shared.clone(), job_rx.clone(), channels.events_tx.clone());
+            let handle = thread::Builder::new()
+                .name(format!("cbt-recv-predict-{i}"))
+                .spawn(move || predictor(&shared, &rx, &tx))
+                .map_err(|e| Error::Config(format!("cannot start a predictor thread: {e}")))?;
+            predictors.push(handle);
+        }
+        Ok(Engine {
+            peer,
+            hopeful: shared.index.stats().unique_blocks > 0,
+            shared,
+            events: channels.events,
+            outgoing: channels.outgoing,
+            shutdown,
+            jobs: Some(jobs),
+            predictors,
+            predicting: 0,
+            decompressor: Decompressor::new().map_err(|e| Error::Config(format!("zstd: {e}")))?,
+            zeros: ZeroDigests::default(),
+            window_groups: options.window_groups.max(1),
+            window_bytes: options.window_bytes.max(u64::from(cbt_core::MAX_BLOCK_SIZE) * 2),
+            head_group: 0,
+            data_seq: 0,
+            deferred: VecDeque::new(),
+            cursor: None,
+            probe: None,
+            miss_streak: 0,
+            whole_count: 0,
+            pending: HashMap::new(),
+            done_seqs: BTreeSet::new(),
+            completed: 0,
+            credited: 0,
+            want: VecDeque::new(),
+            awaiting: HashMap::new(),
+            outstanding: HashMap::new(),
+            outstanding_bytes: 0,
+            need_digests: Vec::new(),
+            end: None,
+            stats: DoneStats::default(),
+            rejected: 0,
+            buf: Vec::new(),
+            block_buf: Vec::new(),
+        })
+    }
+
+    /// Stops the predictor threads and waits for them.
+    fn stop_predictors(&mut self) {
+        self.jobs = None;
+        for h in self.predictors.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    fn send(&self, f: Frame) -> Result<()> {
+        self.outgoing.blocking_send(f).map_err(|_| Error::Closed {
+            peer: self.peer.clone(),
+        })
+    }
+
+    fn recv(&mut self) -> Result<Event> {
+        if self.shutdown.is_set() {
+            return Err(Error::Cancelled);
+        }
+        self.events.blocking_recv().ok_or_else(|| Error::Closed {
+            peer: self.peer.clone(),
+        })
+    }
+
+    /// The next frame, once no prediction can be outstanding.
+    fn recv_frame(&mut self) -> Result<Frame> {
+        match self.recv()? {
+            Event::Frame(f) => f,
+            Event::Predicted(..) => Err(Error::Config("a prediction arrived after the transfer".into())),
+        }
+    }
+
+    fn protocol(&self, reason: impl Into<String>) -> Error {
+        Error::protocol(&self.peer, reason)
+    }
+
+    fn run(&mut self, layout: &Layout) -> Result<Digest> {
+        self.send(Frame::Ready {
+            window: self.window_groups,
+        })?;
+        loop {
+            if let Some((_, groups)) = self.end {
+                if self.head_group == groups
+                    && self.predicting == 0
+                    && self.deferred.is_empty()
+                    && self.pending.is_empty()
+                    && self.awaiting.is_empty()
+                {
+                    break;
+                }
+            }
+            let frame = match self.recv()? {
+                Event::Frame(f) => f?,
+                Event::Predicted(job, outcome) => {
+                    self.on_prediction(job, outcome)?;
+                    self.drain()?;
+                    self.flush_requests()?;
+                    continue;
+                }
+            };
+            match frame {
+                Frame::Groups { entries } => {
+                    for e in entries {
+                        self.on_entry(e)?;
+                    }
+                    self.drain()?;
+                }
+                Frame::Digests { group, digests } => {
+                    self.on_digests(group, digests)?;
+                    self.drain()?;
+                }
+                Frame::Block {
+                    index,
+                    encoding,
+                    data,
+                } => self.on_block(index, encoding, &data)?,
+                Frame::End { image_digest, groups } => {
+                    if groups != self.shared.map.groups() || self.head_group != groups || self.end.is_some() {
+                        return Err(self.protocol(format!(
+                            "END after {} of {} groups (announced {groups})",
+                            self.head_group,
+                            self.shared.map.groups()
+                        )));
+                    }
+                    self.end = Some((image_digest, groups));
+                }
+                Frame::Error { message } => {
+                    return Err(Error::Remote {
+                        peer: self.peer.clone(),
+                        message,
+                    })
+                }
+                f => return Err(self.protocol(format!("unexpected {} frame", f.name()))),
+            }
+            self.flush_requests()?;
+        }
+        let Some((expected, _)) = self.end else {
+            return Err(Error::Config("stream ended without END".into()));
+        };
+        self.stop_predictors();
+
+        // The manifest must describe the source exactly.
+        let manifest_path = self.shared.manifest_path.clone();
+        if manifest_digest(layout, &manifest_path)? != expected {
+            return Err(cbt_core::Error::Verification {
+                path: self.shared.output()?.temp_path().to_path_buf(),
+                reason: "the block digests gathered do not reproduce the source's image digest".into(),
+            }
+            .into());
+        }
+        tracing::info!(
+            zero = self.stats.blocks_zero,
+            local = self.stats.blocks_local,
+            fetched = self.stats.blocks_sent,
+            rejected = self.rejected,
+            "all blocks written; verifying"
+        );
+        // The predictors are gone: the output is ours alone again.
+        let mut output = self.shared.output.take();
+        let verified = match output.as_mut().and_then(Arc::get_mut) {
+            Some(output) => verify_output(layout, output, &mut Repair { engine: self }, &manifest_path),
+            None => Err(cbt_core::Error::Config("the output is still shared".into())),
+        };
+        self.shared.output = output;
+        let repaired = verified.map_err(|e| match e {
+            cbt_core::Error::BlockSource { source, .. } => match source.downcast::<Error>() {
+                Ok(net) => *net,
+                Err(other) => Error::Config(other.to_string()),
+            },
+            other => Error::Core(other),
+        });
+        self.stats.blocks_repaired = repaired?;
+        if self.shutdown.is_set() {
+            return Err(Error::Cancelled);
+        }
+        Ok(expected)
+    }
+
+    /// Accepts one entry of the group stream (processed by [`Engine::drain`]).
+    fn on_entry(&mut self, entry: GroupEntry) -> Result<()> {
+        let g = self.head_group;
+        let n = match entry {
+            GroupEntry::Zeros(n) => n,
+            GroupEntry::Data(_) => 1,
+        };
+        if g.checked_add(n).is_none_or(|end| end > self.shared.map.groups()) {
+            return Err(self.protocol("group stream past the end of the image"));
+        }
+        self.head_group += n;
+        let seq = self.data_seq;
+        if let GroupEntry::Data(_) = entry {
+            self.data_seq += 1;
+            if self.data_seq - self.completed > u64::from(self.window_groups) {
+                return Err(self.protocol("more data groups in flight than the window allows"));
+            }
+        }
+        self.deferred.push_back((g, seq, entry));
+        Ok(())
+    }
+
+    /// Processes the entries received, in order; data groups wait while a
+    /// probe for the cursor is outstanding.
+    fn drain(&mut self) -> Result<()> {
+        while let Some(&(g, seq, entry)) = self.deferred.front() {
+            match entry {
+                GroupEntry::Zeros(n) => {
+                    self.deferred.pop_front();
+                    self.zero_groups(g, n)?;
+                }
+                GroupEntry::Data(digest) => {
+                    if self.probe.is_some() && self.cursor.is_none() {
+                        break;
+                    }
+                    self.deferred.pop_front();
+                    self.data_group(g, seq, digest)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The source offset of the next group to process.
+    fn next_offset(&self) -> u64 {
+        let map = &self.shared.map;
+        let g = self.deferred.front().map_or(self.head_group, |(g, _, _)| *g);
+        map.group(g).map_or_else(
+            || {
+                map.group(map.groups().saturating_sub(1))
+                    .map_or(0, |s| s.offset + s.len)
+            },
+            |s| s.offset,
+        )
+    }
+
+    fn zero_groups(&mut self, first: u64, n: u64) -> Result<()> {
+        let mut bytes = 0;
+        for g in first..first + n {
+            let span = self
+                .shared
+                .map
+                .group(g)
+                .ok_or_else(|| self.protocol("no such group"))?;
+            bytes += span.len;
+            self.stats.blocks_zero += u64::from(span.blocks);
+            let digests: Vec<Digest> = self
+                .shared
+                .map
+                .group_blocks_spans(&span)
+                .map(|b| self.zeros.get(b.len))
+                .collect();
+            self.shared.write_manifest(span.first_block, &digests)?;
+        }
+        if let Some((_, off)) = self.cursor.as_mut() {
+            *off += bytes;
+        }
+        Ok(())
+    }
+
+    fn data_group(&mut self, g: u64, seq: u64, digest: Digest) -> Result<()> {
+        let span = self
+            .shared
+            .map
+            .group(g)
+            .ok_or_else(|| self.protocol("no such group"))?;
+        if let Some((image, offset)) = self.cursor {
+            self.cursor = Some((image, offset + span.len));
+            let job = PredictJob {
+                g,
+                seq,
+                digest,
+                span,
+                image,
+                offset,
+            };
+            let jobs = self
+                .jobs
+                .as_ref()
+                .ok_or_else(|| Error::Config("the predictors were stopped".into()))?;
+            jobs.send(job)
+                .map_err(|_| Error::Config("the predictor threads stopped".into()))?;
+            self.predicting += 1;
+            return Ok(());
+        }
+        self.unpredicted(g, seq, digest, span, None)
+    }
+
+    /// A predictor's verdict on a data group.
+    fn on_prediction(&mut self, job: PredictJob, outcome: Result<Outcome>) -> Result<()> {
+        self.predicting -= 1;
+        match outcome? {
+            Outcome::Matched { zero, local } => {
+                self.stats.blocks_zero += zero;
+                self.stats.blocks_local += local;
+                self.miss_streak = 0;
+                self.done_seqs.insert(job.seq);
+                self.advance_credit()
+            }
+            Outcome::Missed(local) => {
+                let predicted = local.map(|l| (job.image, job.offset, l));
+                self.unpredicted(job.g, job.seq, job.digest, job.span, predicted)
+            }
+        }
+    }
+
+    /// A data group not found where predicted (or with no prediction):
+    /// decides how to resolve it and asks the sender.
+    fn unpredicted(
+        &mut self,
+        g: u64,
+        seq: u64,
+        digest: Digest,
+        span: GroupSpan,
+        predicted: Option<(u32, u64, Vec<Digest>)>,
+    ) -> Result<()> {
+        let fetch = if !self.hopeful && self.shared.index.stats().unique_blocks == 0 {
+            Fetch::Whole
+        } else if self.cursor.is_none() && self.hopeful {
+            // Find the cursor first; later data groups wait for the answer.
+            self.probe = Some(g);
+            Fetch::Digests
+        } else if self.miss_streak >= MISS_STREAK {
+            self.whole_count += 1;
+            if self.whole_count % PROBE_EVERY == 0 {
+                Fetch::Digests
+            } else {
+                Fetch::Whole
+            }
+        } else {
+            Fetch::Digests
+        };
+        let mut p = Pending {
+            seq,
+            span,
+            digest,
+            predicted,
+            whole: None,
+            resolved: false,
+            missing: 0,
+        };
+        match fetch {
+            Fetch::Digests => self.need_digests.push(g),
+            Fetch::Whole => {
+                p.whole = Some(vec![None; span.blocks as usize]);
+                p.missing = span.blocks;
+                for (i, b) in self.shared.map.group_blocks_spans(&span).enumerate() {
+                    let block = span.first_block + i as u64;
+                    self.awaiting.insert(
+                        block,
+                        Awaited {
+                            group: g,
+                            digest: None,
+                            len: b.len,
+                        },
+                    );
+                    self.want.push_back(block);
+                }
+            }
+        }
+        self.pending.insert(g, p);
+        Ok(())
+    }
+
+    /// The block digests of a group whose prediction failed.
+    fn on_digests(&mut self, g: u64, digests: Vec<Digest>) -> Result<()> {
+        let Some(mut p) = self.pending.remove(&g) else {
+            return Err(self.protocol(format!("digests of group {g}, which was not asked for")));
+        };
+        if p.resolved
+            || p.whole.is_some()
+            || digests.len() != p.span.blocks as usize
+            || group_digest(&digests) != p.digest
+        {
+            return Err(self.protocol(format!("digests of group {g} do not match its group digest")));
+        }
+        let blocks: Vec<BlockSpan> = self.shared.map.group_blocks_spans(&p.span).collect();
+        self.buf.resize(p.span.len as usize, 0);
+        let mut good = vec![false; blocks.len()];
+        let mut predicted_hits = 0u32;
+        let mut last_hit: Option<(u32, u64, u64)> = None;
+        let mut pos = 0usize;
+        for (i, (b, d)) in blocks.iter().zip(&digests).enumerate() {
+            let range = pos..pos + b.len as usize;
+            pos += b.len as usize;
+            if *d == self.zeros.get(b.len) {
+                self.stats.blocks_zero += 1;
+                continue;
+            }
+            // First where the group was predicted, then anywhere in the index.
+            if let Some((img, off, local)) = &p.predicted {
+                if local[i] == *d {
+                    let loc = Location {
+                        image: *img,
+                        offset: off + (b.offset - p.span.offset),
+                    };
+                    if self
+                        .shared
+                        .index
+                        .read_verified(loc, &mut self.buf[range.clone()], d)
+                        .unwrap_or(false)
+                    {
+                        good[i] = true;
+                        predicted_hits += 1;
+                        continue;
+                    }
+                }
+            }
+            if let Some(loc) = self.shared.index.lookup(d) {
+                if self
+                    .shared
+                    .index
+                    .read_verified(loc, &mut self.buf[range.clone()], d)
+                    .unwrap_or(false)
+                {
+                    good[i] = true;
+                    last_hit = Some((
+                        loc.image,
+                        loc.offset + u64::from(b.len),
+                        b.offset + u64::from(b.len),
+                    ));
+                    continue;
+                }
+                self.rejected += 1;
+            }
+            let block = p.span.first_block + i as u64;
+            self.awaiting.insert(
+                block,
+                Awaited {
+                    group: g,
+                    digest: Some(*d),
+                    len: b.len,
+                },
+            );
+            self.want.push_back(block);
+            p.missing += 1;
+        }
+        self.stats.blocks_local += good.iter().filter(|g| **g).count() as u64;
+        self.shared.write_runs(&self.buf, &blocks, &good)?;
+        self.shared.write_manifest(p.span.first_block, &digests)?;
+
+        let hits = predicted_hits > 0 || last_hit.is_some();
+        if hits {
+            self.miss_streak = 0;
+            self.whole_count = 0;
+            self.hopeful = true;
+        } else {
+            self.miss_streak += 1;
+        }
+        if self.probe == Some(g) {
+            self.probe = None;
+            self.hopeful = hits;
+        }
+        // Follow the data: if the prediction found nothing but the index
+        // did, predict the next groups from the last block found.
+        if predicted_hits == 0 {
+            if let Some((img, loc_end, src_end)) = last_hit {
+                self.cursor = Some((img, loc_end + (self.next_offset() - src_end)));
+            }
+        }
+        p.resolved = true;
+        let missing = p.missing;
+        self.pending.insert(g, p);
+        if missing == 0 {
+            self.complete(g)?;
+        }
+        Ok(())
+    }
+
+    /// A block from the sender.
+    fn on_block(&mut self, index: u64, encoding: Encoding, data: &[u8]) -> Result<()> {
+        let Some(a) = self.awaiting.remove(&index) else {
+            return Err(self.protocol(format!("block {index} was not asked for")));
+        };
+        let Some(len) = self.outstanding.remove(&index) else {
+            return Err(self.protocol(format!("block {index} was not asked for yet")));
+        };
+        self.outstanding_bytes -= u64::from(len);
+        let span = self
+            .shared
+            .map
+            .span(index)
+            .ok_or_else(|| self.protocol("block index out of range"))?;
+        let mut out = std::mem::take(&mut self.block_buf);
+        let data = self
+            .decompressor
+            .decode(encoding, data, a.len as usize, &mut out)
+            .map_err(|e| self.protocol(format!("block {index}: {e}")))?;
+        let zero = is_zero(data);
+        let digest = if zero {
+            self.zeros.get(a.len)
+        } else {
+            Digest::of(data)
+        };
+        if a.digest.is_some_and(|d| d != digest) {
+            return Err(self.protocol(format!(
+                "block {index} does not match its digest (did the source image change?)"
+            )));
+        }
+        if zero {
+            self.stats.blocks_zero += 1;
+        } else {
+            self.shared.output()?.write_at(data, span.offset)?;
+            self.stats.blocks_sent += 1;
+        }
+        self.block_buf = out;
+        let p = self
+            .pending
+            .get_mut(&a.group)
+            .ok_or_else(|| Error::Config("lost group".into()))?;
+        p.missing -= 1;
+        let mut finished_whole = None;
+        if let Some(whole) = p.whole.as_mut() {
+            whole[(index - p.span.first_block) as usize] = Some(digest);
+            if p.missing == 0 {
+                let digests: Vec<Digest> = whole.iter().flatten().copied().collect();
+                if digests.len() != p.span.blocks as usize || group_digest(&digests) != p.digest {
+                    return Err(self.protocol(format!(
+                        "the blocks of group {} do not match its group digest (did the source image change?)",
+                        a.group
+                    )));
+                }
+                p.resolved = true;
+                finished_whole = Some((p.span.first_block, digests));
+            }
+        }
+        let complete = p.missing == 0 && p.resolved;
+        if let Some((first, digests)) = finished_whole {
+            self.shared.write_manifest(first, &digests)?;
+        }
+        if complete {
+            self.complete(a.group)?;
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, g: u64) -> Result<()> {
+        if let Some(p) = self.pending.remove(&g) {
+            self.done_seqs.insert(p.seq);
+        }
+        self.advance_credit()
+    }
+
+    fn advance_credit(&mut self) -> Result<()> {
+        while self.done_seqs.first() == Some(&self.completed) {
+            self.done_seqs.pop_first();
+            self.completed += 1;
+        }
+        let step = u64::from((self.window_groups / 8).max(1));
+        if self.completed >= self.credited + step {
+            self.credited = self.completed;
+            self.send(Frame::Credit {
+                completed: self.completed,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sends the digest requests gathered and as many block requests as the
+    /// byte window allows.
+    fn flush_requests(&mut self) -> Result<()> {
+        if !self.need_digests.is_empty() {
+            let groups = std::mem::take(&mut self.need_digests);
+            for chunk in groups.chunks(MAX_RANGES_PER_FRAME) {
+                self.send(Frame::NeedDigests {
+                    groups: chunk.to_vec(),
+                })?;
+            }
+        }
+        // Refill the block window only once half of it drained, so requests
+        // go out in long runs rather than one block per block received.
+        if self.outstanding_bytes > self.window_bytes / 2 {
+            return Ok(());
+        }
+        let mut ranges: Vec<BlockRange> = Vec::new();
+        while self.outstanding_bytes < self.window_bytes {
+            let Some(block) = self.want.pop_front() else { break };
+            let len = self.awaiting.get(&block).map_or(0, |a| a.len);
+            self.outstanding.insert(block, len);
+            self.outstanding_bytes += u64::from(len);
+            match ranges.last_mut() {
+                Some(r) if r.first + u64::from(r.count) == block && r.count < u32::MAX => r.count += 1,
+                _ => ranges.push(BlockRange {
+                    first: block,
+                    count: 1,
+                }),
+            }
+            if ranges.len() >= MAX_RANGES_PER_FRAME {
+                self.send(Frame::NeedBlocks {
+                    ranges: std::mem::take(&mut ranges),
+                })?;
+            }
+        }
+        if !ranges.is_empty() {
+            self.send(Frame::NeedBlocks { ranges })?;
+        }
+        Ok(())
+    }
+}
+
+/// The image digest of the digests in a manifest, as
+/// [`cbt_core::ImageDigester`] computes it over block records.
+fn manifest_digest(layout: &Layout, path: &Path) -> Result<Digest> {
+    let file = File::open(path).map_err(|e| cbt_core::Error::io(path, "open manifest", e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut digester = ImageDigester::new(layout);
+    let mut entry = [0u8; 32];
+    for b in layout.blocks() {
+        reader
+            .read_exact(&mut entry)
+            .map_err(|e| cbt_core::Error::io(path, "read manifest", e))?;
+        digester.push(&BlockRecord {
+            offset: b.offset,
+            len: b.len,
+            kind: BlockKind::Data(Digest(entry)),
+        });
+    }
+    Ok(digester.finish())
+}
+
+/// Fetches blocks again over the connection for [`verify_output`]'s repair.
+struct Repair<'e> {
+    engine: &'e mut Engine,
+}
+
+impl BlockSource for Repair<'_> {
+    fn name(&self) -> String {
+        self.engine.peer.clone()
+    }
+
+    fn fetch(
+        &mut self,
+        wanted: crossbeam_channel::Receiver<BlockRef>,
+        deliver: &mut dyn FnMut(BlockRef, &[u8]) -> cbt_core::Result<()>,
+    ) -> cbt_core::Result<()> {
+        let peer = self.engine.peer.clone();
+        let wrap = move |e: Error| cbt_core::Error::BlockSource {
+            name: peer.clone(),
+            source: Box::new(e),
+        };
+        let e = &mut *self.engine;
+        let mut expected: HashMap<u64, BlockRef> = HashMap::new();
+        for b in wanted.iter() {
+            let map = &e.shared.map;
+            let Some(index) = map
+                .index_of(b.offset)
+                .filter(|i| map.span(*i).is_some_and(|s| s.len == b.len))
+            else {
+                return Err(cbt_core::Error::Config(format!(
+                    "no block of the layout at offset {}",
+                    b.offset
+                )));
+            };
+            expected.insert(index, b);
+            e.want.push_back(index);
+            e.awaiting.insert(
+                index,
+                Awaited {
+                    group: u64::MAX,
+                    digest: Some(b.digest),
+                    len: b.len,
+                },
+            );
+        }
+        while !expected.is_empty() {
+            e.flush_requests().map_err(&wrap)?;
+            let frame = e.recv_frame().map_err(&wrap)?;
+            let Frame::Block {
+                index,
+                encoding,
+                data,
+            } = frame
+            else {
+                let reason = format!("unexpected {} frame during repair", frame.name());
+                return Err(wrap(e.protocol(reason)));
+            };
+            let (Some(b), Some(_)) = (expected.remove(&index), e.awaiting.remove(&index)) else {
+                return Err(wrap(e.protocol(format!("block {index} was not asked for"))));
+            };
+            if let Some(len) = e.outstanding.remove(&index) {
+                e.outstanding_bytes -= u64::from(len);
+            }
+            let mut out = std::mem::take(&mut e.block_buf);
+            let data = e
+                .decompressor
+                .decode(encoding, &data, b.len as usize, &mut out)
+                .map_err(|r| wrap(Error::protocol(&e.peer, format!("block {index}: {r}"))))?;
+            e.stats.blocks_sent += 1;
+            deliver(b, data)?;
+            e.block_buf = out;
+        }
+        Ok(())
+    }
+}

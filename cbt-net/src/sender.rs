@@ -1,0 +1,400 @@
+//! The sending side of a transfer, whoever opened the connection.
+//!
+//! ```text
+//!  image ─▶ hasher thread (hash_image, groups of G blocks) ──bounded──▶ main loop ─┐
+//!                                                                                 ├─▶ writer task ─▶ socket
+//!  NEED_BLOCKS ─▶ block server thread (read, zstd) ─────────────────bounded──────┘
+//!  socket ─▶ reader task ─▶ main loop (CREDIT, NEED_DIGESTS, NEED_BLOCKS, DONE)
+//! ```
+//!
+//! The main loop streams one 32-byte digest per data group and a count per
+//! run of zero groups, never more data groups ahead of the receiver's
+//! credit than its window allows. It keeps the block digests of the groups
+//! in that window (and only those) to answer NEED_DIGESTS, so memory stays
+//! bounded whatever the image size.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cbt_core::{hash_image, BlockRecord, Digest, HashOptions, HashSummary, Image, Layout, ZeroDigests};
+use tokio::sync::mpsc;
+
+use crate::blockmap::{group_digest, BlockMap};
+use crate::compress::{Compression, Compressor};
+use crate::connection::Link;
+use crate::error::{Error, Result};
+use crate::frame::{Begin, BlockRange, DoneStats, Frame, GroupEntry};
+use crate::TransferReport;
+
+/// Blocks per group: one 32-byte digest covers 64 blocks (256 KiB at the
+/// default block size), 0.013% of the image on the wire.
+pub const GROUP_BLOCKS: u16 = 64;
+/// The largest window a receiver may grant (bounds the sender's memory).
+const MAX_WINDOW: u32 = 1 << 14;
+/// Most entries in one GROUPS frame.
+const MAX_ENTRIES_PER_FRAME: usize = 16 * 1024;
+/// Bytes read from the image at once when serving blocks.
+const READ_CHUNK: usize = 1 << 20;
+/// Most block requests a receiver may have queued at the sender.
+const MAX_QUEUED_BLOCKS: u64 = 1 << 22;
+
+/// How to send.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Block size of the layout.
+    pub block_size: u32,
+    /// Hasher threads (0: one per core).
+    pub threads: usize,
+    /// Compression of the blocks sent.
+    pub compression: Compression,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            block_size: cbt_core::DEFAULT_BLOCK_SIZE,
+            threads: 0,
+            compression: Compression::default(),
+        }
+    }
+}
+
+/// From the hasher thread.
+enum Hashed {
+    Group { zero: bool, digests: Vec<Digest> },
+    End(HashSummary),
+    Failed(cbt_core::Error),
+}
+
+/// Totals of the block server thread.
+#[derive(Default)]
+struct Served {
+    blocks: AtomicU64,
+    bytes: AtomicU64,
+    wire_bytes: AtomicU64,
+}
+
+/// Sends `image` over an established link and waits until the receiver
+/// has verified and published it.
+pub async fn send(mut link: Link, image: Arc<dyn Image>, options: &SendOptions) -> Result<TransferReport> {
+    let started = Instant::now();
+    let counters = Arc::clone(&link.counters);
+    let peer = link.peer.clone();
+    let label = image.label();
+    let result = run(&mut link, image, options).await;
+    match result {
+        Ok((layout, stats, digest)) => {
+            link.close(Duration::from_secs(10)).await;
+            Ok(TransferReport::new(
+                "sender",
+                &peer,
+                label,
+                None,
+                &layout,
+                stats,
+                &counters,
+                started.elapsed().as_secs_f64(),
+                digest,
+            ))
+        }
+        Err(e) => {
+            match &e {
+                Error::Remote { .. } | Error::Closed { .. } | Error::Io { .. } => {
+                    link.close(Duration::from_secs(2)).await
+                }
+                _ => link.fail(e.to_string()).await,
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn run(
+    link: &mut Link,
+    image: Arc<dyn Image>,
+    options: &SendOptions,
+) -> Result<(Layout, DoneStats, Digest)> {
+    let peer = link.peer.clone();
+    let bs = options.block_size;
+    let img = Arc::clone(&image);
+    let layout = tokio::task::spawn_blocking(move || Layout::detect(img.as_ref(), bs))
+        .await
+        .map_err(|e| Error::Config(format!("layout task failed: {e}")))??;
+    let map = BlockMap::new(&layout, GROUP_BLOCKS);
+    let closed = || Error::Closed { peer: peer.clone() };
+    link.outgoing
+        .send(Frame::Begin(Begin {
+            image_len: layout.len(),
+            block_size: layout.block_size(),
+            group_blocks: GROUP_BLOCKS,
+            regions: layout.regions().to_vec(),
+            label: image.label(),
+        }))
+        .await
+        .map_err(|_| closed())?;
+
+    // Hash while the receiver builds its index.
+    let (group_tx, mut groups) = mpsc::channel::<Hashed>(256);
+    {
+        let (image, layout) = (Arc::clone(&image), layout.clone());
+        let threads = options.threads;
+        thread::Builder::new()
+            .name("cbt-send-hash".into())
+            .spawn(move || hash_groups(image.as_ref(), &layout, threads, group_tx))
+            .map_err(|e| Error::Config(format!("cannot start the hasher thread: {e}")))?;
+    }
+
+    // Serve block requests on their own thread.
+    let (req_tx, req_rx) = crossbeam_channel::unbounded::<BlockRange>();
+    let (fail_tx, mut failures) = mpsc::unbounded_channel::<Error>();
+    let served = Arc::new(Served::default());
+    let queued = Arc::new(AtomicU64::new(0));
+    let block_server = {
+        let (image, map, out) = (Arc::clone(&image), map.clone(), link.outgoing.clone());
+        let (served, queued, compression) = (Arc::clone(&served), Arc::clone(&queued), options.compression);
+        thread::Builder::new()
+            .name("cbt-send-blocks".into())
+            .spawn(move || {
+                if let Err(e) =
+                    serve_blocks(image.as_ref(), &map, compression, &req_rx, &out, &served, &queued)
+                {
+                    let _ = fail_tx.send(e);
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the block thread: {e}")))?
+    };
+
+    let window = match link.incoming.recv().await {
+        Some(Ok(Frame::Ready { window })) => window.clamp(1, MAX_WINDOW),
+        Some(Ok(Frame::Error { message })) => return Err(Error::Remote { peer, message }),
+        Some(Ok(f)) => {
+            return Err(Error::protocol(
+                &peer,
+                format!("expected READY, got {}", f.name()),
+            ))
+        }
+        Some(Err(e)) => return Err(e),
+        None => return Err(closed()),
+    };
+    tracing::debug!(%peer, window, "receiver ready");
+
+    // Data groups sent and not yet completed by the receiver, oldest first.
+    let mut pending: VecDeque<(u64, Vec<Digest>)> = VecDeque::new();
+    let (mut data_sent, mut completed) = (0u64, 0u64);
+    let mut next_group = 0u64;
+    let mut summary: Option<HashSummary> = None;
+    let stats = loop {
+        let credit = summary.is_none() && data_sent - completed < u64::from(window);
+        tokio::select! {
+            biased;
+            msg = link.incoming.recv() => match msg {
+                Some(Ok(Frame::Credit { completed: c })) => {
+                    if c < completed || c > data_sent {
+                        return Err(Error::protocol(&peer, format!("credit {c} outside {completed}..={data_sent}")));
+                    }
+                    for _ in completed..c {
+                        pending.pop_front();
+                    }
+                    completed = c;
+                }
+                Some(Ok(Frame::NeedDigests { groups: wanted })) => {
+                    for g in wanted {
+                        let Ok(i) = pending.binary_search_by_key(&g, |(gi, _)| *gi) else {
+                            return Err(Error::protocol(&peer, format!("digests asked for group {g}, which is not in flight")));
+                        };
+                        let digests = pending[i].1.clone();
+                        link.outgoing.send(Frame::Digests { group: g, digests }).await.map_err(|_| closed())?;
+                    }
+                }
+                Some(Ok(Frame::NeedBlocks { ranges })) => {
+                    for r in ranges {
+                        if r.first.checked_add(u64::from(r.count)).is_none_or(|end| end > map.blocks()) {
+                            return Err(Error::protocol(&peer, format!("block range {}+{} is outside the image", r.first, r.count)));
+                        }
+                        if queued.fetch_add(u64::from(r.count), Ordering::Relaxed) > MAX_QUEUED_BLOCKS {
+                            return Err(Error::protocol(&peer, "too many blocks requested at once"));
+                        }
+                        req_tx.send(r).map_err(|_| Error::Config("block thread stopped".into()))?;
+                    }
+                }
+                Some(Ok(Frame::Done(stats))) => break stats,
+                Some(Ok(Frame::Error { message })) => return Err(Error::Remote { peer, message }),
+                Some(Ok(f)) => return Err(Error::protocol(&peer, format!("unexpected {} frame", f.name()))),
+                Some(Err(e)) => return Err(e),
+                None => return Err(closed()),
+            },
+            Some(e) = failures.recv() => return Err(e),
+            first = groups.recv(), if credit => {
+                let mut entries = Vec::new();
+                let mut zero_run = 0u64;
+                let mut item = first;
+                loop {
+                    match item {
+                        Some(Hashed::Group { zero: true, .. }) => zero_run += 1,
+                        Some(Hashed::Group { zero: false, digests }) => {
+                            if zero_run > 0 {
+                                entries.push(GroupEntry::Zeros(zero_run));
+                                zero_run = 0;
+                            }
+                            entries.push(GroupEntry::Data(group_digest(&digests)));
+                            pending.push_back((next_group, digests));
+                            data_sent += 1;
+                        }
+                        Some(Hashed::End(s)) => {
+                            summary = Some(s);
+                            break;
+                        }
+                        Some(Hashed::Failed(e)) => return Err(e.into()),
+                        None => return Err(Error::Config("the hasher thread stopped".into())),
+                    }
+                    next_group += 1;
+                    if entries.len() >= MAX_ENTRIES_PER_FRAME || data_sent - completed >= u64::from(window) {
+                        break;
+                    }
+                    match groups.try_recv() {
+                        Ok(h) => item = Some(h),
+                        Err(_) => break,
+                    }
+                }
+                if zero_run > 0 {
+                    entries.push(GroupEntry::Zeros(zero_run));
+                }
+                if !entries.is_empty() {
+                    link.outgoing.send(Frame::Groups { entries }).await.map_err(|_| closed())?;
+                }
+                if let Some(s) = &summary {
+                    if next_group != map.groups() {
+                        return Err(Error::Config(format!("hashed {next_group} groups of {}", map.groups())));
+                    }
+                    link.outgoing
+                        .send(Frame::End { image_digest: s.image_digest, groups: next_group })
+                        .await
+                        .map_err(|_| closed())?;
+                }
+            }
+        }
+    };
+    drop(req_tx);
+    let _ = tokio::task::spawn_blocking(move || block_server.join()).await;
+    let digest = summary
+        .map(|s| s.image_digest)
+        .ok_or_else(|| Error::protocol(&peer, "DONE before END"))?;
+    tracing::info!(
+        %peer,
+        blocks = served.blocks.load(Ordering::Relaxed),
+        bytes = served.bytes.load(Ordering::Relaxed),
+        wire = served.wire_bytes.load(Ordering::Relaxed),
+        "blocks served"
+    );
+    Ok((layout, stats, digest))
+}
+
+/// The hasher thread: hashes the image and hands over one message per group.
+fn hash_groups(image: &dyn Image, layout: &Layout, threads: usize, out: mpsc::Sender<Hashed>) {
+    let per_group = usize::from(GROUP_BLOCKS);
+    let mut zeros = ZeroDigests::default();
+    let mut current: Vec<Digest> = Vec::with_capacity(per_group);
+    let mut all_zero = true;
+    let stopped = || cbt_core::Error::Config("transfer stopped".into());
+    let result = hash_image(
+        image,
+        layout,
+        &HashOptions {
+            threads,
+            ..Default::default()
+        },
+        |records: &[BlockRecord]| {
+            for r in records {
+                all_zero &= r.kind == cbt_core::BlockKind::Zero;
+                current.push(r.digest(&mut zeros));
+                if current.len() == per_group {
+                    let digests = std::mem::replace(&mut current, Vec::with_capacity(per_group));
+                    let zero = std::mem::replace(&mut all_zero, true);
+                    let digests = if zero { Vec::new() } else { digests };
+                    out.blocking_send(Hashed::Group { zero, digests })
+                        .map_err(|_| stopped())?;
+                }
+            }
+            Ok(())
+        },
+    );
+    let msg = match result {
+        Ok(summary) => {
+            if !current.is_empty() {
+                let digests = if all_zero { Vec::new() } else { current };
+                if out
+                    .blocking_send(Hashed::Group {
+                        zero: all_zero,
+                        digests,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Hashed::End(summary)
+        }
+        Err(e) => Hashed::Failed(e),
+    };
+    let _ = out.blocking_send(msg);
+}
+
+/// The block server thread: reads requested blocks (contiguous ones with
+/// one read), compresses them and queues BLOCK frames.
+fn serve_blocks(
+    image: &dyn Image,
+    map: &BlockMap,
+    compression: Compression,
+    requests: &crossbeam_channel::Receiver<BlockRange>,
+    out: &mpsc::Sender<Frame>,
+    served: &Served,
+    queued: &AtomicU64,
+) -> Result<()> {
+    let mut compressor = Compressor::new(compression)
+        .map_err(|e| Error::Config(format!("cannot start the compressor: {e}")))?;
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    for range in requests {
+        let end = range.first + u64::from(range.count);
+        let mut i = range.first;
+        while i < end {
+            let Some(first) = map.span(i) else { break };
+            let mut j = i;
+            let mut bytes = 0usize;
+            while j < end {
+                let Some(s) = map.span(j) else { break };
+                if bytes + s.len as usize > READ_CHUNK && j > i {
+                    break;
+                }
+                bytes += s.len as usize;
+                j += 1;
+            }
+            buf.resize(bytes, 0);
+            image.read_at(&mut buf, first.offset)?;
+            let mut pos = 0usize;
+            for index in i..j {
+                let len = map.span(index).map_or(0, |s| s.len as usize);
+                let (encoding, data) = compressor.encode(&buf[pos..pos + len]);
+                pos += len;
+                served.blocks.fetch_add(1, Ordering::Relaxed);
+                served.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                served.wire_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if out
+                    .blocking_send(Frame::Block {
+                        index,
+                        encoding,
+                        data,
+                    })
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            queued.fetch_sub(j - i, Ordering::Relaxed);
+            i = j;
+        }
+    }
+    Ok(())
+}
