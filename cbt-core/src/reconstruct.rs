@@ -12,7 +12,7 @@
 //! source's speed; channels are bounded, so memory is too.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -407,7 +407,9 @@ fn plan(
     let stopped = || Error::Stopped("reconstruction stopped".into());
     let manifest = File::create(manifest_path).map_err(|e| Error::io(manifest_path, "create manifest", e))?;
     let mut manifest = BufWriter::with_capacity(1 << 20, manifest);
-    let mut zeros = ZeroDigests::default();
+    // Zero blocks are left as holes in the manifest (an all-zero entry means
+    // "a zero block"), so a sparse image costs no manifest space for its zeros.
+    let mut zero_entries_pending = 0i64;
     let mut run: Option<LocalRun> = None;
     let mut expected = layout.blocks();
     for record in records {
@@ -425,7 +427,14 @@ fn plan(
             }
         }
         digester.push(&r);
-        write_manifest_entry(&mut manifest, &r.digest(&mut zeros), manifest_path)?;
+        match r.kind {
+            BlockKind::Zero => zero_entries_pending += 1,
+            BlockKind::Data(d) => {
+                skip_zero_entries(&mut manifest, zero_entries_pending, manifest_path)?;
+                zero_entries_pending = 0;
+                write_manifest_entry(&mut manifest, &d, manifest_path)?;
+            }
+        }
         if let Some(p) = progress {
             p.blocks_planned.fetch_add(1, Ordering::Relaxed);
         }
@@ -467,8 +476,21 @@ fn plan(
     }
     manifest
         .flush()
+        .and_then(|()| manifest.get_ref().set_len(layout.block_count() * 32))
         .map_err(|e| Error::io(manifest_path, "write manifest", e))?;
     Ok(())
+}
+
+/// Leaves `count` zero entries in the manifest: written out when few (no
+/// flush), a hole when many (a seek, which flushes the buffer).
+fn skip_zero_entries(manifest: &mut BufWriter<File>, count: i64, path: &Path) -> Result<()> {
+    const HOLE_FROM: i64 = 1024;
+    let result = if count >= HOLE_FROM {
+        manifest.seek(SeekFrom::Current(count * 32)).map(|_| ())
+    } else {
+        (0..count).try_for_each(|_| manifest.write_all(&[0u8; 32]))
+    };
+    result.map_err(|e| Error::io(path, "write manifest", e))
 }
 
 /// A local copier: reads runs from seeds, re-hashes every block, writes the
@@ -537,7 +559,8 @@ fn copy_local(
 }
 
 /// Checks the written image against the manifest of source digests (a
-/// file of 32-byte block digests in layout order, see [`write_manifest_entry`]),
+/// file of 32-byte block digests in layout order, see [`write_manifest_entry`];
+/// an all-zero entry, such as a hole, stands for a zero block),
 /// repairing mismatching blocks from `source`. Returns the blocks repaired.
 /// Leaves the output closed (ready for [`OutputFile::publish`]).
 pub fn verify_output(
@@ -558,14 +581,17 @@ pub fn verify_output(
             manifest
                 .read_exact(&mut want)
                 .map_err(|e| Error::io(manifest_path, "read manifest", e))?;
-            if r.digest(&mut zeros).0 != want {
+            let got = r.digest(&mut zeros);
+            // An all-zero entry stands for a zero block.
+            let want_digest = if want == [0u8; 32] { zeros.get(r.len) } else { Digest(want) };
+            if got != want_digest {
                 if bad.len() >= MAX_REPAIR_BLOCKS {
                     too_many = true;
                 } else {
                     bad.push(BlockRef {
                         offset: r.offset,
                         len: r.len,
-                        digest: Digest(want),
+                        digest: want_digest,
                     });
                 }
             }
@@ -640,4 +666,84 @@ pub fn write_manifest_entry(w: &mut impl Write, digest: &Digest, path: &Path) ->
 /// The image digest of a finished image, for comparison with a source's.
 pub fn image_digest(image: &dyn Image, layout: &Layout) -> Result<Digest> {
     Ok(hash_image(image, layout, &HashOptions::default(), |_| Ok(()))?.image_digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::RawImage;
+    use crate::index::IndexOptions;
+    use crate::output::temp_path_for;
+    use std::os::unix::fs::FileExt;
+
+    /// Serves blocks from an image, and on its first call damages the
+    /// output behind the engine's back, as a failing disk would.
+    struct DamagingSource {
+        inner: ImageBlockSource,
+        damage: Option<PathBuf>,
+        calls: usize,
+    }
+
+    impl BlockSource for DamagingSource {
+        fn name(&self) -> String {
+            "damaging".into()
+        }
+
+        fn fetch(
+            &mut self,
+            wanted: Receiver<BlockRef>,
+            deliver: &mut dyn FnMut(BlockRef, &[u8]) -> Result<()>,
+        ) -> Result<()> {
+            self.calls += 1;
+            self.inner.fetch(wanted, deliver)?;
+            if let Some(path) = self.damage.take() {
+                let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+                f.write_all_at(&[0xEE; 100], 4096 * 3 + 17).unwrap();
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn damaged_output_is_repaired_before_publishing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let f = File::create(&src).unwrap();
+        f.set_len(8 << 20).unwrap();
+        // Data, then a long zero run (a hole in the manifest), then data.
+        f.write_all_at(&vec![0x5A; 64 << 10], 0).unwrap();
+        f.write_all_at(&vec![0xA5; 64 << 10], 7 << 20).unwrap();
+        drop(f);
+        let seeds = dir.path().join("seeds");
+        fs::create_dir(&seeds).unwrap();
+        let index = Index::build(&[seeds], &IndexOptions::default()).unwrap();
+        let image: Arc<dyn Image> = Arc::new(RawImage::open(&src).unwrap());
+        let layout = Layout::flat(image.len(), 4096).unwrap();
+        let mut records = Vec::new();
+        hash_image(image.as_ref(), &layout, &HashOptions::default(), |r| {
+            records.extend_from_slice(r);
+            Ok(())
+        })
+        .unwrap();
+        let dst = dir.path().join("out.img");
+        let mut source = DamagingSource {
+            inner: ImageBlockSource::new(Arc::clone(&image)),
+            damage: Some(temp_path_for(&dst)),
+            calls: 0,
+        };
+        let report = reconstruct(
+            &layout,
+            records.into_iter().map(Ok),
+            &index,
+            &mut source,
+            &dst,
+            &ReconstructOptions::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(report.blocks_repaired, 1);
+        assert_eq!(source.calls, 2);
+        assert_eq!(fs::read(&dst).unwrap(), fs::read(&src).unwrap());
+        assert!(!temp_path_for(&dst).exists());
+    }
 }
