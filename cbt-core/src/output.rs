@@ -6,7 +6,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Sender};
 
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
@@ -41,6 +45,52 @@ pub struct OutputFile {
     format: OutputFormat,
     writer: Option<Writer>,
     len: u64,
+    /// Sync data and directory before publishing (the default).
+    durable: bool,
+    /// Starts writeback of a raw output while it is being written, so the
+    /// final sync has little left to do.
+    flusher: Option<Flusher>,
+}
+
+/// Bytes written between two background syncs of a raw output.
+const FLUSH_EVERY: u64 = 64 << 20;
+
+/// A thread that syncs the output's data whenever asked, in the background.
+struct Flusher {
+    written: AtomicU64,
+    wake: Option<Sender<()>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> Option<Flusher> {
+        let file = file.try_clone().ok()?;
+        let (wake, asked) = bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("cbt-flusher".into())
+            .spawn(move || asked.iter().try_for_each(|()| file.sync_data()))
+            .ok()?;
+        Some(Flusher { written: AtomicU64::new(0), wake: Some(wake), thread: Some(thread) })
+    }
+
+    fn wrote(&self, bytes: u64) {
+        let before = self.written.fetch_add(bytes, Ordering::Relaxed);
+        if before / FLUSH_EVERY != (before + bytes) / FLUSH_EVERY {
+            if let Some(w) = &self.wake {
+                // A sync already pending covers this one too.
+                let _ = w.try_send(());
+            }
+        }
+    }
+
+    fn stop(mut self) -> std::io::Result<()> {
+        self.wake = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("flusher thread panicked")),
+            None => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for OutputFile {
@@ -95,13 +145,32 @@ impl OutputFile {
                 Writer::Qcow2(Box::new(FormatAccess::new(qcow2)))
             }
         };
+        let flusher = match &writer {
+            Writer::Raw(f) => Flusher::start(f),
+            Writer::Qcow2(_) => None,
+        };
         Ok(OutputFile {
             final_path: final_path.to_path_buf(),
             temp_path,
             format,
             writer: Some(writer),
             len,
+            durable: true,
+            flusher,
         })
+    }
+
+    /// Whether to sync data and directory before publishing (default: yes).
+    /// Without it a crash of the machine (not of cbt) soon after the
+    /// transfer may lose data the kernel had not written yet, as with
+    /// `cp` or `rsync` without `--fsync`.
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
+        if !durable {
+            if let Some(f) = self.flusher.take() {
+                let _ = f.stop();
+            }
+        }
     }
 
     /// The temporary path being written.
@@ -128,23 +197,32 @@ impl OutputFile {
             Some(Writer::Qcow2(q)) => q.write(data, offset),
             None => Err(std::io::Error::other("output already closed")),
         }
-        .map_err(|e| Error::io(&self.temp_path, "write output", e))
+        .map_err(|e| Error::io(&self.temp_path, "write output", e))?;
+        if let Some(f) = &self.flusher {
+            f.wrote(data.len() as u64);
+        }
+        Ok(())
     }
 
     /// Flushes and syncs the data, closes the writer, and opens the result
     /// for reading (to verify it).
     pub fn finish_writing(&mut self) -> Result<Arc<dyn Image>> {
+        if let Some(f) = self.flusher.take() {
+            f.stop().map_err(|e| Error::io(&self.temp_path, "sync output", e))?;
+        }
         match self.writer.take() {
-            Some(Writer::Raw(f)) => f
+            Some(Writer::Raw(f)) if self.durable => f
                 .sync_all()
                 .map_err(|e| Error::io(&self.temp_path, "sync output", e))?,
+            Some(Writer::Raw(_)) | None => {}
             Some(Writer::Qcow2(q)) => {
                 q.flush()
                     .map_err(|e| Error::io(&self.temp_path, "flush output", e))?;
-                q.sync()
-                    .map_err(|e| Error::io(&self.temp_path, "sync output", e))?;
+                if self.durable {
+                    q.sync()
+                        .map_err(|e| Error::io(&self.temp_path, "sync output", e))?;
+                }
             }
-            None => {}
         }
         Ok(match self.format {
             OutputFormat::Raw => Arc::new(RawImage::open(&self.temp_path)?),
@@ -181,7 +259,7 @@ impl OutputFile {
         self.finish_writing()?;
         fs::rename(&self.temp_path, &self.final_path)
             .map_err(|e| Error::io(&self.final_path, "rename output", e))?;
-        if let Some(dir) = self.final_path.parent() {
+        if let Some(dir) = self.final_path.parent().filter(|_| self.durable) {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
             } else {
