@@ -109,6 +109,8 @@ pub enum Command {
         send: crate::net_commands::SendOpts,
         #[command(flatten)]
         net: crate::net_commands::NetOpts,
+        #[command(flatten)]
+        tls: crate::net_commands::TlsClientOpts,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
@@ -130,35 +132,49 @@ pub enum Command {
         format: FormatArg,
         #[command(flatten)]
         net: crate::net_commands::NetOpts,
+        #[command(flatten)]
+        tls: crate::net_commands::TlsClientOpts,
+        #[command(flatten)]
+        tls_server: crate::net_commands::TlsServerOpts,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
     },
     /// Run the transfer daemon: receive pushed images into DIR (seeding from
     /// the seed roots and DIR), serve pulls from the export directory.
+    ///
+    /// Settings come from the flags and from a TOML file (--config); a flag
+    /// given wins over the file.
     Serve {
-        /// Address to listen on.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4730")]
-        listen: String,
+        /// TOML file with the daemon's settings (keys: listen, data, seeds,
+        /// export, secret_file, max_connections, idle_timeout, package_cache,
+        /// tls_cert, tls_key, format, compress, bwlimit).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:4730].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
         /// Directory pushed images are written to (and seeded from).
-        #[arg(long, value_name = "DIR", required = true)]
-        data: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
         /// More images or directories to take blocks from.
         #[arg(long = "seed", value_name = "ROOT", num_args = 1..)]
         seeds: Vec<PathBuf>,
         /// Directory whose images clients may pull (by file name).
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
-        /// Transfers served at once.
-        #[arg(long, value_name = "N", default_value_t = 8)]
-        max_connections: usize,
-        /// Format of pushed images written to DIR.
-        #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
-        format: FormatArg,
+        /// Transfers served at once [default: 8].
+        #[arg(long, value_name = "N")]
+        max_connections: Option<usize>,
+        /// Format of pushed images written to DIR [default: raw].
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
         #[command(flatten)]
         send: crate::net_commands::SendOpts,
         #[command(flatten)]
         net: crate::net_commands::NetOpts,
+        #[command(flatten)]
+        tls_server: crate::net_commands::TlsServerOpts,
     },
     /// Describe the guest on an image offline: OS, packages, repositories,
     /// hostname and the user-data manifest.
@@ -166,7 +182,9 @@ pub enum Command {
     /// Plan a teleport: rebuild a guest from a similar local image plus
     /// packages and its user data.
     Teleport(crate::describe_commands::TeleportArgs),
-    /// Run a self-contained demonstration on generated sample images.
+    /// Run a self-contained demonstration: generate two sample images,
+    /// start a daemon on 127.0.0.1 holding the older one, push the newer one
+    /// to it over TCP and show what crossed the wire.
     Demo {
         /// Keep the generated files in this directory instead of a temporary one.
         #[arg(long, value_name = "DIR")]
@@ -177,7 +195,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
     Raw,
     Qcow2,
@@ -271,6 +289,24 @@ mod tests {
                 assert_eq!(seeds.len(), 2);
                 assert!(json);
                 assert!(matches!(format, FormatArg::Qcow2));
+            }
+            _ => panic!("wrong command"),
+        }
+    }
+
+    #[test]
+    fn serve_flags_are_optional_with_a_config_file() {
+        let o = parse(["cbt", "serve", "--config", "cbt.toml", "--max-connections", "3"]).unwrap();
+        match o.command {
+            Command::Serve {
+                config,
+                data,
+                listen,
+                max_connections,
+                ..
+            } => {
+                assert_eq!(config, Some(PathBuf::from("cbt.toml")));
+                assert_eq!((data, listen, max_connections), (None, None, Some(3)));
             }
             _ => panic!("wrong command"),
         }

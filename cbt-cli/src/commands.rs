@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use cbt_core::{
     estimate, hash_image, open_image, reconstruct, BlockRecord, HashOptions, Image, ImageBlockSource,
-    ImageSpec, Index, IndexStats, Layout, ReconstructOptions, Report,
+    ImageSpec, Index, IndexStats, Layout, Progress, ReconstructOptions, Report,
 };
 
 use crate::cli::{Command, Config, Opts};
@@ -35,7 +35,8 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 threads: config.threads,
                 verify_readback: !no_readback,
             };
-            let (report, stats) = copy(&config, &spec, &dst, &seeds, &options)?;
+            let show = crate::progress::wanted(json);
+            let (report, stats) = copy(&config, &spec, &dst, &seeds, &options, show)?;
             print_copy(&report, &stats, json)
         }
         Command::Estimate {
@@ -140,13 +141,15 @@ fn print_index_stats(out: &mut impl Write, s: &IndexStats) -> std::io::Result<()
 }
 
 /// `cbt copy`: index the seeds, hash the source in a pipeline, and
-/// reconstruct it with missing blocks read from the source itself.
+/// reconstruct it with missing blocks read from the source itself (with a
+/// progress bar on stderr when `show_progress`).
 pub fn copy(
     config: &Config,
     spec: &ImageSpec,
     dst: &Path,
     seeds: &[PathBuf],
     options: &ReconstructOptions,
+    show_progress: bool,
 ) -> anyhow::Result<(Report, IndexStats)> {
     let image: Arc<dyn Image> = open_image(spec)?;
     if dst.is_dir() {
@@ -166,6 +169,15 @@ pub fn copy(
         ..Default::default()
     };
 
+    let progress = Arc::new(Progress::default());
+    let bar = {
+        let (p, total, bs) = (
+            Arc::clone(&progress),
+            layout.len(),
+            u64::from(layout.block_size()),
+        );
+        crate::progress::Bar::start(show_progress, move || crate::progress::copying(&p, total, bs))
+    };
     let (tx, rx) = bounded::<Vec<BlockRecord>>(64);
     let report = thread::scope(|s| -> anyhow::Result<Report> {
         let hasher = s.spawn(|| {
@@ -178,7 +190,15 @@ pub fn copy(
             summary
         });
         let records = rx.iter().flat_map(|batch| batch.into_iter().map(Ok));
-        let result = reconstruct(&layout, records, &index, &mut source, dst, options, None);
+        let result = reconstruct(
+            &layout,
+            records,
+            &index,
+            &mut source,
+            dst,
+            options,
+            Some(&progress),
+        );
         let summary = hasher
             .join()
             .map_err(|_| anyhow::anyhow!("hashing thread panicked"))?;
@@ -190,6 +210,7 @@ pub fn copy(
         }
         Ok(report)
     })?;
+    drop(bar);
     Ok((report, index.stats().clone()))
 }
 

@@ -1,21 +1,30 @@
-//! `cbt demo`: a self-contained run on generated sample images.
+//! `cbt demo`: the real thing on generated sample images, on one machine.
 //!
 //! It writes a "seed" image (a disk whose data lies in 4 KiB-aligned
 //! files, with free space left as holes) and a "new" image made from the
 //! same files plus changes: a quarter of the files rewritten, new files
-//! added, the rest moved around. It then estimates what the seed holds and
-//! reconstructs the new image from it, reading only the missing blocks
-//! from the source, and checks the result.
+//! added, the rest moved around. It starts a `cbt serve` daemon in this
+//! process on 127.0.0.1 (an ephemeral port, a shared secret required) whose
+//! data directory holds the seed image, pushes the new image to it over
+//! TCP like `cbt send`, and prints what crossed the wire against a full
+//! copy. Finally it re-hashes the daemon's copy itself and compares it
+//! with the source's digest.
 
 use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
+use indicatif::HumanBytes;
 
-use cbt_core::{open_image, ImageSpec, Index, OutputFormat, ReconstructOptions};
+use cbt_core::{image_digest, open_image, ImageSpec, Layout, OutputFormat};
+use cbt_net::{ClientOptions, Progress, Secret, SendOptions, ServeOptions, Shutdown, TransferReport};
 
 use crate::cli::Config;
+use crate::progress::{self, Bar};
 
 /// A deterministic pseudo-random generator (xorshift64*), so every run
 /// builds the same sample images.
@@ -53,21 +62,10 @@ fn write_image(path: &Path, size: u64, files: &[(u64, u64, u64)]) -> anyhow::Res
     Ok(())
 }
 
-/// Runs the demo in `dir` (or a temporary directory).
-pub fn run(config: &Config, dir: Option<&Path>, size_mib: u64) -> anyhow::Result<()> {
-    let tmp;
-    let dir = match dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.to_path_buf()
-        }
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let size = size_mib.max(16) << 20;
-    let total_blocks = size / BLOCK;
+/// Lays out the sample images' files: (seed, length in blocks, first block).
+type Files = Vec<(u64, u64, u64)>;
+
+fn sample_files(total_blocks: u64) -> (Files, Files) {
     // Files fill about 60% of the disk; the rest is free space (holes).
     let mut rng = Rng(42);
     let mut seed_files = Vec::new();
@@ -93,54 +91,181 @@ pub fn run(config: &Config, dir: Option<&Path>, size_mib: u64) -> anyhow::Result
         id += 1;
         pos += len;
     }
-    let seeds_dir = dir.join("seeds");
-    std::fs::create_dir_all(&seeds_dir)?;
-    let seed_img = seeds_dir.join("seed.img");
+    (seed_files, new_files)
+}
+
+/// A secret for this run only (the std hasher's keys come from the OS).
+fn demo_secret() -> anyhow::Result<Secret> {
+    let mut words = Vec::new();
+    for i in 0..4u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i ^ u64::from(std::process::id()));
+        words.push(format!("{:016x}", h.finish()));
+    }
+    Secret::from_bytes(words.concat().as_bytes()).map_err(anyhow::Error::msg)
+}
+
+/// Runs the demo in `dir` (or a temporary directory).
+pub fn run(config: &Config, dir: Option<&Path>, size_mib: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let tmp;
+    let dir = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.to_path_buf()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let size_mib = size_mib.max(16);
+    let size = size_mib << 20;
+    let (seed_files, new_files) = sample_files(size / BLOCK);
+    let data_dir = dir.join("daemon");
+    std::fs::create_dir_all(&data_dir)?;
+    let seed_img = data_dir.join("seed.img");
     let new_img = dir.join("new.img");
-    let out_img = dir.join("copy.qcow2");
+    let received = data_dir.join("new.img");
+    let _ = std::fs::remove_file(&received);
     println!(
-        "generating sample images in {} ({size_mib} MiB each)...",
+        "generating two sample {size_mib} MiB disk images in {}...",
         dir.display()
     );
     write_image(&seed_img, size, &seed_files)?;
     write_image(&new_img, size, &new_files)?;
-
-    let spec = ImageSpec::file(&new_img);
-    let mut options = config.index.clone();
-    options.cache_dir = None;
-    let index = Index::build_with_per_image(std::slice::from_ref(&seeds_dir), &options)?;
-    let est = cbt_core::estimate(open_image(&spec)?.as_ref(), &spec, &index, config.threads)?;
+    let file_bytes = |f: &Files| HumanBytes(f.iter().map(|x| x.1).sum::<u64>() * BLOCK);
     println!(
-        "estimate: the destination already holds {:.1}% of the new image's {} non-zero blocks; {} of {} bytes would cross the link",
-        est.union.found_fraction * 100.0,
-        est.blocks_nonzero,
-        est.union.bytes_missing,
-        est.bytes_nonzero
+        "  seed.img: {} of files, the rest free space (the daemon's copy of an older disk)",
+        file_bytes(&seed_files)
+    );
+    println!(
+        "  new.img:  {} of files: the same ones moved around, a quarter of them rewritten, some added",
+        file_bytes(&new_files)
     );
 
-    let mut copy_config = config.clone();
-    copy_config.index.cache_dir = None;
-    let reconstruct = ReconstructOptions {
-        format: OutputFormat::Qcow2,
-        threads: config.threads,
-        verify_readback: true,
+    let secret = demo_secret()?;
+    let mut serve_options = ServeOptions::new(data_dir.clone());
+    serve_options.secret = Some(secret.clone());
+    serve_options.receive.format = OutputFormat::Raw;
+    serve_options.receive.index = config.index.clone();
+    serve_options.receive.index.cache_dir = None;
+    let client = ClientOptions {
+        secret: Some(secret),
+        ..ClientOptions::default()
     };
-    let (report, _) = crate::commands::copy(&copy_config, &spec, &out_img, &[seeds_dir], &reconstruct)?;
-    let full = report.image_bytes;
-    println!(
-        "copy: {} in {:.2}s: {} zero blocks skipped, {} blocks copied locally, {} blocks ({} bytes) read from the source",
-        out_img.display(),
-        report.seconds,
-        report.blocks_zero,
-        report.blocks_local,
-        report.blocks_missing,
-        report.bytes_missing
-    );
-    println!(
-        "a full copy would move {full} bytes; cbt moved {} ({:.1}% of a full copy, {:.1}x less); the output verified against the source digest",
-        report.bytes_missing,
-        report.bytes_missing as f64 * 100.0 / full as f64,
-        full as f64 / report.bytes_missing.max(1) as f64
-    );
+    let counters = Arc::new(Progress::default());
+    let send_options = SendOptions {
+        block_size: config.index.block_size,
+        threads: config.threads,
+        progress: Some(Arc::clone(&counters)),
+        ..SendOptions::default()
+    };
+    let image = open_image(&ImageSpec::file(&new_img))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report: TransferReport = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot listen on 127.0.0.1")?;
+        let addr = listener.local_addr()?.to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(cbt_net::serve(listener, serve_options, async {
+            let _ = stopped.await;
+        }));
+        println!(
+            "started a cbt daemon on {addr}: data directory {} (holds seed.img), shared secret required",
+            data_dir.display()
+        );
+        println!("pushing new.img to {addr}/new.img over TCP...");
+        let bar = Bar::start(progress::wanted(false), move || {
+            progress::sending(&counters.snapshot())
+        });
+        let pushed = cbt_net::push(
+            &addr,
+            Some("new.img"),
+            image,
+            &send_options,
+            &client,
+            Shutdown::never(),
+        )
+        .await;
+        drop(bar);
+        let _ = stop.send(());
+        let served = daemon.await.context("the daemon task failed")?;
+        let report = pushed.context("the push failed")?;
+        served.context("the daemon failed")?;
+        anyhow::Ok(report)
+    })?;
+
+    // Check the daemon's copy here too, independently of the transfer.
+    let digest_of = |path: &Path| -> anyhow::Result<String> {
+        let image = open_image(&ImageSpec::file(path))?;
+        let layout = Layout::detect(image.as_ref(), config.index.block_size)?;
+        Ok(image_digest(image.as_ref(), &layout)?.to_hex())
+    };
+    let (src_digest, out_digest) = (digest_of(&new_img)?, digest_of(&received)?);
+    if src_digest != out_digest || report.image_digest != src_digest {
+        anyhow::bail!(
+            "{}: does not match {} ({out_digest} != {src_digest})",
+            received.display(),
+            new_img.display()
+        );
+    }
+    print_summary(&report, &received, &src_digest);
+    println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn print_summary(r: &TransferReport, received: &Path, digest: &str) {
+    let pct = |n: u64| n as f64 * 100.0 / r.blocks_total.max(1) as f64;
+    let wire = r.wire_bytes_sent + r.wire_bytes_received;
+    let full = r.image_bytes;
+    let block = (r.image_bytes / r.blocks_total.max(1)).max(1);
+    let sparse = full.saturating_sub(r.blocks_zero * block);
+    let saved = |whole: u64| {
+        let s = whole.saturating_sub(wire);
+        format!(
+            "{} ({:.1}%)",
+            HumanBytes(s),
+            s as f64 * 100.0 / whole.max(1) as f64
+        )
+    };
+    println!(
+        "done in {:.2} s, observed bandwidth {:.0} MB/s (image bytes per second)",
+        r.seconds,
+        r.observed_bandwidth / 1e6
+    );
+    println!(
+        "  blocks:      {} in all: {:.1}% zero (never sent), {:.1}% found at the daemon, {:.1}% sent",
+        r.blocks_total,
+        pct(r.blocks_zero),
+        pct(r.blocks_local),
+        pct(r.blocks_sent)
+    );
+    println!(
+        "  on the wire: {} ({} sent, {} received; missing blocks zstd-compressed where it helps)",
+        HumanBytes(wire),
+        HumanBytes(r.wire_bytes_sent),
+        HumanBytes(r.wire_bytes_received)
+    );
+    println!(
+        "  a full copy: {} (a copy that skips zeros: {})",
+        HumanBytes(full),
+        HumanBytes(sparse)
+    );
+    println!(
+        "  saved:       {} against a full copy, {} against a sparse one",
+        saved(full),
+        saved(sparse)
+    );
+    println!(
+        "  verified:    the daemon checked the whole image against the sender's BLAKE3 image digest before publishing {}; re-hashed here: same digest ({})",
+        received.display(),
+        &digest[..16.min(digest.len())]
+    );
 }

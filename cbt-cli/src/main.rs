@@ -7,6 +7,8 @@ mod demo;
 mod describe_commands;
 mod exit_codes;
 mod net_commands;
+mod progress;
+mod serve_config;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -12,11 +13,13 @@ use serde::Serialize;
 
 use cbt_core::{open_image, ImageSpec, OutputFormat};
 use cbt_net::{
-    parse_target, ClientOptions, Compression, ReceiveOptions, Secret, SendOptions, ServeOptions, Shutdown,
-    Timeouts, TransferReport,
+    parse_target, ClientOptions, Compression, Progress, ReceiveOptions, Secret, SendOptions, ServeOptions,
+    Shutdown, Timeouts, TlsClient, TlsServer, TransferReport,
 };
 
 use crate::cli::{Command, Config};
+use crate::progress::{self, Bar};
+use crate::serve_config::{ServeFile, ServeFlags, ServeSettings, DEFAULT_COMPRESS, DEFAULT_IDLE_TIMEOUT};
 
 /// Runs `cbt send`, `cbt recv` or `cbt serve`.
 pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
@@ -27,17 +30,45 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             snapshot,
             send: s,
             net,
+            tls,
             json,
-        } => send(config, &image, snapshot, &dest, &net, &s, json),
+        } => {
+            let client = client_options(&net, Some(&s), Tls::Client(&tls))?;
+            send(config, &image, snapshot, &dest, client, &s, json)
+        }
         Command::Recv {
             args,
             listen,
             seeds,
             format,
             net,
+            tls,
+            tls_server,
             json,
-        } => recv(config, &args, listen.as_deref(), seeds, format.into(), &net, json),
+        } => {
+            let tls = match listen {
+                Some(_) if tls.given() => bail!(
+                    "--tls, --tls-ca and --tls-server-name are for the connecting side; with --listen, give --tls-cert FILE --tls-key FILE"
+                ),
+                Some(_) => Tls::Server(&tls_server),
+                None if tls_server.given() => bail!(
+                    "--tls-cert and --tls-key are for the listening side (cbt serve, cbt recv --listen); connect with --tls [--tls-ca FILE]"
+                ),
+                None => Tls::Client(&tls),
+            };
+            let client = client_options(&net, None, tls)?;
+            recv(
+                config,
+                &args,
+                listen.as_deref(),
+                seeds,
+                format.into(),
+                client,
+                json,
+            )
+        }
         Command::Serve {
+            config: config_file,
             listen,
             data,
             seeds,
@@ -46,16 +77,29 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             format,
             send: s,
             net,
+            tls_server,
         } => {
-            let args = ServeArgs {
+            let flags = ServeFlags {
                 listen,
                 data,
                 seeds,
                 export,
+                secret_file: net.secret_file,
                 max_connections,
-                format: format.into(),
+                idle_timeout: net.idle_timeout,
+                package_cache: config.index.package_caches.clone(),
+                tls_cert: tls_server.tls_cert,
+                tls_key: tls_server.tls_key,
+                format,
+                compress: s.compress,
+                bwlimit: s.bwlimit,
             };
-            serve(config, args, &net, &s)
+            let file = match &config_file {
+                Some(p) => Some((p.as_path(), ServeFile::load(p)?)),
+                None => None,
+            };
+            let settings = ServeSettings::resolve(flags, file, env_secret_file())?;
+            serve(config, settings)
         }
         _ => bail!("not a network command"),
     }
@@ -68,20 +112,69 @@ pub struct NetOpts {
     /// ends must have the same secret; it never crosses the network.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
-    /// Give up on a peer silent for this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    pub idle_timeout: u64,
+    /// Give up on a peer silent for this many seconds [default: 120].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+}
+
+/// TLS options of a connecting side.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsClientOpts {
+    /// Connect with TLS (the other end runs with --tls-cert and --tls-key).
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust this PEM certificate (a CA, or the server's self-signed
+    /// certificate) instead of the system's CA bundle; implies --tls.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of
+    /// the address]; implies --tls.
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsClientOpts {
+    fn given(&self) -> bool {
+        self.tls || self.tls_ca.is_some() || self.tls_server_name.is_some()
+    }
+}
+
+/// TLS options of a listening side.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsServerOpts {
+    /// Listening side (`serve`, `recv --listen`): accept only TLS clients,
+    /// with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsServerOpts {
+    fn given(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_key.is_some()
+    }
 }
 
 /// Options of a sending side.
 #[derive(Debug, Clone, Args)]
 pub struct SendOpts {
-    /// Compression of the blocks sent: none, zstd or zstd:LEVEL (1-19).
-    #[arg(long, value_name = "METHOD", default_value = "zstd")]
-    pub compress: String,
+    /// Compression of the blocks sent: none, zstd or zstd:LEVEL (1-19) [default: zstd].
+    #[arg(long, value_name = "METHOD")]
+    pub compress: Option<String>,
     /// Limit the sending rate, in bytes per second (suffixes K, M, G: powers of 1024).
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,
+}
+
+/// The TLS options of the end of a connection a command is.
+#[derive(Debug, Clone, Copy)]
+pub enum Tls<'a> {
+    /// It connects (`send`, `recv HOST:PORT/NAME`).
+    Client(&'a TlsClientOpts),
+    /// It listens (`serve`, `recv --listen`).
+    Server(&'a TlsServerOpts),
 }
 
 /// `cbt send IMAGE HOST:PORT[/NAME]`.
@@ -90,18 +183,22 @@ pub fn send(
     image: &Path,
     snapshot: Option<String>,
     dest: &str,
-    net: &NetOpts,
+    client: ClientOptions,
     s: &SendOpts,
     json: bool,
 ) -> anyhow::Result<()> {
     let target = parse_target(dest).map_err(anyhow::Error::msg)?;
-    let client = client_options(net, Some(s))?;
-    let send_options = send_options(config, s)?;
+    let mut send_options = send_options(config, s.compress.as_deref())?;
     let spec = ImageSpec {
         path: image.to_path_buf(),
         snapshot,
     };
     let image = open_image(&spec)?;
+    let counters = Arc::new(Progress::default());
+    send_options.progress = Some(Arc::clone(&counters));
+    let bar = Bar::start(progress::wanted(json), move || {
+        progress::sending(&counters.snapshot())
+    });
     let report = run_with_signals(|shutdown| async move {
         cbt_net::push(
             &target.addr,
@@ -113,6 +210,7 @@ pub fn send(
         )
         .await
     })?;
+    drop(bar);
     print_report(&report, json)
 }
 
@@ -123,10 +221,9 @@ pub fn recv(
     listen: Option<&str>,
     seeds: Vec<PathBuf>,
     format: OutputFormat,
-    net: &NetOpts,
+    client: ClientOptions,
     json: bool,
 ) -> anyhow::Result<()> {
-    let client = client_options(net, None)?;
     let (source, out) = match (listen, args) {
         (Some(_), [out]) => (None, PathBuf::from(out)),
         (Some(_), _) => bail!("with --listen, give only the output path"),
@@ -154,6 +251,11 @@ pub fn recv(
     options.format = format;
     options.seeds = seeds;
     options.index = config.index.clone();
+    let counters = Arc::new(Progress::default());
+    options.progress = Some(Arc::clone(&counters));
+    let bar = Bar::start(progress::wanted(json), move || {
+        progress::receiving(&counters.snapshot())
+    });
     let report = match (source, listen) {
         (Some((addr, name)), _) => run_with_signals(|shutdown| async move {
             cbt_net::pull(&addr, &name, options, &client, shutdown).await
@@ -170,45 +272,50 @@ pub fn recv(
         }
         (None, None) => bail!("no source given"),
     };
+    drop(bar);
     print_report(&report, json)
 }
 
-/// Everything `cbt serve` takes.
-#[derive(Debug)]
-pub struct ServeArgs {
-    pub listen: String,
-    pub data: PathBuf,
-    pub seeds: Vec<PathBuf>,
-    pub export: Option<PathBuf>,
-    pub max_connections: usize,
-    pub format: OutputFormat,
-}
-
-/// `cbt serve`.
-pub fn serve(config: &Config, a: ServeArgs, net: &NetOpts, s: &SendOpts) -> anyhow::Result<()> {
-    let client = client_options(net, Some(s))?;
-    if !a.data.is_dir() {
-        bail!("{}: the data directory does not exist", a.data.display());
-    }
-    let mut options = ServeOptions::new(a.data);
-    options.seeds = a.seeds;
-    options.export = a.export;
+/// `cbt serve`, with its settings resolved.
+pub fn serve(config: &Config, s: ServeSettings) -> anyhow::Result<()> {
+    let net = NetOpts {
+        secret_file: s.secret_file.clone(),
+        idle_timeout: Some(s.idle_timeout),
+    };
+    let tls = match &s.tls {
+        Some((cert, key)) => TlsServerOpts {
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(key.clone()),
+        },
+        None => TlsServerOpts::default(),
+    };
+    let send = SendOpts {
+        compress: Some(s.compress.clone()),
+        bwlimit: s.bwlimit.clone(),
+    };
+    let client = client_options(&net, Some(&send), Tls::Server(&tls))?;
+    let mut options = ServeOptions::new(s.data);
+    options.seeds = s.seeds;
+    options.export = s.export;
     options.secret = client.secret;
-    options.max_connections = a.max_connections;
+    options.max_connections = s.max_connections;
     options.timeouts = client.timeouts;
     options.handshake_timeout = client.handshake_timeout;
     options.bwlimit = client.bwlimit;
-    options.send = send_options(config, s)?;
-    options.receive.format = a.format;
+    options.send = send_options(config, Some(&s.compress))?;
+    options.receive.format = s.format;
     options.receive.index = config.index.clone();
+    options.receive.index.package_caches = s.package_cache;
+    options.tls = client.tls_server;
     if options.secret.is_none() {
-        tracing::warn!("no --secret-file: any client that can connect may push and pull");
+        tracing::warn!("no secret file: any client that can connect may push and pull");
     }
+    let listen = s.listen;
     let runtime = runtime()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&a.listen)
+        let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .with_context(|| format!("cannot listen on {}", a.listen))?;
+            .with_context(|| format!("cannot listen on {listen}"))?;
         announce(&listener);
         cbt_net::serve(listener, options, signalled())
             .await
@@ -275,25 +382,50 @@ fn net_error(e: cbt_net::Error) -> anyhow::Error {
     }
 }
 
-fn client_options(net: &NetOpts, send: Option<&SendOpts>) -> anyhow::Result<ClientOptions> {
-    let secret_file = net.secret_file.clone().or_else(|| {
-        std::env::var_os("CBT_SECRET_FILE")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
+/// `CBT_SECRET_FILE`, when set and not empty.
+fn env_secret_file() -> Option<PathBuf> {
+    std::env::var_os("CBT_SECRET_FILE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn client_options(net: &NetOpts, send: Option<&SendOpts>, tls: Tls<'_>) -> anyhow::Result<ClientOptions> {
+    let secret_file = net.secret_file.clone().or_else(env_secret_file);
     let secret = secret_file
         .as_deref()
         .map(Secret::from_file)
         .transpose()
         .map_err(net_error)?;
-    if net.idle_timeout < 5 {
+    let idle_secs = net.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    if idle_secs < 5 {
         bail!("--idle-timeout must be at least 5 seconds");
     }
-    let idle = Duration::from_secs(net.idle_timeout);
+    let idle = Duration::from_secs(idle_secs);
     let bwlimit = send
         .and_then(|s| s.bwlimit.as_deref())
         .map(parse_rate)
         .transpose()?;
+    let (tls, tls_server) = match tls {
+        Tls::Client(o) if o.given() => {
+            let c = match &o.tls_ca {
+                Some(ca) => TlsClient::from_ca_file(ca),
+                None => TlsClient::from_system_roots(),
+            }
+            .map_err(net_error)?;
+            let c = match &o.tls_server_name {
+                Some(n) => c.with_server_name(n).map_err(net_error)?,
+                None => c,
+            };
+            (Some(c), None)
+        }
+        Tls::Client(_) => (None, None),
+        Tls::Server(o) => match (&o.tls_cert, &o.tls_key) {
+            (Some(c), Some(k)) => (None, Some(TlsServer::from_pem_files(c, k).map_err(net_error)?)),
+            (None, None) => (None, None),
+            (Some(_), None) => bail!("--tls-cert needs its key: --tls-key FILE"),
+            (None, Some(_)) => bail!("--tls-key needs its certificate: --tls-cert FILE"),
+        },
+    };
     Ok(ClientOptions {
         secret,
         timeouts: Timeouts {
@@ -302,18 +434,21 @@ fn client_options(net: &NetOpts, send: Option<&SendOpts>) -> anyhow::Result<Clie
         },
         handshake_timeout: idle.min(Duration::from_secs(30)),
         bwlimit,
+        tls,
+        tls_server,
     })
 }
 
-fn send_options(config: &Config, s: &SendOpts) -> anyhow::Result<SendOptions> {
-    let compression: Compression = s
-        .compress
+fn send_options(config: &Config, compress: Option<&str>) -> anyhow::Result<SendOptions> {
+    let compression: Compression = compress
+        .unwrap_or(DEFAULT_COMPRESS)
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--compress: {e}"))?;
     Ok(SendOptions {
         block_size: config.index.block_size,
         threads: config.threads,
         compression,
+        progress: None,
     })
 }
 

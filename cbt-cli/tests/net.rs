@@ -756,3 +756,261 @@ fn odd_sizes_and_empty_images() {
         );
     }
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, made at test time.
+fn self_signed(env: &TestEnv, name: &str) -> (PathBuf, PathBuf) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let cert = env.path(&format!("tls/{name}.crt"));
+    let key = env.path(&format!("tls/{name}.key"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn serve_from_a_config_file_with_flags_overriding_it() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 4, 21);
+    let data = env.dir("etc/data");
+    let other = env.dir("other");
+    let export = env.dir("etc/export");
+    std::fs::copy(&src, export.join("exported.img")).unwrap();
+    write_secret(&env, "etc/secret", "a secret from the config file");
+    // Relative paths are relative to the file's directory.
+    let config = env.path("etc/cbt.toml");
+    std::fs::write(
+        &config,
+        "# cbt serve settings\nlisten = \"127.0.0.1:0\"\ndata = \"data\"\nexport = \"export\"\n\
+         secret_file = \"secret\"\nmax_connections = 4\nidle_timeout = 60\nformat = \"raw\"\n",
+    )
+    .unwrap();
+
+    let mut d = Proc::spawn(&env, &args!["serve", "--config", config]);
+    let addr = d.addr();
+    let secret = env.path("etc/secret");
+    let v = cbt_json(
+        &env,
+        &args!["send", src, format!("{addr}/vm.img"), "--secret-file", secret],
+    );
+    check_summary(&v);
+    assert_eq!(
+        std::fs::read(data.join("vm.img")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    let out = env.path("pulled.img");
+    cbt_json(
+        &env,
+        &args![
+            "recv",
+            format!("{addr}/exported.img"),
+            out,
+            "--secret-file",
+            secret
+        ],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+    // Without the file's secret: refused.
+    let (status, _, err) =
+        Proc::spawn(&env, &args!["send", src, format!("{addr}/x.img")]).finish(Duration::from_secs(60));
+    assert!(
+        !status.success() && err.contains("authentication failed"),
+        "{err}"
+    );
+    drop(d);
+
+    // A flag wins over the file: --data.
+    let mut d = Proc::spawn(&env, &args!["serve", "--config", config, "--data", other]);
+    let addr = d.addr();
+    cbt_json(
+        &env,
+        &args!["send", src, format!("{addr}/vm2.img"), "--secret-file", secret],
+    );
+    assert!(other.join("vm2.img").is_file() && !data.join("vm2.img").exists());
+    drop(d);
+
+    // An unknown key is an error naming the file, the line and the key.
+    let bad = env.path("etc/bad.toml");
+    std::fs::write(&bad, "data = \"data\"\nmax_conections = 4\n").unwrap();
+    let (status, _, err) =
+        Proc::spawn(&env, &args!["serve", "--config", bad]).finish(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bad.toml:2") && err.contains("max_conections"),
+        "{err}"
+    );
+    // No data directory anywhere.
+    let empty = env.path("etc/empty.toml");
+    std::fs::write(&empty, "listen = \"127.0.0.1:0\"\n").unwrap();
+    let (status, _, err) =
+        Proc::spawn(&env, &args!["serve", "--config", empty]).finish(Duration::from_secs(30));
+    assert!(!status.success() && err.contains("--data DIR"), "{err}");
+}
+
+#[test]
+fn tls_push_pull_and_mismatches() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 4, 22);
+    let (cert, key) = self_signed(&env, "server");
+    let (other_cert, _) = self_signed(&env, "other");
+    let data = env.dir("data");
+    std::fs::copy(&src, env.dir("export").join("e.img")).unwrap();
+    let secret = write_secret(&env, "secret", "secret inside TLS");
+    let (_d, addr) = daemon(
+        &env,
+        &data,
+        &args![
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--secret-file",
+            secret,
+            "--export",
+            env.path("export")
+        ],
+    );
+
+    let v = cbt_json(
+        &env,
+        &args![
+            "send",
+            src,
+            format!("{addr}/vm.img"),
+            "--tls-ca",
+            cert,
+            "--secret-file",
+            secret
+        ],
+    );
+    check_summary(&v);
+    assert_eq!(
+        std::fs::read(data.join("vm.img")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    let out = env.path("pulled.qcow2");
+    let v = cbt_json(
+        &env,
+        &args![
+            "recv",
+            format!("{addr}/e.img"),
+            out,
+            "--format",
+            "qcow2",
+            "--tls",
+            "--tls-ca",
+            cert,
+            "--secret-file",
+            secret
+        ],
+    );
+    check_summary(&v);
+    env.assert_identical(&out, &src);
+
+    let fails = |a: &[OsString], needle: &str| {
+        let start = Instant::now();
+        let (status, _, err) = Proc::spawn(&env, a).finish(Duration::from_secs(30));
+        assert!(!status.success(), "{err}");
+        assert!(err.contains(needle), "expected {needle:?}:\n{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            start.elapsed()
+        );
+    };
+    // A plain client at the TLS daemon is told to use TLS.
+    fails(
+        &args!["send", src, format!("{addr}/x.img"), "--secret-file", secret],
+        "requires TLS",
+    );
+    // A certificate the client does not trust.
+    fails(
+        &args![
+            "send",
+            src,
+            format!("{addr}/x.img"),
+            "--tls-ca",
+            other_cert,
+            "--secret-file",
+            secret
+        ],
+        "not trusted",
+    );
+    // A TLS client at a plain daemon.
+    let plain = env.dir("plain");
+    let (_p, plain_addr) = daemon(&env, &plain, &[]);
+    fails(
+        &args!["send", src, format!("{plain_addr}/x.img"), "--tls-ca", cert],
+        "does not speak TLS",
+    );
+    // Options on the wrong side.
+    fails(
+        &args![
+            "recv",
+            format!("{addr}/e.img"),
+            env.path("x.img"),
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key
+        ],
+        "listening side",
+    );
+    fails(
+        &args![
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            env.path("x.img"),
+            "--tls-ca",
+            cert
+        ],
+        "connecting side",
+    );
+    fails(&args!["serve", "--data", plain, "--tls-cert", cert], "--tls-key");
+    assert!(!data.join("x.img").exists() && std::fs::read_dir(&plain).unwrap().count() == 0);
+
+    // The one-shot pair over TLS.
+    let out = env.path("oneshot.img");
+    let mut recv = Proc::spawn(
+        &env,
+        &args![
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            out,
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--json"
+        ],
+    );
+    let a = recv.addr();
+    cbt_json(&env, &args!["send", src, a, "--tls", "--tls-ca", cert]);
+    check_summary(&recv.json());
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+}
+
+#[test]
+fn demo_runs_a_daemon_and_a_push() {
+    let env = TestEnv::new();
+    let dir = env.path("demo");
+    let (status, out, err) =
+        Proc::spawn(&env, &args!["demo", "--size-mib", "16", "--dir", dir]).finish(Duration::from_secs(120));
+    assert!(status.success(), "{out}\n{err}");
+    for needle in [
+        "started a cbt daemon on 127.0.0.1:",
+        "on the wire:",
+        "against a full copy",
+        "same digest",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+    }
+    assert_eq!(
+        std::fs::read(dir.join("daemon/new.img")).unwrap(),
+        std::fs::read(dir.join("new.img")).unwrap()
+    );
+    // Not a terminal: no progress bar.
+    assert!(!err.contains("ETA"), "{err}");
+}

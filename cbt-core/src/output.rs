@@ -70,7 +70,11 @@ impl Flusher {
             .name("cbt-flusher".into())
             .spawn(move || asked.iter().try_for_each(|()| file.sync_data()))
             .ok()?;
-        Some(Flusher { written: AtomicU64::new(0), wake: Some(wake), thread: Some(thread) })
+        Some(Flusher {
+            written: AtomicU64::new(0),
+            wake: Some(wake),
+            thread: Some(thread),
+        })
     }
 
     fn wrote(&self, bytes: u64) {
@@ -208,7 +212,8 @@ impl OutputFile {
     /// for reading (to verify it).
     pub fn finish_writing(&mut self) -> Result<Arc<dyn Image>> {
         if let Some(f) = self.flusher.take() {
-            f.stop().map_err(|e| Error::io(&self.temp_path, "sync output", e))?;
+            f.stop()
+                .map_err(|e| Error::io(&self.temp_path, "sync output", e))?;
         }
         match self.writer.take() {
             Some(Writer::Raw(f)) if self.durable => f

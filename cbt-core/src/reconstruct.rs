@@ -583,7 +583,11 @@ pub fn verify_output(
                 .map_err(|e| Error::io(manifest_path, "read manifest", e))?;
             let got = r.digest(&mut zeros);
             // An all-zero entry stands for a zero block.
-            let want_digest = if want == [0u8; 32] { zeros.get(r.len) } else { Digest(want) };
+            let want_digest = if want == [0u8; 32] {
+                zeros.get(r.len)
+            } else {
+                Digest(want)
+            };
             if got != want_digest {
                 if bad.len() >= MAX_REPAIR_BLOCKS {
                     too_many = true;

@@ -10,10 +10,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::connection::{Counters, FrameReader, FrameWriter, Link, Shutdown, Timeouts};
 use crate::error::{Error, Result};
-use crate::frame::Mode;
+use crate::frame::{Frame, Mode};
 use crate::handshake::{self, Secret};
 use crate::receiver::{receive, ReceiveOptions};
 use crate::sender::{send, SendOptions};
+use crate::tls::{self, Accepted, BoxRead, BoxWrite, TlsClient, TlsServer};
 use crate::TransferReport;
 
 /// The port used when an address has none.
@@ -30,6 +31,10 @@ pub struct ClientOptions {
     pub handshake_timeout: Duration,
     /// Bytes per second this side may write (`--bwlimit`), when it sends.
     pub bwlimit: Option<u64>,
+    /// A client: connect with TLS, trusting these certificates.
+    pub tls: Option<TlsClient>,
+    /// A one-shot receiver: accept only TLS clients, with this certificate.
+    pub tls_server: Option<TlsServer>,
 }
 
 impl Default for ClientOptions {
@@ -39,6 +44,8 @@ impl Default for ClientOptions {
             timeouts: Timeouts::default(),
             handshake_timeout: Duration::from_secs(30),
             bwlimit: None,
+            tls: None,
+            tls_server: None,
         }
     }
 }
@@ -85,19 +92,56 @@ pub fn parse_target(s: &str) -> std::result::Result<Target, String> {
     Ok(Target { addr, name })
 }
 
-type Halves = (
-    FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
-);
+pub(crate) type Halves = (FrameReader<BoxRead>, FrameWriter<BoxWrite>);
 
-pub(crate) fn framed(stream: TcpStream, peer: &str) -> Halves {
-    let _ = stream.set_nodelay(true);
+fn framed(r: BoxRead, w: BoxWrite, peer: &str) -> Halves {
     let counters = Arc::new(Counters::default());
-    let (rd, wr) = stream.into_split();
     (
-        FrameReader::new(rd, Arc::clone(&counters), peer.to_string()),
-        FrameWriter::new(wr, counters, peer.to_string()),
+        FrameReader::new(r, Arc::clone(&counters), peer.to_string()),
+        FrameWriter::new(w, counters, peer.to_string()),
     )
+}
+
+/// A listening side's view of a new connection: TLS when `tls` is given,
+/// framed. A plain cbt client at a TLS server is told (in plain framing)
+/// that TLS is required, and this fails.
+pub(crate) async fn accept_stream(
+    stream: TcpStream,
+    tls: Option<&TlsServer>,
+    peer: &str,
+    limit: Duration,
+) -> Result<Halves> {
+    let _ = stream.set_nodelay(true);
+    let accepted = tokio::time::timeout(limit, tls::server_stream(stream, tls, peer))
+        .await
+        .map_err(|_| Error::Timeout {
+            peer: peer.to_string(),
+            seconds: limit.as_secs(),
+        })??;
+    match accepted {
+        Accepted::Stream(r, w) => Ok(framed(r, w, peer)),
+        Accepted::PlainClient(r, w) => {
+            let (mut reader, mut writer) = framed(r, w, peer);
+            let _ = tokio::time::timeout(limit, async {
+                writer.write_preamble().await?;
+                writer
+                    .send(&Frame::Error {
+                        message: "this server requires TLS: connect with --tls".into(),
+                    })
+                    .await?;
+                // Read what the client sends before it sees the error, so
+                // closing does not reset the connection under it.
+                reader.read_preamble().await?;
+                let _ = reader.read_frame().await;
+                writer.shutdown().await
+            })
+            .await;
+            Err(Error::Tls {
+                peer: peer.to_string(),
+                reason: "a client without TLS was turned away".into(),
+            })
+        }
+    }
 }
 
 async fn connect(
@@ -107,17 +151,25 @@ async fn connect(
     options: &ClientOptions,
     shutdown: &Shutdown,
 ) -> Result<Link> {
+    let timeout = || Error::Timeout {
+        peer: addr.to_string(),
+        seconds: options.handshake_timeout.as_secs(),
+    };
     let stream = tokio::time::timeout(options.handshake_timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| Error::Timeout {
-            peer: addr.to_string(),
-            seconds: options.handshake_timeout.as_secs(),
-        })?
+        .map_err(|_| timeout())?
         .map_err(|e| Error::io(addr, "connect", e))?;
+    let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
-    let (mut reader, mut writer) = framed(stream, &peer);
+    let (r, w) = tokio::time::timeout(
+        options.handshake_timeout,
+        tls::client_stream(stream, options.tls.as_ref(), addr, &peer),
+    )
+    .await
+    .map_err(|_| timeout())??;
+    let (mut reader, mut writer) = framed(r, w, &peer);
     handshake::client(
         &mut reader,
         &mut writer,
@@ -184,7 +236,20 @@ pub async fn receive_once(
             _ = stop.wait() => return Err(Error::Cancelled),
         };
         let peer = addr.to_string();
-        let (mut reader, mut writer) = framed(stream, &peer);
+        let (mut reader, mut writer) = match accept_stream(
+            stream,
+            options.tls_server.as_ref(),
+            &peer,
+            options.handshake_timeout,
+        )
+        .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(%peer, "turned away: {e}");
+                continue;
+            }
+        };
         let request = match handshake::server(
             &mut reader,
             &mut writer,
@@ -199,7 +264,7 @@ pub async fn receive_once(
                 tracing::warn!(%peer, "turned away: {e}");
                 if !matches!(e, Error::Auth { .. }) {
                     let _ = writer
-                        .send(&crate::frame::Frame::Error {
+                        .send(&Frame::Error {
                             message: e.to_string(),
                         })
                         .await;

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::client::framed;
+use crate::client::accept_stream;
 use crate::connection::{Link, Shutdown, Timeouts};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, Mode};
@@ -29,6 +29,7 @@ use crate::handshake::{self, Secret};
 use crate::names::check_name;
 use crate::receiver::{receive, ReceiveOptions};
 use crate::sender::{send, SendOptions};
+use crate::tls::TlsServer;
 
 /// How long running transfers get to stop after a shutdown request.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -57,6 +58,8 @@ pub struct ServeOptions {
     pub send: SendOptions,
     /// Bytes per second written per pull (`--bwlimit`).
     pub bwlimit: Option<u64>,
+    /// Accept only TLS clients, with this certificate.
+    pub tls: Option<TlsServer>,
 }
 
 impl ServeOptions {
@@ -73,6 +76,7 @@ impl ServeOptions {
             receive: ReceiveOptions::new(PathBuf::new()),
             send: SendOptions::default(),
             bwlimit: None,
+            tls: None,
         }
     }
 }
@@ -161,7 +165,8 @@ pub async fn serve(
                     }
                     Err(_) => {
                         tracing::warn!(%peer, "refused: too many connections");
-                        tasks.spawn(busy(stream, peer, state.options.handshake_timeout));
+                        let (tls, limit) = (state.options.tls.clone(), state.options.handshake_timeout);
+                        tasks.spawn(busy(stream, peer, tls, limit));
                     }
                 }
             }
@@ -181,9 +186,9 @@ pub async fn serve(
 }
 
 /// Tells a client over the connection cap to come back later.
-async fn busy(stream: TcpStream, peer: String, limit: Duration) {
-    let (mut reader, mut writer) = framed(stream, &peer);
+async fn busy(stream: TcpStream, peer: String, tls: Option<TlsServer>, limit: Duration) {
     let _ = tokio::time::timeout(limit, async {
+        let (mut reader, mut writer) = accept_stream(stream, tls.as_ref(), &peer, limit).await?;
         writer.write_preamble().await?;
         reader.read_preamble().await?;
         writer
@@ -197,7 +202,14 @@ async fn busy(stream: TcpStream, peer: String, limit: Duration) {
 
 async fn connection(stream: TcpStream, peer: String, state: &State, stop: Shutdown) {
     let o = &state.options;
-    let (mut reader, mut writer) = framed(stream, &peer);
+    let (mut reader, mut writer) =
+        match accept_stream(stream, o.tls.as_ref(), &peer, o.handshake_timeout).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(%peer, "turned away: {e}");
+                return;
+            }
+        };
     let request = match handshake::server(
         &mut reader,
         &mut writer,

@@ -83,6 +83,23 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The TLS layer failed: a handshake error, an untrusted certificate,
+    /// or a peer that does not speak TLS when we do (or the reverse).
+    #[error("{peer}: TLS: {reason}")]
+    Tls {
+        /// The peer's address.
+        peer: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A TLS certificate or key file could not be used.
+    #[error("{path}: {reason}")]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Invalid settings or arguments.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -15,7 +15,9 @@
 //! - [`client`] and [`daemon`]: the one-shot pair and the `cbt serve`
 //!   daemon (push and pull), with connection cap, idle timeouts and graceful
 //!   shutdown;
-//! - [`resume`]: partial outputs kept after a failure and used as seeds.
+//! - [`resume`]: partial outputs kept after a failure and used as seeds;
+//! - [`tls`]: optional TLS (rustls) beneath the framing;
+//! - [`Progress`]: live counters of a transfer, for a progress display.
 #![forbid(unsafe_code)]
 
 pub mod blockmap;
@@ -27,9 +29,11 @@ mod error;
 pub mod frame;
 pub mod handshake;
 pub mod names;
+mod progress;
 pub mod receiver;
 pub mod resume;
 pub mod sender;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -42,8 +46,10 @@ pub use connection::{Counters, Link, Shutdown, ShutdownTrigger, Timeouts};
 pub use daemon::{serve, ServeOptions};
 pub use error::{Error, Result};
 pub use handshake::Secret;
+pub use progress::{Phase, Progress, ProgressSnapshot};
 pub use receiver::{receive, ReceiveOptions};
 pub use sender::{send, SendOptions};
+pub use tls::{TlsClient, TlsServer};
 
 /// What a transfer did, from one side's point of view.
 #[derive(Debug, Clone, Serialize)]

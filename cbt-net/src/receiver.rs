@@ -46,9 +46,10 @@ use tokio::sync::mpsc;
 
 use crate::blockmap::{group_digest, BlockMap, GroupSpan};
 use crate::compress::Decompressor;
-use crate::connection::{Link, Shutdown};
+use crate::connection::{Counters, Link, Shutdown};
 use crate::error::{Error, Result};
 use crate::frame::{Begin, BlockRange, DoneStats, Encoding, Frame, GroupEntry};
+use crate::progress::{Phase, Progress};
 use crate::resume;
 use crate::TransferReport;
 
@@ -79,6 +80,8 @@ pub struct ReceiveOptions {
     pub window_groups: u32,
     /// Bytes of blocks requested and not yet received, at most.
     pub window_bytes: u64,
+    /// Live counters for a progress display.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl ReceiveOptions {
@@ -91,6 +94,7 @@ impl ReceiveOptions {
             index: IndexOptions::default(),
             window_groups: 1024,
             window_bytes: 32 << 20,
+            progress: None,
         }
     }
 }
@@ -134,6 +138,7 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
                 events,
                 events_tx,
                 outgoing: link.outgoing.clone(),
+                counters: Arc::clone(&counters),
             };
             let label = begin.label.clone();
             let peer2 = peer.clone();
@@ -183,6 +188,8 @@ struct Channels {
     /// For the predictor threads' verdicts.
     events_tx: mpsc::UnboundedSender<Event>,
     outgoing: mpsc::Sender<Frame>,
+    /// The link's byte counters (for progress).
+    counters: Arc<Counters>,
 }
 
 fn run_engine(
@@ -201,6 +208,10 @@ fn run_engine(
     let layout = Layout::from_regions(begin.image_len, begin.block_size, begin.regions.clone())
         .map_err(|e| Error::protocol(&peer, format!("invalid layout: {e}")))?;
     let map = BlockMap::new(&layout, begin.group_blocks);
+    if let Some(p) = &options.progress {
+        Progress::set(&p.image_bytes, layout.len());
+        p.set_phase(Phase::Indexing);
+    }
     if options.output.is_dir() {
         return Err(Error::Config(format!(
             "{}: is a directory",
@@ -223,6 +234,9 @@ fn run_engine(
         unique_blocks = index.stats().unique_blocks,
         "seed index ready"
     );
+    if let Some(p) = &options.progress {
+        p.set_phase(Phase::Transferring);
+    }
 
     let output = Arc::new(OutputFile::create(&options.output, options.format, layout.len())?);
     let manifest_path = resume::manifest_path(&options.output);
@@ -244,7 +258,7 @@ fn run_engine(
         manifest_path: manifest_path.clone(),
         map,
     };
-    let mut engine = Engine::new(peer, shared, channels, shutdown, &options)?;
+    let mut engine = Engine::new(peer, shared, channels, shutdown, &options, layout.block_size())?;
     let result = engine.run(&layout);
     engine.stop_predictors();
     let Engine {
@@ -453,6 +467,9 @@ struct Engine {
     events: mpsc::UnboundedReceiver<Event>,
     outgoing: mpsc::Sender<Frame>,
     shutdown: Shutdown,
+    counters: Arc<Counters>,
+    progress: Option<Arc<Progress>>,
+    block_size: u64,
     /// Jobs for the predictor threads (None once they were stopped).
     jobs: Option<crossbeam_channel::Sender<PredictJob>>,
     predictors: Vec<JoinHandle<()>>,
@@ -507,6 +524,7 @@ impl Engine {
         channels: Channels,
         shutdown: Shutdown,
         options: &ReceiveOptions,
+        block_size: u32,
     ) -> Result<Self> {
         let threads = thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -528,6 +546,9 @@ impl Engine {
             events: channels.events,
             outgoing: channels.outgoing,
             shutdown,
+            counters: channels.counters,
+            progress: options.progress.clone(),
+            block_size: u64::from(block_size),
             jobs: Some(jobs),
             predictors,
             predicting: 0,
@@ -573,7 +594,23 @@ impl Engine {
         })
     }
 
+    /// Publishes the counters for a progress display (block counts times
+    /// the block size: close enough for people).
+    fn publish(&self) {
+        if let Some(p) = &self.progress {
+            let (s, bs) = (&self.stats, self.block_size);
+            Progress::set(
+                &p.bytes_done,
+                (s.blocks_zero + s.blocks_local + s.blocks_sent) * bs,
+            );
+            Progress::set(&p.bytes_local, s.blocks_local * bs);
+            Progress::set(&p.bytes_moved, s.blocks_sent * bs);
+            p.set_wire(&self.counters);
+        }
+    }
+
     fn recv(&mut self) -> Result<Event> {
+        self.publish();
         if self.shutdown.is_set() {
             return Err(Error::Cancelled);
         }
@@ -654,10 +691,18 @@ impl Engine {
             }
             self.flush_requests()?;
         }
+        self.publish();
         let Some((expected, _)) = self.end else {
             return Err(Error::Config("stream ended without END".into()));
         };
         self.stop_predictors();
+        // Tell the sender every group is in (it shows the verification).
+        if self.completed > self.credited {
+            self.credited = self.completed;
+            self.send(Frame::Credit {
+                completed: self.completed,
+            })?;
+        }
 
         // The manifest must describe the source exactly.
         let manifest_path = self.shared.manifest_path.clone();
@@ -675,6 +720,9 @@ impl Engine {
             rejected = self.rejected,
             "all blocks written; verifying"
         );
+        if let Some(p) = &self.progress {
+            p.set_phase(Phase::Verifying);
+        }
         // The predictors are gone: the output is ours alone again.
         let mut output = self.shared.output.take();
         let verified = match output.as_mut().and_then(Arc::get_mut) {
@@ -690,6 +738,7 @@ impl Engine {
             other => Error::Core(other),
         });
         self.stats.blocks_repaired = repaired?;
+        self.publish();
         if self.shutdown.is_set() {
             return Err(Error::Cancelled);
         }

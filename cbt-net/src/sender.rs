@@ -27,6 +27,7 @@ use crate::compress::{Compression, Compressor};
 use crate::connection::Link;
 use crate::error::{Error, Result};
 use crate::frame::{Begin, BlockRange, DoneStats, Frame, GroupEntry};
+use crate::progress::{Phase, Progress};
 use crate::TransferReport;
 
 /// Blocks per group: one 32-byte digest covers 64 blocks (256 KiB at the
@@ -50,6 +51,8 @@ pub struct SendOptions {
     pub threads: usize,
     /// Compression of the blocks sent.
     pub compression: Compression,
+    /// Live counters for a progress display.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Default for SendOptions {
@@ -58,6 +61,7 @@ impl Default for SendOptions {
             block_size: cbt_core::DEFAULT_BLOCK_SIZE,
             threads: 0,
             compression: Compression::default(),
+            progress: None,
         }
     }
 }
@@ -125,6 +129,11 @@ async fn run(
         .map_err(|e| Error::Config(format!("layout task failed: {e}")))??;
     let map = BlockMap::new(&layout, GROUP_BLOCKS);
     let closed = || Error::Closed { peer: peer.clone() };
+    let progress = options.progress.clone();
+    if let Some(p) = &progress {
+        Progress::set(&p.image_bytes, layout.len());
+        p.set_phase(Phase::Indexing);
+    }
     link.outgoing
         .send(Frame::Begin(Begin {
             image_len: layout.len(),
@@ -180,6 +189,9 @@ async fn run(
         None => return Err(closed()),
     };
     tracing::debug!(%peer, window, "receiver ready");
+    if let Some(p) = &progress {
+        p.set_phase(Phase::Transferring);
+    }
 
     // Data groups sent and not yet completed by the receiver, oldest first.
     let mut pending: VecDeque<(u64, Vec<Digest>)> = VecDeque::new();
@@ -187,6 +199,17 @@ async fn run(
     let mut next_group = 0u64;
     let mut summary: Option<HashSummary> = None;
     let stats = loop {
+        if let Some(p) = &progress {
+            // The receiver's in-order progress: the first group not credited yet.
+            let first_open = pending.front().map_or(next_group, |(g, _)| *g);
+            let done = map.group(first_open).map_or(layout.len(), |s| s.offset);
+            Progress::set(&p.bytes_done, done);
+            Progress::set(&p.bytes_moved, served.bytes.load(Ordering::Relaxed));
+            p.set_wire(&link.counters);
+            if summary.is_some() && pending.is_empty() {
+                p.set_phase(Phase::Verifying);
+            }
+        }
         let credit = summary.is_none() && data_sent - completed < u64::from(window);
         tokio::select! {
             biased;
