@@ -64,6 +64,15 @@ const MISS_STREAK: u32 = 8;
 const PROBE_EVERY: u32 = 8;
 /// Predictor threads at most.
 const MAX_PREDICTORS: usize = 4;
+/// The block window never shrinks below this many bytes (see [`Pace`]).
+const MIN_BLOCK_WINDOW: u64 = 1 << 20;
+/// Blocks requested beyond twice the bandwidth-delay product: this long at
+/// the delivery rate (room for hiccups at either end, cheap in queueing).
+const WINDOW_SLACK: Duration = Duration::from_millis(50);
+/// Delivery-rate samples kept; the window follows their maximum.
+const RATE_SAMPLES: usize = 8;
+/// Shortest delivery-rate sample.
+const MIN_RATE_INTERVAL: Duration = Duration::from_millis(25);
 
 /// How to receive.
 #[derive(Debug, Clone)]
@@ -78,7 +87,10 @@ pub struct ReceiveOptions {
     pub index: IndexOptions,
     /// Data groups the sender may have in flight.
     pub window_groups: u32,
-    /// Bytes of blocks requested and not yet received, at most.
+    /// Bytes of blocks requested and not yet received, at most. The
+    /// receiver requests less when that is enough to keep the link busy
+    /// (about twice the bandwidth-delay product, at least 1 MiB), so that
+    /// DIGESTS and GROUPS do not queue behind megabytes of blocks.
     pub window_bytes: u64,
     /// Live counters for a progress display.
     pub progress: Option<Arc<Progress>>,
@@ -461,6 +473,96 @@ struct Awaited {
     len: u32,
 }
 
+/// Sizes the block window: the delivery rate times twice the shortest
+/// time from a NEED_BLOCKS to its first block (about twice the
+/// bandwidth-delay product) plus [`WINDOW_SLACK`], plus
+/// [`MIN_BLOCK_WINDOW`], at most the configured `window_bytes`.
+///
+/// Requesting more than the link needs gains nothing: the surplus waits in
+/// queues along the path (socket buffers, a shaper, a relay), and every
+/// GROUPS and DIGESTS frame the sender sends waits behind it, so the
+/// receiver learns which blocks it needs next seconds late, runs out of
+/// blocks to request and the link idles. Starting at the floor, the window
+/// at least doubles per rate sample while the link keeps up (the rate
+/// measured with a window of `w` is at most `w` per latency, and the next
+/// window is more than twice that), like TCP's slow start.
+struct Pace {
+    cap: u64,
+    floor: u64,
+    /// Shortest time seen from a NEED_BLOCKS to its first block.
+    min_latency: Option<Duration>,
+    /// The first block of a NEED_BLOCKS being timed, and when it was sent.
+    timing: Option<(u64, Instant)>,
+    /// The current rate sample: since when, bytes received; `None` while
+    /// nothing is requested (idle time must not lower the rate).
+    sample: Option<(Instant, u64)>,
+    /// Recent delivery rates (bytes of blocks per second).
+    rates: VecDeque<f64>,
+}
+
+impl Pace {
+    fn new(cap: u64) -> Self {
+        Pace {
+            cap,
+            floor: MIN_BLOCK_WINDOW.min(cap),
+            min_latency: None,
+            timing: None,
+            sample: None,
+            rates: VecDeque::with_capacity(RATE_SAMPLES + 1),
+        }
+    }
+
+    /// Bytes of blocks to keep requested.
+    fn window(&self) -> u64 {
+        let rate = self.rates.iter().copied().fold(0.0, f64::max);
+        let latency = self.min_latency.map_or(0.0, |d| d.as_secs_f64());
+        let w = self.floor as f64 + rate * (2.0 * latency + WINDOW_SLACK.as_secs_f64());
+        (w.min(self.cap as f64) as u64).max(self.floor)
+    }
+
+    /// A NEED_BLOCKS starting with `first` goes out; `idle`: nothing was
+    /// outstanding before it.
+    fn requested(&mut self, first: u64, idle: bool) {
+        let now = Instant::now();
+        if self.timing.is_none() {
+            self.timing = Some((first, now));
+        }
+        if idle || self.sample.is_none() {
+            self.sample = Some((now, 0));
+        }
+    }
+
+    /// Block `index` of `len` bytes arrived; `idle`: nothing is outstanding
+    /// any more.
+    fn received(&mut self, index: u64, len: u32, idle: bool) {
+        let now = Instant::now();
+        if let Some((first, sent)) = self.timing {
+            if first == index {
+                let latency = now.duration_since(sent);
+                self.min_latency = Some(self.min_latency.map_or(latency, |m| m.min(latency)));
+                self.timing = None;
+            }
+        }
+        let Some((since, bytes)) = self.sample.as_mut() else {
+            return;
+        };
+        *bytes += u64::from(len);
+        let span = now.duration_since(*since);
+        let interval = self.min_latency.unwrap_or_default().max(MIN_RATE_INTERVAL);
+        if span >= interval || (idle && span >= MIN_RATE_INTERVAL / 4) {
+            let rate = *bytes as f64 / span.as_secs_f64();
+            if self.rates.len() == RATE_SAMPLES {
+                self.rates.pop_front();
+            }
+            self.rates.push_back(rate);
+            self.sample = Some((now, 0));
+        }
+        if idle {
+            self.sample = None;
+        }
+    }
+}
+
 struct Engine {
     peer: String,
     shared: Shared,
@@ -475,10 +577,13 @@ struct Engine {
     predictors: Vec<JoinHandle<()>>,
     /// Predictions asked for and not answered yet.
     predicting: u64,
+    /// Most predictions outstanding: the job queue's capacity, so handing
+    /// over a job never blocks the engine (frames keep being handled while
+    /// the predictors are busy; the rest of the groups wait in `deferred`).
+    max_predicting: u64,
     decompressor: Decompressor,
     zeros: ZeroDigests,
     window_groups: u32,
-    window_bytes: u64,
     /// Next group of the stream.
     head_group: u64,
     /// Data groups seen so far (their sequence numbers, for credit).
@@ -509,6 +614,8 @@ struct Engine {
     /// Requested and not yet received: block → bytes.
     outstanding: HashMap<u64, u32>,
     outstanding_bytes: u64,
+    /// How many bytes of blocks to keep requested.
+    pace: Pace,
     need_digests: Vec<u64>,
     end: Option<(Digest, u64)>,
     stats: DoneStats,
@@ -552,10 +659,10 @@ impl Engine {
             jobs: Some(jobs),
             predictors,
             predicting: 0,
+            max_predicting: (threads * 4) as u64,
             decompressor: Decompressor::new().map_err(|e| Error::Config(format!("zstd: {e}")))?,
             zeros: ZeroDigests::default(),
             window_groups: options.window_groups.max(1),
-            window_bytes: options.window_bytes.max(u64::from(cbt_core::MAX_BLOCK_SIZE) * 2),
             head_group: 0,
             data_seq: 0,
             deferred: VecDeque::new(),
@@ -571,6 +678,7 @@ impl Engine {
             awaiting: HashMap::new(),
             outstanding: HashMap::new(),
             outstanding_bytes: 0,
+            pace: Pace::new(options.window_bytes.max(u64::from(cbt_core::MAX_BLOCK_SIZE) * 2)),
             need_digests: Vec::new(),
             end: None,
             stats: DoneStats::default(),
@@ -720,6 +828,11 @@ impl Engine {
             rejected = self.rejected,
             "all blocks written; verifying"
         );
+        tracing::debug!(
+            window = self.pace.window(),
+            min_latency_ms = self.pace.min_latency.map(|d| d.as_secs_f64() * 1000.0),
+            "block window"
+        );
         if let Some(p) = &self.progress {
             p.set_phase(Phase::Verifying);
         }
@@ -768,7 +881,10 @@ impl Engine {
     }
 
     /// Processes the entries received, in order; data groups wait while a
-    /// probe for the cursor is outstanding.
+    /// probe for the cursor is outstanding, and while the predictors are
+    /// busy (the engine never blocks on them: a DIGESTS or BLOCK frame that
+    /// arrives meanwhile is handled at once, not after the predictions of
+    /// every group received before it).
     fn drain(&mut self) -> Result<()> {
         while let Some(&(g, seq, entry)) = self.deferred.front() {
             match entry {
@@ -778,6 +894,9 @@ impl Engine {
                 }
                 GroupEntry::Data(digest) => {
                     if self.probe.is_some() && self.cursor.is_none() {
+                        break;
+                    }
+                    if self.cursor.is_some() && self.predicting >= self.max_predicting {
                         break;
                     }
                     self.deferred.pop_front();
@@ -1043,6 +1162,7 @@ impl Engine {
             return Err(self.protocol(format!("block {index} was not asked for yet")));
         };
         self.outstanding_bytes -= u64::from(len);
+        self.pace.received(index, len, self.outstanding_bytes == 0);
         let span = self
             .shared
             .map
@@ -1134,13 +1254,18 @@ impl Engine {
                 })?;
             }
         }
-        // Refill the block window only once half of it drained, so requests
-        // go out in long runs rather than one block per block received.
-        if self.outstanding_bytes > self.window_bytes / 2 {
+        // Refill the block window once an eighth of it drained, so requests
+        // go out in runs rather than one block per block received.
+        let window = self.pace.window();
+        if self.want.is_empty() || self.outstanding_bytes + window / 8 > window {
             return Ok(());
         }
+        let idle = self.outstanding_bytes == 0;
+        if let Some(&first) = self.want.front() {
+            self.pace.requested(first, idle);
+        }
         let mut ranges: Vec<BlockRange> = Vec::new();
-        while self.outstanding_bytes < self.window_bytes {
+        while self.outstanding_bytes < window {
             let Some(block) = self.want.pop_front() else { break };
             let len = self.awaiting.get(&block).map_or(0, |a| a.len);
             self.outstanding.insert(block, len);
@@ -1246,6 +1371,7 @@ impl BlockSource for Repair<'_> {
             };
             if let Some(len) = e.outstanding.remove(&index) {
                 e.outstanding_bytes -= u64::from(len);
+                e.pace.received(index, len, e.outstanding_bytes == 0);
             }
             let mut out = std::mem::take(&mut e.block_buf);
             let data = e
@@ -1257,5 +1383,35 @@ impl BlockSource for Repair<'_> {
             e.block_buf = out;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_window_follows_the_bandwidth_delay_product() {
+        let mut p = Pace::new(32 << 20);
+        assert_eq!(p.window(), MIN_BLOCK_WINDOW);
+        p.min_latency = Some(Duration::from_millis(20));
+        p.rates.push_back(10e6);
+        assert!(p.window().abs_diff(MIN_BLOCK_WINDOW + 900_000) < 10);
+        p.rates.push_back(1e9);
+        assert_eq!(p.window(), 32 << 20);
+        assert_eq!(Pace::new(1 << 20).window(), 1 << 20);
+    }
+
+    #[test]
+    fn block_window_measures_latency_and_rate() {
+        let mut p = Pace::new(32 << 20);
+        p.requested(10, true);
+        p.received(10, 4096, false);
+        assert!(p.min_latency.is_some());
+        thread::sleep(MIN_RATE_INTERVAL);
+        p.received(11, 4096, true);
+        assert_eq!(p.rates.len(), 1);
+        assert!(p.sample.is_none(), "idle time is not sampled");
+        assert!(p.rates[0] > 0.0);
     }
 }
