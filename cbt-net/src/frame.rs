@@ -20,7 +20,7 @@ use cbt_core::{Digest, Region};
 /// First bytes of every connection, in both directions.
 pub const MAGIC: [u8; 8] = *b"CBTNET\r\n";
 /// Protocol version spoken by this implementation.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes of the preamble: magic, version, reserved.
 pub const PREAMBLE_LEN: usize = 12;
 /// Bytes of a frame header: payload length and type.
@@ -60,8 +60,10 @@ pub enum GroupEntry {
 pub enum Encoding {
     /// As they are.
     Raw = 0,
-    /// Compressed with zstd (one frame per block).
+    /// Compressed with zstd, one frame per block.
     Zstd = 1,
+    /// The next piece of the connection's zstd stream (see `compress`).
+    ZstdStream = 2,
 }
 
 /// A run of consecutive block indices.
@@ -541,6 +543,7 @@ fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
             let encoding = match p.u8()? {
                 0 => Encoding::Raw,
                 1 => Encoding::Zstd,
+                2 => Encoding::ZstdStream,
                 _ => return Err(p.err("unknown encoding")),
             };
             let data = p.rest();
@@ -874,8 +877,8 @@ mod tests {
         p[0] = b'X';
         assert_eq!(check_preamble(&p), Err(FrameError::BadMagic));
         let mut p = preamble();
-        p[9] = 2;
-        assert_eq!(check_preamble(&p), Err(FrameError::Version(2)));
+        p[9] = 1;
+        assert_eq!(check_preamble(&p), Err(FrameError::Version(1)));
     }
 
     #[test]
