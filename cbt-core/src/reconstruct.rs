@@ -261,12 +261,14 @@ pub fn reconstruct(
             options,
             progress,
         )?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "all blocks written");
         let repaired = if options.verify_readback {
             verify_output(layout, &mut output, source, &manifest_path)?
         } else {
             output.finish_writing()?;
             0
         };
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "output synced and verified");
         Ok((digest, repaired))
     })();
     let _ = fs::remove_file(&manifest_path);
