@@ -29,7 +29,7 @@
 //! writer task ◀─frames─ └────────┘ ─▶ output, manifest
 //! ```
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
@@ -602,6 +602,9 @@ struct Engine {
     miss_streak: u32,
     /// Groups fetched whole since the streak began.
     whole_count: u32,
+    /// Groups queued for a whole fetch, oldest first, while their blocks
+    /// may still all wait in `want` (see [`Engine::reconsider_whole`]).
+    whole_queued: VecDeque<u64>,
     pending: HashMap<u64, Pending>,
     done_seqs: BTreeSet<u64>,
     /// Data groups complete, in order.
@@ -670,6 +673,7 @@ impl Engine {
             probe: None,
             miss_streak: 0,
             whole_count: 0,
+            whole_queued: VecDeque::new(),
             pending: HashMap::new(),
             done_seqs: BTreeSet::new(),
             completed: 0,
@@ -980,6 +984,7 @@ impl Engine {
                 self.stats.blocks_zero += zero;
                 self.stats.blocks_local += local;
                 self.miss_streak = 0;
+                self.reconsider_whole();
                 self.done_seqs.insert(job.seq);
                 self.advance_credit()
             }
@@ -1042,10 +1047,51 @@ impl Engine {
                     );
                     self.want.push_back(block);
                 }
+                self.whole_queued.push_back(g);
+                // Older ones were requested by now: at most a window of
+                // data groups waits for its blocks.
+                while self.whole_queued.len() > self.window_groups as usize {
+                    self.whole_queued.pop_front();
+                }
             }
         }
         self.pending.insert(g, p);
         Ok(())
+    }
+
+    /// The streak of misses ended (a group was found locally after all):
+    /// groups queued for a whole fetch none of whose blocks was requested
+    /// yet are resolved through their digests instead, since they may hold
+    /// local blocks too. Without this, which groups were fetched whole
+    /// depended on the order the predictors answered in, and a run sent
+    /// several percent more blocks than `cbt estimate` counted.
+    fn reconsider_whole(&mut self) {
+        if self.whole_queued.is_empty() {
+            return;
+        }
+        let mut withdrawn: HashSet<u64> = HashSet::new();
+        for g in std::mem::take(&mut self.whole_queued) {
+            let Some(p) = self.pending.get_mut(&g) else {
+                continue;
+            };
+            let Some(whole) = &p.whole else { continue };
+            let (first, end) = (p.span.first_block, p.span.first_block + u64::from(p.span.blocks));
+            let untouched =
+                whole.iter().all(Option::is_none) && (first..end).all(|b| !self.outstanding.contains_key(&b));
+            if !untouched {
+                continue;
+            }
+            for b in first..end {
+                self.awaiting.remove(&b);
+                withdrawn.insert(b);
+            }
+            p.whole = None;
+            p.missing = 0;
+            self.need_digests.push(g);
+        }
+        if !withdrawn.is_empty() {
+            self.want.retain(|b| !withdrawn.contains(b));
+        }
     }
 
     /// The block digests of a group whose prediction failed.
@@ -1130,6 +1176,7 @@ impl Engine {
             self.miss_streak = 0;
             self.whole_count = 0;
             self.hopeful = true;
+            self.reconsider_whole();
         } else {
             self.miss_streak += 1;
         }
