@@ -50,10 +50,19 @@ pub struct OutputFile {
     /// Starts writeback of a raw output while it is being written, so the
     /// final sync has little left to do.
     flusher: Option<Flusher>,
+    /// Bytes written so far (for the qcow2 metadata flushes).
+    written: AtomicU64,
 }
 
 /// Bytes written between two background syncs of a raw output.
 const FLUSH_EVERY: u64 = 64 << 20;
+/// Bytes written between two flushes of a qcow2 output's cached metadata
+/// (L1, L2 and refcount tables). Data whose tables were never written is
+/// unreachable in the file: a receiver killed with SIGKILL would leave a
+/// partial file that seeds almost nothing for the resume. A flush rewrites
+/// the few table clusters dirtied since the last one (about 1% more
+/// writes at this interval).
+const QCOW2_FLUSH_EVERY: u64 = 8 << 20;
 
 /// A thread that syncs the output's data whenever asked, in the background.
 struct Flusher {
@@ -161,6 +170,7 @@ impl OutputFile {
             len,
             durable: true,
             flusher,
+            written: AtomicU64::new(0),
         })
     }
 
@@ -196,14 +206,22 @@ impl OutputFile {
                 data.len()
             )));
         }
+        let len = data.len() as u64;
         match &self.writer {
             Some(Writer::Raw(f)) => f.write_all_at(data, offset),
             Some(Writer::Qcow2(q)) => q.write(data, offset),
             None => Err(std::io::Error::other("output already closed")),
         }
         .map_err(|e| Error::io(&self.temp_path, "write output", e))?;
+        let before = self.written.fetch_add(len, Ordering::Relaxed);
+        if let Some(Writer::Qcow2(q)) = &self.writer {
+            if before / QCOW2_FLUSH_EVERY != (before + len) / QCOW2_FLUSH_EVERY {
+                q.flush()
+                    .map_err(|e| Error::io(&self.temp_path, "flush output metadata", e))?;
+            }
+        }
         if let Some(f) = &self.flusher {
-            f.wrote(data.len() as u64);
+            f.wrote(len);
         }
         Ok(())
     }
