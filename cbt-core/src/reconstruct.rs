@@ -268,7 +268,10 @@ pub fn reconstruct(
             output.finish_writing()?;
             0
         };
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "output synced and verified");
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "output synced and verified"
+        );
         Ok((digest, repaired))
     })();
     let _ = fs::remove_file(&manifest_path);
