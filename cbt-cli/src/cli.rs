@@ -39,8 +39,10 @@ pub struct CommonOpts {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Directory of .deb package archives whose files also seed blocks
-    /// (repeatable; used by every command that builds an index).
+    /// Directory of .deb package archives whose files also seed blocks, as
+    /// do apt index files there (Packages, Release, ... plain or .xz, .gz,
+    /// .zst; e.g. a mirror's dists/ or /var/lib/apt/lists). Repeatable;
+    /// used by every command that builds an index.
     #[arg(long, global = true, value_name = "DIR")]
     pub package_cache: Vec<PathBuf>,
 }

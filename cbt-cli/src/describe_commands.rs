@@ -401,17 +401,17 @@ pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bo
         e.union.bytes_missing,
         e.candidates.len()
     )?;
-    let skipped = if pc.archives_skipped > 0 {
-        format!(", {} skipped", pc.archives_skipped)
-    } else {
-        String::new()
+    let skipped = match pc.archives_skipped + pc.index_files_skipped {
+        0 => String::new(),
+        n => format!(", {n} skipped"),
     };
     writeln!(
         out,
-        "{:>7.2}%  {:>14}  package caches ({} archives{skipped})",
+        "{:>7.2}%  {:>14}  package caches ({}, {}{skipped})",
         pc.found_fraction * 100.0,
         pc.bytes_missing,
-        pc.archives
+        counted(pc.archives, "archive", "archives"),
+        counted(pc.index_files, "index file", "index files")
     )?;
     for c in &e.candidates {
         writeln!(
@@ -423,6 +423,11 @@ pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bo
         )?;
     }
     Ok(())
+}
+
+/// `1 archive`, `2 archives`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn canonical(p: &Path) -> Option<PathBuf> {

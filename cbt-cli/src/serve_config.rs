@@ -149,7 +149,7 @@ pub struct ServeSettings {
     pub max_connections: usize,
     /// Seconds of silence after which a peer is dropped (at least 5).
     pub idle_timeout: u64,
-    /// Directories of .deb archives that seed blocks too.
+    /// Directories of .deb archives (and apt index files) that seed blocks too.
     pub package_cache: Vec<PathBuf>,
     /// TLS certificate chain and key (PEM).
     pub tls: Option<(PathBuf, PathBuf)>,

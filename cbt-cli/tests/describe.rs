@@ -671,6 +671,140 @@ fn package_cache_supplies_the_package_blocks() {
     assert_eq!(json_u64(&v, "package_cache.blocks_found"), expected_blocks);
 }
 
+/// Deterministic deb822 text shaped like a mirror's `Packages` file.
+fn packages_index(stanzas: usize) -> Vec<u8> {
+    let mut rng = XorShift::new(99);
+    let mut s = String::new();
+    for i in 0..stanzas {
+        let size = rng.range(1_000, 5_000_000);
+        let sha: String = (0..4).map(|_| format!("{:016x}", rng.next_u64())).collect();
+        s += &format!(
+            "Package: pkg{i}\nVersion: {}.{}-{}\nInstalled-Size: {}\nMaintainer: Team {} <t{}@example.invalid>\n\
+             Architecture: amd64\nDescription: generated package {i}\nFilename: pool/main/p/pkg{i}/pkg{i}_{}_amd64.deb\n\
+             Size: {size}\nSHA256: {sha}\n\n",
+            i % 9,
+            i % 17,
+            i % 3 + 1,
+            size / 1024,
+            i % 40,
+            i % 40,
+            i % 9
+        );
+    }
+    s.into_bytes()
+}
+
+/// Compresses `path` in place with the `xz` tool (`path` becomes `path.xz`).
+fn xz_file(path: &Path) -> PathBuf {
+    let out = Command::new(tool("xz", "xz-utils"))
+        .arg("-6")
+        .arg(path)
+        .output()
+        .expect("run xz");
+    assert_success(&out, "xz", &args![path]);
+    let mut xz = path.as_os_str().to_owned();
+    xz.push(".xz");
+    PathBuf::from(xz)
+}
+
+#[test]
+fn package_cache_supplies_apt_index_files() {
+    let env = TestEnv::new();
+    let packages = packages_index(1500);
+    let release =
+        b"Origin: Example\nSuite: x\nCodename: x\nComponents: main\nArchitectures: amd64\n".repeat(40);
+    assert!(
+        packages.len() > 300_000 && packages.len() as u64 % BLOCK != 0,
+        "{}",
+        packages.len()
+    );
+
+    // A guest whose apt lists hold the mirror's index files, beside other data.
+    let tree = env.tree("guest", 11, 4);
+    let lists = tree.join("var/lib/apt/lists");
+    fs::create_dir_all(lists.join("partial")).unwrap();
+    fs::write(
+        lists.join("example.org_debian_dists_x_main_binary-amd64_Packages"),
+        &packages,
+    )
+    .unwrap();
+    fs::write(lists.join("example.org_debian_dists_x_InRelease"), &release).unwrap();
+    fs::write(lists.join("lock"), b"").unwrap();
+    let img = env.ext4(&tree, "guest.img", 32);
+    let expected = (packages.len() as u64).div_ceil(BLOCK) + (release.len() as u64).div_ceil(BLOCK);
+
+    // A local mirror holding the same files, compressed as mirrors keep them.
+    let mirror = env.dir("mirror");
+    let bin = env.dir("mirror/dists/x/main/binary-amd64");
+    fs::write(bin.join("Packages"), &packages).unwrap();
+    let packages_xz = xz_file(&bin.join("Packages"));
+    assert!(!bin.join("Packages").exists() && packages_xz.exists());
+    fs::write(mirror.join("dists/x/InRelease"), &release).unwrap();
+
+    // Without them, nothing of this image is in a package cache.
+    let empty = env.dir("empty");
+    let v = env.cbt_json(&args!["estimate", &img, "--package-cache", &empty]);
+    assert_eq!(json_u64(&v, "package_cache.blocks_found"), 0, "{v:#}");
+    let nonzero = json_u64(&v, "blocks_nonzero");
+
+    let v = env.cbt_json(&args!["estimate", &img, "--package-cache", &mirror]);
+    assert_eq!(json_u64(&v, "package_cache.archives"), 0);
+    assert_eq!(json_u64(&v, "package_cache.archives_skipped"), 0);
+    assert_eq!(json_u64(&v, "package_cache.index_files"), 2);
+    assert_eq!(json_u64(&v, "package_cache.index_files_skipped"), 0);
+    assert_eq!(json_u64(&v, "package_cache.blocks_found"), expected, "{v:#}");
+    assert_eq!(json_u64(&v, "union.blocks_found"), expected);
+    assert_eq!(json_u64(&v, "blocks_nonzero"), nonzero);
+    let share = expected as f64 / nonzero as f64;
+    assert!((common::json_f64(&v, "package_cache.found_fraction") - share).abs() < 1e-9);
+    let out = env.cbt_ok(&args!["estimate", &img, "--package-cache", &mirror]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("package caches (0 archives, 2 index files)"),
+        "{text}"
+    );
+
+    // A copy takes those blocks from the decompressed index and verifies.
+    let out = env.path("out/copy.img");
+    let r = env.cbt_json(&args!["copy", &img, &out, "--package-cache", &mirror]);
+    assert_eq!(json_u64(&r, "blocks_local"), expected);
+    env.assert_identical(&img, &out);
+
+    // The plain files of another host's /var/lib/apt/lists work as well.
+    let v = env.cbt_json(&args!["estimate", &img, "--package-cache", &lists]);
+    assert_eq!(json_u64(&v, "package_cache.index_files"), 2);
+    assert_eq!(json_u64(&v, "package_cache.blocks_found"), expected, "{v:#}");
+
+    // A truncated and a damaged Packages.xz: skipped with a warning naming
+    // each, and the command still succeeds with what the rest holds.
+    let good_xz = fs::read(&packages_xz).unwrap();
+    let cut = env.dir("mirror/dists/y/main/binary-amd64").join("Packages.xz");
+    fs::write(&cut, &good_xz[..good_xz.len() / 2]).unwrap();
+    let mut flipped = good_xz.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    let damaged = env.dir("mirror/dists/z/main/binary-amd64").join("Packages.xz");
+    fs::write(&damaged, &flipped).unwrap();
+    let o = env.cbt_ok(&args!["estimate", &img, "--package-cache", &mirror, "--json"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    for name in [
+        "dists/y/main/binary-amd64/Packages.xz",
+        "dists/z/main/binary-amd64/Packages.xz",
+    ] {
+        assert!(stderr.contains(name), "no warning naming {name}:\n{stderr}");
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json_u64(&v, "package_cache.index_files"), 2);
+    assert_eq!(json_u64(&v, "package_cache.index_files_skipped"), 2);
+    assert_eq!(json_u64(&v, "package_cache.blocks_found"), expected);
+    let out = env.cbt_ok(&args!["estimate", &img, "--package-cache", &mirror]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("package caches (0 archives, 2 index files, 2 skipped)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn bad_input_is_named_and_unknown_os_is_reported() {
     let env = TestEnv::new();

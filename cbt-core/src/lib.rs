@@ -56,8 +56,9 @@ mod debcache;
 mod inspect;
 
 pub use debcache::{
-    estimate_with_packages, prepare_package_blobs, read_deb, DebControl, DebInfo, DebLimits, FileSink,
-    Measure, PackageBlob, PackageBlobs, PackageCacheShare, PackageEstimate, SourceBlocks,
+    estimate_with_packages, index_name, prepare_package_blobs, read_deb, read_index, BlobSource, DebControl,
+    DebInfo, DebLimits, FileSink, IndexCompression, IndexInfo, IndexLimits, IndexName, Measure, PackageBlob,
+    PackageBlobs, PackageCacheShare, PackageEstimate, SkippedSource, SourceBlocks,
 };
 pub use inspect::{
     deb822, describe_dir, describe_fs, describe_image, dpkg, teleport_plan, CandidateScore, DescribeOptions,

@@ -21,7 +21,7 @@ const AR_MAGIC: &[u8; 8] = b"!<arch>\n";
 /// Size of one `ar` member header.
 const AR_HEADER: usize = 60;
 /// Memory the xz decoder may use (dpkg's presets need 8 to 64 MiB).
-const XZ_MEMLIMIT: u64 = 512 << 20;
+pub(super) const XZ_MEMLIMIT: u64 = 512 << 20;
 
 /// Bounds applied while reading one archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

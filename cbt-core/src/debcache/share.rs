@@ -134,11 +134,16 @@ pub struct PackageEstimate {
 /// The share of a source the package caches hold.
 #[derive(Debug, Clone, Serialize)]
 pub struct PackageCacheShare {
-    /// Archives turned into blobs.
+    /// Package archives turned into blobs.
     pub archives: usize,
-    /// Archives skipped as unreadable.
+    /// Package archives skipped as unreadable.
     pub archives_skipped: usize,
-    /// Share of the source's non-zero blocks found in the archives (0..1).
+    /// apt index files turned into blobs.
+    pub index_files: usize,
+    /// apt index files skipped as unreadable.
+    pub index_files_skipped: usize,
+    /// Share of the source's non-zero blocks found in the archives and
+    /// index files together (0..1).
     pub found_fraction: f64,
     /// Non-zero source blocks found.
     pub blocks_found: u64,
@@ -217,8 +222,10 @@ pub fn estimate_with_packages(
             candidates,
         },
         package_cache: PackageCacheShare {
-            archives: blobs.map_or(0, |b| b.blobs.len()),
-            archives_skipped: blobs.map_or(0, |b| b.skipped.len()),
+            archives: blobs.map_or(0, |b| b.archives()),
+            archives_skipped: blobs.map_or(0, |b| b.archives_skipped()),
+            index_files: blobs.map_or(0, |b| b.index_files()),
+            index_files_skipped: blobs.map_or(0, |b| b.index_files_skipped()),
             found_fraction: pc.found_fraction,
             blocks_found: pc.blocks_found,
             bytes_missing: pc.bytes_missing,

@@ -48,7 +48,8 @@ pub struct IndexOptions {
     /// Canonical paths never to index (e.g. the image being copied).
     pub exclude: Vec<PathBuf>,
     /// Directories of `.deb` package archives whose files also seed
-    /// blocks (see [`crate::prepare_package_blobs`]).
+    /// blocks, as do the apt index files there (see
+    /// [`crate::prepare_package_blobs`]).
     pub package_caches: Vec<PathBuf>,
 }
 
