@@ -12,9 +12,13 @@
 //! through an rsync daemon with `--no-whole-file --stats -I`, the best single
 //! seed (by `cbt estimate`) copied to the target path first, with and
 //! without `--inplace` and once with `-z`; and `cbt recv --listen` on B with
-//! every seed, `cbt send` on A. It records wall time, bytes on the wire (link
-//! counters), CPU time and peak RSS of each side, observed bandwidth, and
-//! eq. (4) of the seed with v_d and v_n measured in the same run. It writes
+//! every seed, `cbt send` on A, twice: "cbt", the receiver with a digest
+//! cache of its seeds warmed untimed just before (as the daemon keeps one),
+//! and "cbt (cold index)", with `--no-cache` on both sides. It records wall
+//! time, bytes on the wire (link counters), CPU time and peak RSS of each
+//! side, observed bandwidth, and eq. (4) of the seed with v_n and two disk
+//! rates measured in the same run: v_d (a `dd iflag=direct` read) and
+//! v_d,copy (a durable local copy, `dd oflag=direct conv=fsync`). It writes
 //! `bench-harness.json`, `bench-harness.md` and the plot
 //! `bench-observed-bandwidth.{svg,png}` into `--out` (with a `-quick`
 //! suffix in quick mode).
@@ -47,7 +51,7 @@ mod runners;
 
 use link::Link;
 use report::{CaseResult, LinkMeasurements, Machine, Report};
-use runners::{Case, Env, RsyncMode};
+use runners::{Case, CbtIndex, Env, RsyncMode};
 
 /// Transfer benchmark: cbt vs rsync vs a full copy over an emulated link.
 #[derive(Parser, Debug)]
@@ -472,7 +476,15 @@ fn run(opts: Opts) -> std::io::Result<()> {
     } else {
         ("disk", v_d_disk)
     };
-    eprintln!("harness: v_d disk {v_d_disk:.0} MiB/s, cache {v_d_cache:.0} MiB/s");
+    // v_d,copy: a durable local copy of the same image on the same disk as
+    // the outputs; the median of three, as one copy is noisy on a shared disk.
+    let copy_samples = (0..3)
+        .map(|_| runners::dd_copy(&vd_file, &tmp.join("vd-copy.raw")))
+        .collect::<std::io::Result<Vec<f64>>>()?;
+    let v_d_copy = median(&copy_samples);
+    eprintln!(
+        "harness: v_d disk {v_d_disk:.0} MiB/s, cache {v_d_cache:.0} MiB/s, durable copy {v_d_copy:.0} MiB/s"
+    );
 
     link::cleanup_on_signal();
     let load0 = cbt_benches::load_average().unwrap_or(f64::NAN);
@@ -516,6 +528,9 @@ fn run(opts: Opts) -> std::io::Result<()> {
         v_d_cache_mib_s: v_d_cache,
         v_d_used: v_d_used.into(),
         v_d_mib_s: v_d,
+        v_d_copy_mib_s: v_d_copy,
+        v_d_copy_samples_mib_s: copy_samples,
+        v_d_image_bytes: size_mib << 20,
     };
 
     let mut results = Vec::new();
@@ -526,9 +541,14 @@ fn run(opts: Opts) -> std::io::Result<()> {
             estimate: None,
             runs: Vec::new(),
             max_mib_s: None,
+            max_copy_mib_s: None,
             best_rsync: None,
             cbt_over_rsync: None,
             cbt_over_max: None,
+            cbt_over_max_copy: None,
+            cbt_cold_over_rsync: None,
+            cbt_cold_over_max: None,
+            cbt_cold_over_max_copy: None,
             error: None,
         };
         let prepared =
@@ -591,12 +611,30 @@ fn run(opts: Opts) -> std::io::Result<()> {
         );
         show(&r);
         cr.runs.push(r);
-        let r = runners::cbt(&env, case, &dirs, size);
-        show(&r);
-        cr.runs.push(r);
+        // The cold run first (the position the only cbt run had before),
+        // then the warm one, whose untimed index warm-up runs just before it.
+        for index in [CbtIndex::Cold, CbtIndex::Warm] {
+            let r = runners::cbt(&env, case, &dirs, size, index);
+            show(&r);
+            if let Some(w) = &r.index_warmup {
+                eprintln!(
+                    "harness:   (index warm-up before it, untimed: {:.2} s, {} images, {:.1} MiB hashed; cache {})",
+                    w.seconds,
+                    w.images,
+                    w.bytes_hashed as f64 / (1 << 20) as f64,
+                    match r.index_reused {
+                        Some(true) => "untouched by the run",
+                        Some(false) => "WRITTEN by the run: not warm",
+                        None => "state unknown",
+                    }
+                );
+            }
+            cr.runs.push(r);
+        }
         cr.estimate = Some(est);
-        cr.summarize(v_d, v_n);
+        cr.summarize(v_d, v_d_copy, v_n);
         let _ = fs::remove_dir_all(&dirs.seeds);
+        let _ = fs::remove_dir_all(&dirs.cache);
         results.push(cr);
     }
     let info = link.info.clone();

@@ -1,18 +1,21 @@
 //! The harness's output: a JSON file with every measurement, markdown
 //! tables, and the observed-bandwidth plot (SVG and PNG) in the style of
 //! Fig. 5 of the seed paper: observed bandwidth (image size / wall time)
-//! against ΔD for cbt, the best rsync, the full copy and the hypothetical
-//! maximum of eq. (4), v = 1 / (ΔI/v_d + ΔD/v_n).
+//! against ΔD for cbt (warm and cold digest index), the best rsync, the
+//! full copy and the hypothetical maximum of eq. (4),
+//! v = 1 / (ΔI/v_d + ΔD/v_n), drawn twice: with v_d the disk's read rate
+//! and with v_d the rate of a durable local copy (v_d,copy).
 
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use serde::Serialize;
 
 use super::link::LinkInfo;
-use super::runners::{Case, Estimate, RunResult};
+use super::runners::{Case, CbtIndex, Estimate, RunResult};
 
 /// The machine the run took place on.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -56,6 +59,14 @@ pub struct LinkMeasurements {
     pub v_d_used: String,
     /// The v_d eq. (4) uses, MiB/s.
     pub v_d_mib_s: f64,
+    /// v_d,copy: a durable local copy of the same image on the same disk
+    /// (`dd bs=1M oflag=direct conv=fsync`, source in the page cache), the
+    /// median of [`Self::v_d_copy_samples_mib_s`], MiB/s.
+    pub v_d_copy_mib_s: f64,
+    /// Every copy measured, MiB/s.
+    pub v_d_copy_samples_mib_s: Vec<f64>,
+    /// Size of the image read and copied for v_d and v_d,copy, bytes.
+    pub v_d_image_bytes: u64,
 }
 
 /// One case's results.
@@ -67,14 +78,24 @@ pub struct CaseResult {
     pub estimate: Option<Estimate>,
     /// Every transfer.
     pub runs: Vec<RunResult>,
-    /// Eq. (4) with the measured ΔD, MiB/s.
+    /// Eq. (4) with the measured ΔD and v_d (disk read), MiB/s.
     pub max_mib_s: Option<f64>,
+    /// Eq. (4) with the measured ΔD and v_d,copy (durable local copy), MiB/s.
+    pub max_copy_mib_s: Option<f64>,
     /// Label of the fastest verified rsync run.
     pub best_rsync: Option<String>,
-    /// cbt's observed bandwidth / the best rsync's.
+    /// cbt's (warm index) observed bandwidth / the best rsync's.
     pub cbt_over_rsync: Option<f64>,
-    /// cbt's observed bandwidth / eq. (4).
+    /// cbt's (warm index) observed bandwidth / eq. (4) with v_d.
     pub cbt_over_max: Option<f64>,
+    /// cbt's (warm index) observed bandwidth / eq. (4) with v_d,copy.
+    pub cbt_over_max_copy: Option<f64>,
+    /// cbt's observed bandwidth with a cold index / the best rsync's.
+    pub cbt_cold_over_rsync: Option<f64>,
+    /// cbt's observed bandwidth with a cold index / eq. (4) with v_d.
+    pub cbt_cold_over_max: Option<f64>,
+    /// cbt's observed bandwidth with a cold index / eq. (4) with v_d,copy.
+    pub cbt_cold_over_max_copy: Option<f64>,
     /// Why the case could not run, if it could not.
     pub error: Option<String>,
 }
@@ -93,16 +114,29 @@ impl CaseResult {
             .min_by(|a, b| a.wall_s.total_cmp(&b.wall_s))
     }
 
-    /// Fills in the derived fields.
-    pub fn summarize(&mut self, v_d: f64, v_n: f64) {
+    /// Observed bandwidth of the verified run of `tool`.
+    pub fn observed(&self, tool: &str) -> Option<f64> {
+        self.run(tool).map(|r| r.observed_mib_s)
+    }
+
+    /// Fills in the derived fields from v_d, v_d,copy and v_n (MiB/s).
+    pub fn summarize(&mut self, v_d: f64, v_d_copy: f64, v_n: f64) {
         if let Some(e) = &self.estimate {
             self.max_mib_s = Some(eq4(e.delta_d, v_d, v_n));
+            self.max_copy_mib_s = Some(eq4(e.delta_d, v_d_copy, v_n));
         }
-        let cbt = self.run("cbt").map(|r| r.observed_mib_s);
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+        let warm = self.observed(CbtIndex::Warm.label());
+        let cold = self.observed(CbtIndex::Cold.label());
         let rs = self.best_rsync_run().map(|r| (r.tool.clone(), r.observed_mib_s));
         self.best_rsync = rs.as_ref().map(|r| r.0.clone());
-        self.cbt_over_rsync = cbt.zip(rs.map(|r| r.1)).map(|(c, r)| c / r);
-        self.cbt_over_max = cbt.zip(self.max_mib_s).map(|(c, m)| c / m);
+        let rs = rs.map(|r| r.1);
+        self.cbt_over_rsync = ratio(warm, rs);
+        self.cbt_over_max = ratio(warm, self.max_mib_s);
+        self.cbt_over_max_copy = ratio(warm, self.max_copy_mib_s);
+        self.cbt_cold_over_rsync = ratio(cold, rs);
+        self.cbt_cold_over_max = ratio(cold, self.max_mib_s);
+        self.cbt_cold_over_max_copy = ratio(cold, self.max_copy_mib_s);
     }
 }
 
@@ -160,14 +194,14 @@ fn side(u: &Option<super::proc::Usage>) -> String {
 }
 
 impl Report {
-    /// The markdown tables.
+    /// The markdown tables, with the text that says how to read them.
     pub fn markdown(&self) -> String {
         let m = &self.measured;
         let mut s = String::new();
         let _ = writeln!(s, "Link: {}.", self.link.kind);
         let _ = writeln!(
             s,
-            "v_n = **{:.2} MiB/s** (full copy of {} MiB of zeros: {:.2} s, {:.1} MiB on the wire); RTT through the relay: median **{:.1} ms** over {} round trips (min {:.1}, max {:.1}); v_d = **{:.0} MiB/s** ({} read: `dd bs=1M{}`; the other read: {:.0} MiB/s). Load average {:.2} before, {:.2} after.\n",
+            "v_n = **{:.2} MiB/s** (full copy of {} MiB of zeros: {:.2} s, {:.1} MiB on the wire); RTT through the relay: median **{:.1} ms** over {} round trips (min {:.1}, max {:.1}); v_d = **{:.0} MiB/s** ({} read of a {:.0} MiB non-sparse image: `dd bs=1M{}`; the other read: {:.0} MiB/s); v_d,copy = **{:.0} MiB/s** (durable local copy of the same image on the same disk: `dd bs=1M oflag=direct conv=fsync`, source in the page cache; median of {}: {}). Load average {:.2} before, {:.2} after.\n",
             m.v_n_mib_s,
             mib(m.rate_probe_bytes),
             m.rate_probe_s,
@@ -178,53 +212,70 @@ impl Report {
             m.rtt_samples_ms.iter().copied().fold(0.0, f64::max),
             m.v_d_mib_s,
             m.v_d_used,
+            mib(m.v_d_image_bytes),
             if m.v_d_used == "disk" { " iflag=direct" } else { "" },
             if m.v_d_used == "disk" { m.v_d_cache_mib_s } else { m.v_d_disk_mib_s },
+            m.v_d_copy_mib_s,
+            m.v_d_copy_samples_mib_s.len(),
+            m.v_d_copy_samples_mib_s
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.load.0,
             self.load.1
         );
-        let _ = writeln!(s, "| Case | Image MiB | ΔD nominal | ΔD measured | Full copy MiB/s | Best rsync MiB/s | cbt MiB/s | Max, eq. (4) MiB/s | cbt / rsync | cbt / max |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let dash = || "–".to_string();
+        let _ = writeln!(s, "| Case | Image MiB | ΔD nominal | ΔD measured | Full copy MiB/s | Best rsync MiB/s | cbt MiB/s | cbt cold MiB/s | Max, eq. (4) MiB/s | Max, v_d = copy MiB/s | cbt / rsync | cbt / max | cbt / max-copy |");
+        let _ = writeln!(
+            s,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for c in &self.cases {
             let size = c
                 .estimate
                 .as_ref()
                 .map(|e| format!("{:.0}", mib(e.image_bytes)))
-                .unwrap_or_else(|| "–".into());
+                .unwrap_or_else(dash);
             let dd = c
                 .estimate
                 .as_ref()
                 .map(|e| format!("{:.3}", e.delta_d))
-                .unwrap_or_else(|| "–".into());
+                .unwrap_or_else(dash);
             let rs = c
                 .best_rsync_run()
                 .map(|r| format!("{} (`{}`)", f1(r.observed_mib_s), r.tool))
-                .unwrap_or_else(|| "–".into());
+                .unwrap_or_else(dash);
+            let bw = |tool: &str| c.observed(tool).map(f1).unwrap_or_else(dash);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | **{}** | {} | **{}** | {} |",
+                "| {} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | **{}** | {} | {} |",
                 c.case.name,
                 size,
-                c.case
-                    .delta_nominal
-                    .map(|d| format!("{d}"))
-                    .unwrap_or_else(|| "–".into()),
+                c.case.delta_nominal.map(|d| format!("{d}")).unwrap_or_else(dash),
                 dd,
-                c.run("full copy")
-                    .map(|r| f1(r.observed_mib_s))
-                    .unwrap_or_else(|| "–".into()),
+                bw("full copy"),
                 rs,
-                c.run("cbt")
-                    .map(|r| f1(r.observed_mib_s))
-                    .unwrap_or_else(|| "–".into()),
-                c.max_mib_s.map(f1).unwrap_or_else(|| "–".into()),
+                bw(CbtIndex::Warm.label()),
+                bw(CbtIndex::Cold.label()),
+                c.max_mib_s.map(f1).unwrap_or_else(dash),
+                c.max_copy_mib_s.map(f1).unwrap_or_else(dash),
                 f2(c.cbt_over_rsync),
-                f2(c.cbt_over_max)
+                f2(c.cbt_over_max),
+                f2(c.cbt_over_max_copy)
             );
         }
-        let _ = writeln!(s, "\nEvery run (CPU = user + system seconds; RSS = peak resident set; both from `wait4` through `/usr/bin/time`, sender on A, receiver on B):\n");
-        let _ = writeln!(s, "| Case | Tool | Wall s | Observed MiB/s | Wire MiB | Real MiB/s | Sender CPU / RSS | Receiver CPU / RSS | Basis copy s (untimed) | Verified |");
+        let _ = writeln!(s, "\nHow to read this table:\n");
+        let _ = writeln!(s, "- **cbt** is the receiver as a daemon (`cbt serve`) has it: with a warm digest index of its seeds. Before the timed run, `cbt --cache DIR index SEED...` ran on B (untimed, like rsync's basis copy; its duration is under \"Set-up s (untimed)\" below) in a cache directory made fresh for the case, and the receiver ran as `cbt --cache DIR recv --listen ...`, taking the seeds' digests from that cache. The sender runs with `--no-cache`: it reads and hashes the image inside the timed run in any case.");
+        let _ = writeln!(s, "- **cbt cold** (`cbt (cold index)` below) is the same transfer with `--no-cache` on both sides: the receiver hashes every seed inside the timed run, after the sender connects. The difference between the two rows is the cost of indexing the seeds.");
+        let _ = writeln!(s, "- **cbt / rsync**, **cbt / max** and **cbt / max-copy** use the warm row; the JSON holds the same ratios for the cold row (`cbt_cold_over_*`).");
+        let _ = writeln!(s, "- **Max, eq. (4)** is the seed paper's hypothetical maximum v = 1 / (ΔI/v_d + ΔD/v_n), with ΔD measured (`cbt estimate`: non-zero blocks no seed holds), v_n the measured link rate and v_d the disk's read rate ({:.0} MiB/s): the part the destination holds costs only reading it.", m.v_d_mib_s);
+        let _ = writeln!(s, "- **Max, v_d = copy** is eq. (4) with v_d,copy ({:.0} MiB/s) instead: the rate of a durable local copy on the same disk. A tool that writes a new image must also write the part it already holds, so this is the tighter bound where ΔD is small; at ΔD = 0 it is the local copy itself. cbt writes a new image and syncs it before it exits; the full copy and rsync do not sync, and `rsync --inplace` writes only what changed into the basis copy made during the untimed set-up.", m.v_d_copy_mib_s);
+        let _ = writeln!(s, "- Neither maximum models the page cache (every tool's input here is cached) or compression (cbt and rsync compress what they send), so a tool can beat either.");
+        let _ = writeln!(s, "\nEvery run (CPU = user + system seconds; RSS = peak resident set; both from `wait4` through `/usr/bin/time`, sender on A, receiver on B; set-up = untimed preparation, not in the wall time: for rsync the copy of the basis to the target path, for `cbt` the warm-up of the receiver's digest cache):\n");
+        let _ = writeln!(s, "| Case | Tool | Wall s | Observed MiB/s | Wire MiB | Real MiB/s | Sender CPU / RSS | Receiver CPU / RSS | Set-up s (untimed) | Verified |");
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|---|---:|---|");
+        let mut warnings = Vec::new();
         for c in &self.cases {
             if let Some(e) = &c.error {
                 let _ = writeln!(
@@ -235,6 +286,12 @@ impl Report {
                 );
             }
             for r in &c.runs {
+                if r.index_reused == Some(false) {
+                    warnings.push(format!(
+                        "{}: the warm `cbt` run wrote to its digest cache, so its receiver hashed at least one seed inside the timed run",
+                        c.case.name
+                    ));
+                }
                 let _ = writeln!(
                     s,
                     "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -243,14 +300,14 @@ impl Report {
                     if r.wall_s.is_finite() {
                         format!("{:.2}", r.wall_s)
                     } else {
-                        "–".into()
+                        dash()
                     },
                     f1(r.observed_mib_s),
                     f1(mib(r.wire_bytes)),
                     f1(r.real_mib_s),
                     side(&r.sender),
                     side(&r.receiver),
-                    r.basis_copy_s.map(|t| format!("{t:.2}")).unwrap_or_default(),
+                    r.setup_s().map(|t| format!("{t:.2}")).unwrap_or_default(),
                     if r.verified {
                         "yes".to_string()
                     } else {
@@ -266,9 +323,9 @@ impl Report {
                 );
             }
         }
-        if !self.notes.is_empty() {
+        if !self.notes.is_empty() || !warnings.is_empty() {
             let _ = writeln!(s, "\nNotes:");
-            for n in &self.notes {
+            for n in self.notes.iter().chain(&warnings) {
                 let _ = writeln!(s, "- {n}");
             }
         }
@@ -306,6 +363,14 @@ type DrawResult = Result<(), Box<dyn std::error::Error>>;
 /// Picks one tool's observed bandwidth out of a case.
 type Pick = Box<dyn Fn(&CaseResult) -> Option<f64>>;
 
+/// One line of the plot over the synthetic pairs.
+struct Line {
+    label: &'static str,
+    color: RGBColor,
+    dashed: bool,
+    pick: Pick,
+}
+
 fn draw<B: DrawingBackend>(r: &Report, area: DrawingArea<B, plotters::coord::Shift>) -> DrawResult
 where
     B::ErrorType: 'static,
@@ -323,7 +388,7 @@ where
         .filter(|c| c.case.group != "synthetic" && c.estimate.is_some())
         .collect();
     let dd = |c: &CaseResult| c.estimate.as_ref().map(|e| e.delta_d).unwrap_or(0.0);
-    let mut ymax = m.v_d_mib_s.max(m.v_n_mib_s);
+    let mut ymax = m.v_d_mib_s.max(m.v_d_copy_mib_s).max(m.v_n_mib_s);
     let mut ymin = m.v_n_mib_s;
     for c in r.cases.iter() {
         for run in c.runs.iter().filter(|x| x.verified) {
@@ -332,7 +397,7 @@ where
         }
     }
     let title = format!(
-        "Observed bandwidth vs ΔD ({}; v_n {:.1} MiB/s, RTT {:.0} ms, v_d {:.0} MiB/s)",
+        "Observed bandwidth vs ΔD ({}; v_n {:.1} MiB/s, RTT {:.0} ms, v_d {:.0}, v_d,copy {:.0} MiB/s)",
         if r.link.rate_bit_s.is_some() {
             "emulated link"
         } else {
@@ -340,10 +405,11 @@ where
         },
         m.v_n_mib_s,
         m.rtt_median_ms,
-        m.v_d_mib_s
+        m.v_d_mib_s,
+        m.v_d_copy_mib_s
     );
     let mut chart = ChartBuilder::on(&area)
-        .caption(title, ("sans-serif", 18))
+        .caption(title, ("sans-serif", 17))
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
@@ -356,62 +422,110 @@ where
         .y_label_formatter(&|v| format!("{v:.0}"))
         .x_label_formatter(&|v| format!("{v:.1}"))
         .draw()?;
-    let curve: Vec<(f64, f64)> = (0..=100)
-        .map(|i| i as f64 / 100.0)
-        .map(|x| (x, eq4(x, m.v_d_mib_s, m.v_n_mib_s)))
-        .collect();
+    let curve = |v_d: f64| -> Vec<(f64, f64)> {
+        (0..=100)
+            .map(|i| i as f64 / 100.0)
+            .map(|x| (x, eq4(x, v_d, m.v_n_mib_s)))
+            .collect()
+    };
     chart
-        .draw_series(LineSeries::new(curve, BLACK.stroke_width(2)))?
-        .label("hypothetical maximum, eq. (4)")
+        .draw_series(LineSeries::new(curve(m.v_d_mib_s), BLACK.stroke_width(2)))?
+        .label("maximum, eq. (4), v_d = disk read")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    let dashed = |color: RGBColor| ShapeStyle::from(&color).stroke_width(2);
+    chart
+        .draw_series(DashedLineSeries::new(
+            curve(m.v_d_copy_mib_s),
+            6,
+            4,
+            dashed(BLACK),
+        ))?
+        .label("maximum, eq. (4), v_d = durable copy")
+        .legend(move |(x, y)| DashedPathElement::new(vec![(x, y), (x + 20, y)], 6, 4, dashed(BLACK)));
     let series = |tool: &dyn Fn(&CaseResult) -> Option<f64>| -> Vec<(f64, f64)> {
         let mut v: Vec<(f64, f64)> = syn.iter().filter_map(|c| tool(c).map(|y| (dd(c), y))).collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     };
-    let lines: [(&str, RGBColor, Pick); 3] = [
-        (
-            "cbt",
-            RGBColor(0, 114, 178),
-            Box::new(|c: &CaseResult| c.run("cbt").map(|r| r.observed_mib_s)),
-        ),
-        (
-            "best rsync",
-            RGBColor(213, 94, 0),
-            Box::new(|c: &CaseResult| c.best_rsync_run().map(|r| r.observed_mib_s)),
-        ),
-        (
-            "full copy",
-            RGBColor(120, 120, 120),
-            Box::new(|c: &CaseResult| c.run("full copy").map(|r| r.observed_mib_s)),
-        ),
+    let blue = RGBColor(0, 114, 178);
+    let orange = RGBColor(213, 94, 0);
+    let lines = [
+        Line {
+            label: "cbt, warm index",
+            color: blue,
+            dashed: false,
+            pick: Box::new(|c: &CaseResult| c.observed(CbtIndex::Warm.label())),
+        },
+        Line {
+            label: "cbt, cold index",
+            color: blue,
+            dashed: true,
+            pick: Box::new(|c: &CaseResult| c.observed(CbtIndex::Cold.label())),
+        },
+        Line {
+            label: "best rsync",
+            color: orange,
+            dashed: false,
+            pick: Box::new(|c: &CaseResult| c.best_rsync_run().map(|r| r.observed_mib_s)),
+        },
+        Line {
+            label: "full copy",
+            color: RGBColor(120, 120, 120),
+            dashed: false,
+            pick: Box::new(|c: &CaseResult| c.observed("full copy")),
+        },
     ];
-    for (label, color, f) in lines.iter() {
-        let pts = series(f.as_ref());
-        let color = *color;
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-            .label(format!("{label} (synthetic pairs)"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(pts.into_iter().map(move |p| Circle::new(p, 4, color.filled())))?;
+    for line in &lines {
+        let pts = series(line.pick.as_ref());
+        let (color, label) = (line.color, format!("{} (synthetic pairs)", line.label));
+        if line.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(pts.clone(), 6, 4, dashed(color)))?
+                .label(label)
+                .legend(move |(x, y)| DashedPathElement::new(vec![(x, y), (x + 20, y)], 6, 4, dashed(color)));
+            chart.draw_series(
+                pts.into_iter()
+                    .map(move |p| Circle::new(p, 4, color.stroke_width(2))),
+            )?;
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart.draw_series(pts.into_iter().map(move |p| Circle::new(p, 4, color.filled())))?;
+        }
     }
     if !deb.is_empty() {
-        let blue = RGBColor(0, 114, 178);
-        let orange = RGBColor(213, 94, 0);
+        // Plotters fills a triangle whatever its style: the colour tells cbt
+        // from rsync, and the cold cbt run gets a cross.
+        let triangles: [(&str, Pick, RGBColor); 2] = [
+            (
+                "cbt, warm index (Debian images)",
+                Box::new(|c: &CaseResult| c.observed(CbtIndex::Warm.label())),
+                blue,
+            ),
+            (
+                "best rsync (Debian images)",
+                Box::new(|c: &CaseResult| c.best_rsync_run().map(|r| r.observed_mib_s)),
+                orange,
+            ),
+        ];
+        for (label, pick, color) in triangles {
+            chart
+                .draw_series(
+                    deb.iter()
+                        .filter_map(|c| pick(c).map(|y| TriangleMarker::new((dd(c), y), 7, color.filled()))),
+                )?
+                .label(label)
+                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, color.filled()));
+        }
         chart
             .draw_series(deb.iter().filter_map(|c| {
-                c.run("cbt")
-                    .map(|r| TriangleMarker::new((dd(c), r.observed_mib_s), 7, blue.filled()))
+                c.observed(CbtIndex::Cold.label())
+                    .map(|y| Cross::new((dd(c), y), 6, blue.stroke_width(2)))
             }))?
-            .label("cbt (Debian images)")
-            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, blue.filled()));
-        chart
-            .draw_series(deb.iter().filter_map(|c| {
-                c.best_rsync_run()
-                    .map(|r| TriangleMarker::new((dd(c), r.observed_mib_s), 7, orange.stroke_width(2)))
-            }))?
-            .label("best rsync (Debian images)")
-            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, orange.stroke_width(2)));
+            .label("cbt, cold index (Debian images)")
+            .legend(move |(x, y)| Cross::new((x + 10, y), 5, blue.stroke_width(2)));
     }
     chart
         .configure_series_labels()
@@ -434,5 +548,67 @@ mod tests {
         assert!((eq4(1.0, 100.0, 10.0) - 10.0).abs() < 1e-9);
         // Halfway: the harmonic mean.
         assert!((eq4(0.5, 30.0, 10.0) - 15.0).abs() < 1e-9);
+    }
+
+    fn run(tool: &str, observed_mib_s: f64) -> RunResult {
+        RunResult {
+            tool: tool.into(),
+            wall_s: 1.0,
+            wire_bytes: 0,
+            sender: None,
+            receiver: None,
+            observed_mib_s,
+            real_mib_s: 0.0,
+            verified: true,
+            error: None,
+            tool_report: None,
+            basis_copy_s: None,
+            index_warmup: None,
+            index_reused: None,
+        }
+    }
+
+    #[test]
+    fn ratios_use_the_warm_cbt_row_and_both_maxima() {
+        let mut c = CaseResult {
+            case: Case {
+                name: "t".into(),
+                group: "synthetic".into(),
+                target: "t.raw".into(),
+                seeds: vec![],
+                delta_nominal: Some(0.0),
+                companions: vec![],
+                note: String::new(),
+            },
+            estimate: Some(Estimate {
+                image_bytes: 1 << 20,
+                bytes_missing: 0,
+                delta_d: 0.0,
+                best_candidate: None,
+                best_found_fraction: 1.0,
+            }),
+            runs: vec![
+                run("rsync", 50.0),
+                run(CbtIndex::Cold.label(), 40.0),
+                run(CbtIndex::Warm.label(), 100.0),
+            ],
+            max_mib_s: None,
+            max_copy_mib_s: None,
+            best_rsync: None,
+            cbt_over_rsync: None,
+            cbt_over_max: None,
+            cbt_over_max_copy: None,
+            cbt_cold_over_rsync: None,
+            cbt_cold_over_max: None,
+            cbt_cold_over_max_copy: None,
+            error: None,
+        };
+        // ΔD = 0: each maximum is its v_d.
+        c.summarize(400.0, 200.0, 10.0);
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(close(c.max_mib_s, 400.0) && close(c.max_copy_mib_s, 200.0));
+        assert!(close(c.cbt_over_rsync, 2.0) && close(c.cbt_cold_over_rsync, 0.8));
+        assert!(close(c.cbt_over_max, 0.25) && close(c.cbt_over_max_copy, 0.5));
+        assert!(close(c.cbt_cold_over_max_copy, 0.2));
     }
 }

@@ -1,5 +1,6 @@
 //! The transfer runners: one case (a target image on host A, seed images on
-//! host B) sent by a plain full copy, by rsync in its modes, and by cbt.
+//! host B) sent by a plain full copy, by rsync in its modes, and by cbt with
+//! a warm and with a cold digest index on the receiver.
 //!
 //! Every run starts the receiving side first and waits until it listens,
 //! then starts the clock and the sender; it stops the clock when both sides
@@ -7,12 +8,21 @@
 //! span. Each side runs under `/usr/bin/time` for its CPU time and peak RSS.
 //! Every output is checked against the target (byte comparison, or
 //! `qemu-img compare` when cbt wrote a raw copy of a qcow2 target).
+//!
+//! Set-up that a real destination would have done beforehand is done
+//! untimed and its duration recorded apart: rsync's basis copy, and the
+//! warm-up of cbt's digest cache (`cbt --cache DIR index SEED...` on B, as
+//! the daemon `cbt serve` keeps one for its seeds).
+//!
+//! The disk figures of eq. (4) are measured here too: [`dd_read`] (v_d, a
+//! read) and [`dd_copy`] (v_d,copy, a durable local copy).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -67,10 +77,28 @@ pub struct Estimate {
     pub best_found_fraction: f64,
 }
 
+/// The untimed warm-up of cbt's digest cache on B before a [`CbtIndex::Warm`] run.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexWarmup {
+    /// The command run (in B).
+    pub command: String,
+    /// Its wall time, s.
+    pub seconds: f64,
+    /// Its CPU time and peak RSS.
+    pub usage: Option<Usage>,
+    /// Image views indexed (`cbt index --json`: `images`).
+    pub images: u64,
+    /// Of those, taken from the cache (0: the cache directory is fresh).
+    pub from_cache: u64,
+    /// Bytes read to hash them.
+    pub bytes_hashed: u64,
+}
+
 /// One transfer.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
-    /// "full copy", "rsync --inplace", "rsync", "rsync -z ...", "cbt".
+    /// "full copy", "rsync --inplace", "rsync", "rsync -z ...", "cbt",
+    /// "cbt (cold index)".
     pub tool: String,
     /// Wall time, receiver listening to both sides exited.
     pub wall_s: f64,
@@ -93,6 +121,21 @@ pub struct RunResult {
     /// rsync only: seconds the untimed set-up took to copy the basis to the
     /// target path (`cp --sparse=always`), which a user would also pay.
     pub basis_copy_s: Option<f64>,
+    /// Warm cbt only: the untimed warm-up of the receiver's digest cache.
+    pub index_warmup: Option<IndexWarmup>,
+    /// Warm cbt only: whether the digest cache was left untouched by the
+    /// timed run (no cache file written or rewritten), i.e. the receiver
+    /// took every seed's digests from it instead of hashing the seed.
+    pub index_reused: Option<bool>,
+}
+
+impl RunResult {
+    /// Seconds of untimed set-up before the run (basis copy or index
+    /// warm-up), if there was any.
+    pub fn setup_s(&self) -> Option<f64> {
+        self.basis_copy_s
+            .or(self.index_warmup.as_ref().map(|w| w.seconds))
+    }
 }
 
 fn slug(s: &str) -> String {
@@ -112,13 +155,16 @@ fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
     fs::hard_link(from, to).or_else(|_| fs::copy(from, to).map(|_| ()))
 }
 
-/// Host B's directories for a case: `seeds/` (links to the seed images) and
-/// `out/` (where outputs land; holds the companions).
+/// Host B's directories for a case: `seeds/` (links to the seed images),
+/// `out/` (where outputs land; holds the companions) and `cbt-cache/` (the
+/// receiver's digest cache for the warm cbt run, made fresh per case).
 pub struct CaseDirs {
     /// Seed directory.
     pub seeds: PathBuf,
     /// Output directory.
     pub out: PathBuf,
+    /// cbt's digest cache directory on B.
+    pub cache: PathBuf,
     /// The seed files, as host B sees them.
     pub seed_files: Vec<PathBuf>,
 }
@@ -129,6 +175,7 @@ pub fn prepare(env: &Env, case: &Case) -> io::Result<CaseDirs> {
     let _ = fs::remove_dir_all(&root);
     let seeds = root.join("seeds");
     let out = root.join("out");
+    let cache = root.join("cbt-cache");
     fs::create_dir_all(&seeds)?;
     fs::create_dir_all(&out)?;
     let mut seed_files = Vec::new();
@@ -152,6 +199,7 @@ pub fn prepare(env: &Env, case: &Case) -> io::Result<CaseDirs> {
     Ok(CaseDirs {
         seeds,
         out,
+        cache,
         seed_files,
     })
 }
@@ -290,6 +338,8 @@ fn result(
         error: None,
         tool_report: None,
         basis_copy_s: None,
+        index_warmup: None,
+        index_reused: None,
     };
     match r {
         Err(e) => res.error = Some(e.to_string()),
@@ -549,22 +599,118 @@ pub fn rsync(
     res
 }
 
-/// `cbt recv --listen` on B with every seed, `cbt send` on A; both with
-/// `--no-cache` (every digest computed during the run).
-pub fn cbt(env: &Env, case: &Case, dirs: &CaseDirs, image_bytes: u64) -> RunResult {
+/// How the cbt receiver gets the digests of its seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CbtIndex {
+    /// From a digest cache warmed untimed before the run, as the daemon
+    /// (`cbt serve`) keeps one for its seeds: `cbt --cache DIR recv ...`.
+    Warm,
+    /// Hashed inside the timed run: `cbt recv ... --no-cache`.
+    Cold,
+}
+
+impl CbtIndex {
+    /// The table label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CbtIndex::Warm => "cbt",
+            CbtIndex::Cold => "cbt (cold index)",
+        }
+    }
+}
+
+/// Name, length and mtime of every file in `dir`: a fingerprint that shows
+/// whether a run wrote to the cache.
+fn dir_state(dir: &Path) -> io::Result<BTreeMap<String, (u64, SystemTime)>> {
+    let mut m = BTreeMap::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let md = e.metadata()?;
+        m.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            (md.len(), md.modified()?),
+        );
+    }
+    Ok(m)
+}
+
+/// Builds the digest cache of the case's seeds in `dirs.cache` on B
+/// (`cbt --cache DIR index --json SEED...`), untimed as far as the transfer
+/// is concerned.
+fn warm_index(env: &Env, dirs: &CaseDirs) -> io::Result<IndexWarmup> {
+    let _ = fs::remove_dir_all(&dirs.cache);
+    fs::create_dir_all(&dirs.cache)?;
+    let cbt = env.cbt.display().to_string();
+    let mut args: Vec<String> = vec![
+        "--cache".into(),
+        dirs.cache.display().to_string(),
+        "index".into(),
+        "--json".into(),
+    ];
+    args.extend(dirs.seed_files.iter().map(|p| p.display().to_string()));
+    let command = format!("cbt {}", args.join(" "));
+    let t = Instant::now();
+    let side = Side::spawn(&env.link.in_b(), &time_file(env, "index"), &cbt, &args)?;
+    let f = side.wait()?;
+    let seconds = t.elapsed().as_secs_f64();
+    f.check("cbt index (warm-up)")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&f.stdout).map_err(|e| io::Error::other(format!("cbt index --json: {e}")))?;
+    let num = |k: &str| {
+        v[k].as_u64()
+            .ok_or_else(|| io::Error::other(format!("cbt index --json: no {k}")))
+    };
+    Ok(IndexWarmup {
+        command,
+        seconds,
+        usage: f.usage,
+        images: num("images")?,
+        from_cache: num("from_cache")?,
+        bytes_hashed: num("bytes_hashed")?,
+    })
+}
+
+/// `cbt recv --listen` on B with every seed, `cbt send` on A. The sender
+/// always runs with `--no-cache` (it reads and hashes the image in any
+/// case); the receiver takes its seeds' digests from a cache warmed untimed
+/// just before ([`CbtIndex::Warm`]) or hashes them inside the timed run
+/// with `--no-cache` ([`CbtIndex::Cold`]).
+pub fn cbt(env: &Env, case: &Case, dirs: &CaseDirs, image_bytes: u64, index: CbtIndex) -> RunResult {
+    let tool = index.label();
     let out = dirs.out.join("cbt-output.raw");
     let _ = fs::remove_file(&out);
     let link = env.link;
     let cbt = env.cbt.display().to_string();
-    let mut recv: Vec<String> = vec![
+    let mut recv: Vec<String> = Vec::new();
+    let mut warmup = None;
+    let mut cache_before = None;
+    match index {
+        CbtIndex::Warm => {
+            let w = warm_index(env, dirs).and_then(|w| dir_state(&dirs.cache).map(|s| (w, s)));
+            match w {
+                Ok((w, state)) => {
+                    warmup = Some(w);
+                    cache_before = Some(state);
+                }
+                Err(e) => {
+                    return result(tool, image_bytes, Err(e), &out, &case.target, |_, _| None);
+                }
+            }
+            recv.extend(["--cache".into(), dirs.cache.display().to_string()]);
+        }
+        CbtIndex::Cold => {}
+    }
+    recv.extend([
         "recv".into(),
         "--listen".into(),
         link.listen_addr(ports::CBT),
         out.display().to_string(),
         "--json".into(),
-        "--no-cache".into(),
-        "--seed".into(),
-    ];
+    ]);
+    if index == CbtIndex::Cold {
+        recv.push("--no-cache".into());
+    }
+    recv.push("--seed".into());
     recv.extend(dirs.seed_files.iter().map(|p| p.display().to_string()));
     let send: Vec<String> = vec![
         "send".into(),
@@ -574,7 +720,7 @@ pub fn cbt(env: &Env, case: &Case, dirs: &CaseDirs, image_bytes: u64) -> RunResu
         "--no-cache".into(),
     ];
     let r = transfer(env, (&cbt, recv), "listening", (&cbt, send));
-    let res = result("cbt", image_bytes, r, &out, &case.target, |tx, _| {
+    let mut res = result(tool, image_bytes, r, &out, &case.target, |tx, _| {
         serde_json::from_str::<serde_json::Value>(&tx.stdout)
             .ok()
             .map(|v| {
@@ -584,6 +730,9 @@ pub fn cbt(env: &Env, case: &Case, dirs: &CaseDirs, image_bytes: u64) -> RunResu
                 )
             })
     });
+    res.index_warmup = warmup;
+    res.index_reused = cache_before
+        .map(|before| !before.is_empty() && dir_state(&dirs.cache).is_ok_and(|after| after == before));
     let _ = fs::remove_file(&out);
     res
 }
@@ -602,4 +751,25 @@ pub fn dd_read(path: &Path, direct: bool) -> io::Result<f64> {
     let t = Instant::now();
     run(&mut cmd)?;
     Ok(len as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64)
+}
+
+/// A durable local copy of `src` to `dst` on the same disk:
+/// `dd if=SRC of=DST bs=1M oflag=direct conv=fsync`, the source read from
+/// the page cache first (as every tool's input in the harness is); returns
+/// MiB/s and removes `dst`. This is the rate at which any tool can write a
+/// new image to this disk: v_d,copy.
+pub fn dd_copy(src: &Path, dst: &Path) -> io::Result<f64> {
+    let len = fs::metadata(src)?.len();
+    dd_read(src, false)?;
+    let _ = fs::remove_file(dst);
+    let mut cmd = Command::new("dd");
+    cmd.arg(format!("if={}", src.display()))
+        .arg(format!("of={}", dst.display()))
+        .args(["bs=1M", "oflag=direct", "conv=fsync"]);
+    let t = Instant::now();
+    let r = run(&mut cmd);
+    let secs = t.elapsed().as_secs_f64();
+    let _ = fs::remove_file(dst);
+    r?;
+    Ok(len as f64 / secs / (1 << 20) as f64)
 }
