@@ -47,7 +47,9 @@ fn zero_test(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
+    // No HTML plots: they need system fonts, and the figures are read from the terminal.
     Criterion::default()
+        .without_plots()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
 }

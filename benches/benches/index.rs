@@ -1,6 +1,8 @@
-//! Index lookups: an [`Index`] built over a few generated raw images (every
-//! block distinct), probed with digests it holds (hits) and digests it does
-//! not (misses).
+//! The destination index: lookups in an [`Index`] built over a few
+//! generated raw images (every block distinct), probed with digests it
+//! holds (hits) and digests it does not (misses); and insertion, an index
+//! built from a warm digest cache, so no image data is read and the time
+//! is that of loading the cached digests and inserting them.
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
@@ -68,8 +70,42 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
+fn insert(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).expect("create the image dir");
+    let words_per_image = IMAGE_LEN / 8;
+    for i in 0..IMAGES {
+        let path = images.join(format!("seed-{i}.raw"));
+        write_random_image(&path, IMAGE_LEN, SEED, i * words_per_image).expect("write a seed image");
+    }
+    let options = IndexOptions {
+        cache_dir: Some(dir.path().join("cache")),
+        ..Default::default()
+    };
+    let roots = [images];
+    // The first build hashes the images and fills the cache.
+    let first = Index::build(&roots, &options).expect("build the index");
+    let blocks = IMAGES * IMAGE_LEN / BLOCK as u64;
+    assert_eq!(first.stats().unique_blocks, blocks);
+    drop(first);
+
+    let mut g = c.benchmark_group(format!("index_insert_{blocks}_blocks"));
+    g.throughput(Throughput::Elements(blocks));
+    g.bench_function("build_from_warm_cache", |b| {
+        b.iter(|| {
+            let index = Index::build(black_box(&roots), &options).expect("build the index");
+            assert_eq!(index.stats().bytes_hashed, 0, "the cache was not used");
+            index
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
+    // No HTML plots: they need system fonts, and the figures are read from the terminal.
     Criterion::default()
+        .without_plots()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
 }
@@ -77,6 +113,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = lookup
+    targets = lookup, insert
 }
 criterion_main!(benches);

@@ -36,7 +36,9 @@ fn pipeline(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
+    // No HTML plots: they need system fonts, and the figures are read from the terminal.
     Criterion::default()
+        .without_plots()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
 }
