@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-use super::deb::XZ_MEMLIMIT;
+use super::deb::{decompressor, Counting};
 
 /// How an index file is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -156,7 +156,7 @@ pub fn read_index(
 ) -> Result<IndexInfo> {
     let what = compression.name();
     let bad = |e: io::Error| Error::malformed(origin, format!("{what} stream: {e}"));
-    let mut input = Counted {
+    let mut input = Counting {
         inner: input,
         count: 0,
     };
@@ -164,13 +164,10 @@ pub fn read_index(
     {
         let mut dec: Box<dyn Read + '_> = match compression {
             IndexCompression::Plain => Box::new(&mut input),
+            // Multi-member, unlike a .deb member: `gzip -c a b` concatenations occur.
             IndexCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut input)),
-            IndexCompression::Xz => {
-                let s = xz2::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, xz2::stream::CONCATENATED)
-                    .map_err(|e| Error::malformed(origin, format!("xz decoder: {e}")))?;
-                Box::new(xz2::read::XzDecoder::new_stream(&mut input, s))
-            }
-            IndexCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut input).map_err(bad)?),
+            c @ (IndexCompression::Xz | IndexCompression::Zstd) => decompressor(c.suffix(), &mut input)
+                .map_err(|e| Error::malformed(origin, format!("{what} decoder: {e}")))?,
         };
         let mut buf = vec![0u8; 256 << 10];
         loop {
@@ -204,20 +201,6 @@ pub fn read_index(
         return Err(Error::malformed(origin, format!("{what} stream: empty file")));
     }
     Ok(info)
-}
-
-/// Counts the bytes read through it.
-struct Counted<R> {
-    inner: R,
-    count: u64,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -194,8 +194,12 @@ fn parse_size(field: &[u8]) -> Option<u64> {
     s.parse().ok()
 }
 
-/// A decompressing reader for a `*.tar<suffix>` member.
-fn decompressor<'a>(suffix: &str, r: &'a mut dyn Read) -> std::result::Result<Box<dyn Read + 'a>, String> {
+/// A decompressing reader for a `*.tar<suffix>` member (or another file
+/// with that suffix), with the xz memory limit applied.
+pub(super) fn decompressor<'a>(
+    suffix: &str,
+    r: &'a mut dyn Read,
+) -> std::result::Result<Box<dyn Read + 'a>, String> {
     Ok(match suffix {
         "" => Box::new(r),
         ".gz" => Box::new(flate2::read::GzDecoder::new(r)),
@@ -298,9 +302,10 @@ fn drain(r: &mut dyn Read) -> io::Result<u64> {
     io::copy(r, &mut io::sink())
 }
 
-struct Counting<R> {
-    inner: R,
-    count: u64,
+/// Counts the bytes read through it.
+pub(super) struct Counting<R> {
+    pub(super) inner: R,
+    pub(super) count: u64,
 }
 
 impl<R: Read> Read for Counting<R> {
