@@ -4,8 +4,9 @@
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use cbt_benches::random_bytes;
 use cbt_core::{is_zero, Digest};
@@ -46,17 +47,9 @@ fn zero_test(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    // No HTML plots: they need system fonts, and the figures are read from the terminal.
-    Criterion::default()
-        .without_plots()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(3);
     targets = digest, zero_test
 }
 criterion_main!(benches);

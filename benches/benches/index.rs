@@ -6,9 +6,10 @@
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use cbt_benches::{random_bytes, write_random_image, MIB};
 use cbt_core::{Digest, Index, IndexOptions};
@@ -102,17 +103,9 @@ fn insert(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    // No HTML plots: they need system fonts, and the figures are read from the terminal.
-    Criterion::default()
-        .without_plots()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(3);
     targets = lookup, insert
 }
 criterion_main!(benches);

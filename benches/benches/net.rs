@@ -5,8 +5,9 @@
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cbt_benches::random_bytes;
@@ -166,17 +167,9 @@ fn compression(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    // No HTML plots: they need system fonts, and the figures are read from the terminal.
-    Criterion::default()
-        .without_plots()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(4);
     targets = frames, compression
 }
 criterion_main!(benches);

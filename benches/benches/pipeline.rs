@@ -4,7 +4,7 @@
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
-use std::time::Duration;
+mod common;
 
 use cbt_benches::{write_random_image, MIB};
 use cbt_core::{hash_image, HashOptions, Layout, RawImage, DEFAULT_BLOCK_SIZE};
@@ -35,17 +35,9 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    // No HTML plots: they need system fonts, and the figures are read from the terminal.
-    Criterion::default()
-        .without_plots()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(4);
     targets = pipeline
 }
 criterion_main!(benches);

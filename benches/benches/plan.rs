@@ -10,11 +10,12 @@
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::fs::File;
 use std::hint::black_box;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use cbt_benches::{random_bytes, write_random_image, MIB};
 use cbt_core::{estimate, hash_image, open_image, HashOptions, ImageSpec, Index, IndexOptions, Layout};
@@ -88,18 +89,9 @@ fn plan(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    // No HTML plots: they need system fonts, and the figures are read from the terminal.
-    Criterion::default()
-        .without_plots()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(20)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(4).sample_size(20);
     targets = plan
 }
 criterion_main!(benches);

@@ -536,21 +536,7 @@ fn run(opts: Opts) -> std::io::Result<()> {
     let mut results = Vec::new();
     for case in &cases {
         eprintln!("harness: case {}", case.name);
-        let mut cr = CaseResult {
-            case: case.clone(),
-            estimate: None,
-            runs: Vec::new(),
-            max_mib_s: None,
-            max_copy_mib_s: None,
-            best_rsync: None,
-            cbt_over_rsync: None,
-            cbt_over_max: None,
-            cbt_over_max_copy: None,
-            cbt_cold_over_rsync: None,
-            cbt_cold_over_max: None,
-            cbt_cold_over_max_copy: None,
-            error: None,
-        };
+        let mut cr = CaseResult::new(case.clone());
         let prepared =
             runners::prepare(&env, case).and_then(|d| runners::estimate(&env, case, &d).map(|e| (d, e)));
         let (dirs, est) = match prepared {

@@ -101,6 +101,25 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
+    /// A case not run yet: no estimate, runs or ratios.
+    pub fn new(case: Case) -> Self {
+        CaseResult {
+            case,
+            estimate: None,
+            runs: Vec::new(),
+            max_mib_s: None,
+            max_copy_mib_s: None,
+            best_rsync: None,
+            cbt_over_rsync: None,
+            cbt_over_max: None,
+            cbt_over_max_copy: None,
+            cbt_cold_over_rsync: None,
+            cbt_cold_over_max: None,
+            cbt_cold_over_max_copy: None,
+            error: None,
+        }
+    }
+
     /// The verified run of `tool`, if any.
     pub fn run(&self, tool: &str) -> Option<&RunResult> {
         self.runs.iter().find(|r| r.tool == tool && r.verified)
@@ -579,15 +598,6 @@ mod tests {
     #[test]
     fn ratios_use_the_warm_cbt_row_and_both_maxima() {
         let mut c = CaseResult {
-            case: Case {
-                name: "t".into(),
-                group: "synthetic".into(),
-                target: "t.raw".into(),
-                seeds: vec![],
-                delta_nominal: Some(0.0),
-                companions: vec![],
-                note: String::new(),
-            },
             estimate: Some(Estimate {
                 image_bytes: 1 << 20,
                 bytes_missing: 0,
@@ -600,16 +610,15 @@ mod tests {
                 run(CbtIndex::Cold.label(), 40.0),
                 run(CbtIndex::Warm.label(), 100.0),
             ],
-            max_mib_s: None,
-            max_copy_mib_s: None,
-            best_rsync: None,
-            cbt_over_rsync: None,
-            cbt_over_max: None,
-            cbt_over_max_copy: None,
-            cbt_cold_over_rsync: None,
-            cbt_cold_over_max: None,
-            cbt_cold_over_max_copy: None,
-            error: None,
+            ..CaseResult::new(Case {
+                name: "t".into(),
+                group: "synthetic".into(),
+                target: "t.raw".into(),
+                seeds: vec![],
+                delta_nominal: Some(0.0),
+                companions: vec![],
+                note: String::new(),
+            })
         };
         // ΔD = 0: each maximum is its v_d.
         c.summarize(400.0, 200.0, 10.0);
