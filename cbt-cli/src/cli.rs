@@ -248,6 +248,7 @@ impl CommonOpts {
             threads: self.threads,
             exclude: Vec::new(),
             package_caches: self.package_cache.clone(),
+            stop: None,
         };
         Ok(Config {
             index,

@@ -57,7 +57,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             if json {
                 println_json(&est)
             } else {
-                let mut out = std::io::stdout().lock();
+                let mut out = crate::stdout::stdout();
                 writeln!(
                     out,
                     "{}: {} bytes, {} non-zero blocks ({} bytes), {} zero blocks",
@@ -98,7 +98,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                     images_list: index.images(),
                 })
             } else {
-                let mut out = std::io::stdout().lock();
+                let mut out = crate::stdout::stdout();
                 for img in index.images() {
                     writeln!(
                         out,
@@ -189,7 +189,10 @@ pub fn copy(
             drop(tx);
             summary
         });
-        let records = rx.iter().flat_map(|batch| batch.into_iter().map(Ok));
+        // The records own the receiving end: when the reconstruction stops
+        // early (an unwritable output, a full disk), dropping them wakes the
+        // hashing thread instead of leaving it blocked on a full channel.
+        let records = rx.into_iter().flat_map(|batch| batch.into_iter().map(Ok));
         let result = reconstruct(
             &layout,
             records,
@@ -202,9 +205,18 @@ pub fn copy(
         let summary = hasher
             .join()
             .map_err(|_| anyhow::anyhow!("hashing thread panicked"))?;
-        // A failure to read the source explains any failure of the reconstruction.
-        let summary = summary.with_context(|| format!("reading {spec}"))?;
-        let report = result?;
+        // A failure to read the source explains any failure of the
+        // reconstruction; a hasher that only stopped because the
+        // reconstruction failed explains nothing.
+        let report = match (summary, result) {
+            (Err(e), _) if !matches!(e, cbt_core::Error::Stopped(_)) => {
+                return Err(anyhow::Error::new(e).context(format!("reading {spec}")))
+            }
+            (_, Err(e)) => return Err(e.into()),
+            (Err(e), Ok(_)) => return Err(anyhow::Error::new(e).context(format!("reading {spec}"))),
+            (Ok(summary), Ok(report)) => (summary, report),
+        };
+        let (summary, report) = report;
         if summary.image_digest.to_hex() != report.image_digest {
             bail!("internal error: source digest changed during the copy");
         }
@@ -224,7 +236,7 @@ fn print_copy(report: &Report, stats: &IndexStats, json: bool) -> anyhow::Result
         }
         return println_json(&Out { report, index: stats });
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout::stdout();
     let pct = |n: u64| {
         if report.blocks_total > 0 {
             n as f64 * 100.0 / report.blocks_total as f64
@@ -271,7 +283,7 @@ fn print_copy(report: &Report, stats: &IndexStats, json: bool) -> anyhow::Result
 }
 
 fn println_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout::stdout();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())

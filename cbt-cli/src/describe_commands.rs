@@ -149,7 +149,7 @@ pub fn describe(_config: &Config, args: DescribeArgs) -> anyhow::Result<()> {
 }
 
 fn print_description(d: &Description) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout::stdout();
     writeln!(out, "image: {}", d.image)?;
     for f in &d.filesystems {
         let part = f
@@ -287,7 +287,7 @@ pub fn teleport(config: &Config, args: TeleportArgs) -> anyhow::Result<()> {
 }
 
 fn print_plan(p: &TeleportPlan) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout::stdout();
     let secs = |s: Option<f64>| s.map(|s| format!(", about {s:.1} s")).unwrap_or_default();
     writeln!(
         out,
@@ -387,7 +387,7 @@ pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bo
     }
     let e = &est.estimate;
     let pc = &est.package_cache;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout::stdout();
     writeln!(
         out,
         "{}: {} bytes, {} non-zero blocks ({} bytes), {} zero blocks",
@@ -435,7 +435,7 @@ fn canonical(p: &Path) -> Option<PathBuf> {
 }
 
 fn println_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout::stdout();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())

@@ -29,7 +29,7 @@ impl Exit {
                     | cbt_core::Error::Unsupported { .. }
                     | cbt_core::Error::BackingCycle { .. }
                     | cbt_core::Error::NoSuchSnapshot { .. } => Exit::BadInput,
-                    cbt_core::Error::Io { .. } => Exit::Io,
+                    cbt_core::Error::Io { .. } | cbt_core::Error::NotRegular { .. } => Exit::Io,
                     cbt_core::Error::Verification { .. } => Exit::Verification,
                     cbt_core::Error::Config(_) => Exit::Usage,
                     cbt_core::Error::Stopped(_) => continue,

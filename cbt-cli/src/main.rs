@@ -9,6 +9,7 @@ mod exit_codes;
 mod net_commands;
 mod progress;
 mod serve_config;
+mod stdout;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
     match commands::run(opts) {
         Ok(()) => Exit::Ok.into(),
         Err(err) => {
-            if is_broken_pipe(&err) {
+            if stdout::is_stdout_closed(&err) {
                 return Exit::Ok.into();
             }
             let mut stderr = std::io::stderr().lock();
@@ -64,11 +65,4 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }

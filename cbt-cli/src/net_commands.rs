@@ -300,7 +300,11 @@ pub fn serve(config: &Config, s: ServeSettings) -> anyhow::Result<()> {
     options.secret = client.secret;
     options.max_connections = s.max_connections;
     options.timeouts = client.timeouts;
-    options.handshake_timeout = client.handshake_timeout;
+    options.preauth.total = s.max_unauthenticated;
+    options.preauth.per_address = (s.max_unauthenticated / 4).max(1);
+    options.preauth.deadline = Duration::from_secs(s.handshake_timeout);
+    options.partials.max_bytes = s.max_partial_bytes;
+    options.partials.max_age = Duration::from_secs(s.partial_max_age);
     options.bwlimit = client.bwlimit;
     options.send = send_options(config, Some(&s.compress))?;
     options.receive.format = s.format;
@@ -473,7 +477,7 @@ pub fn parse_rate(s: &str) -> anyhow::Result<u64> {
 }
 
 fn print_report(r: &TransferReport, json: bool) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout::stdout();
     if json {
         #[derive(Serialize)]
         struct Out<'a> {

@@ -16,6 +16,10 @@
 //! format = "raw"                # or "qcow2"
 //! compress = "zstd:3"           # or "none"
 //! bwlimit = "50M"               # bytes per second, per pull
+//! max_partial_bytes = 68719476736  # partial outputs kept for resumes, in all
+//! partial_max_age = 86400       # seconds; older partial outputs are removed
+//! max_unauthenticated = 64      # connections still in their handshake
+//! handshake_timeout = 5         # seconds for a new connection to authenticate
 //! ```
 //!
 //! Precedence: a flag given on the command line, then (for the secret) the
@@ -41,6 +45,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:4730";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
 /// Seconds of silence after which a peer is dropped, by default.
 pub const DEFAULT_IDLE_TIMEOUT: u64 = 120;
+/// Partial outputs kept for resumes, in all, by default (64 GiB).
+pub const DEFAULT_MAX_PARTIAL_BYTES: u64 = 64 << 30;
+/// Age after which a kept partial output is removed, by default (a day).
+pub const DEFAULT_PARTIAL_MAX_AGE: u64 = 24 * 3600;
+/// Unauthenticated connections at once, by default.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
+/// Seconds a new connection has to authenticate, by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: u64 = 5;
 /// Compression of blocks sent, by default.
 pub const DEFAULT_COMPRESS: &str = "zstd";
 
@@ -62,6 +74,10 @@ pub struct ServeFile {
     format: Option<String>,
     compress: Option<String>,
     bwlimit: Option<String>,
+    max_partial_bytes: Option<u64>,
+    partial_max_age: Option<u64>,
+    max_unauthenticated: Option<usize>,
+    handshake_timeout: Option<u64>,
 }
 
 impl ServeFile {
@@ -159,6 +175,15 @@ pub struct ServeSettings {
     pub compress: String,
     /// Rate limit per pull, as given (`50M`).
     pub bwlimit: Option<String>,
+    /// Bytes of partial outputs kept for resumes, in all.
+    pub max_partial_bytes: u64,
+    /// Seconds after which a partial output is removed.
+    pub partial_max_age: u64,
+    /// Connections still in their handshake, at most (the oldest is
+    /// dropped for a new one).
+    pub max_unauthenticated: usize,
+    /// Seconds a new connection has to authenticate.
+    pub handshake_timeout: u64,
 }
 
 impl ServeSettings {
@@ -222,6 +247,10 @@ impl ServeSettings {
                 .or(f.compress)
                 .unwrap_or_else(|| DEFAULT_COMPRESS.to_string()),
             bwlimit: flags.bwlimit.or(f.bwlimit),
+            max_partial_bytes: f.max_partial_bytes.unwrap_or(DEFAULT_MAX_PARTIAL_BYTES),
+            partial_max_age: f.partial_max_age.unwrap_or(DEFAULT_PARTIAL_MAX_AGE),
+            max_unauthenticated: f.max_unauthenticated.unwrap_or(DEFAULT_MAX_UNAUTHENTICATED),
+            handshake_timeout: f.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
         };
         s.check()?;
         Ok(s)
@@ -243,6 +272,12 @@ impl ServeSettings {
         }
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
+        }
+        if self.max_unauthenticated == 0 {
+            bail!("max_unauthenticated must be at least 1");
+        }
+        if !(1..=300).contains(&self.handshake_timeout) {
+            bail!("handshake_timeout must be between 1 and 300 seconds");
         }
         if self.idle_timeout < 5 {
             bail!("the idle timeout must be at least 5 seconds");

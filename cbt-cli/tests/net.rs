@@ -745,27 +745,38 @@ fn connection_cap_and_idle_timeout() {
         &args!["--max-connections", "1", "--idle-timeout", "5"],
     );
 
-    // A silent client takes the only slot...
+    // A silent client does not take the only slot: slots are taken after
+    // authentication.
     let mut idle = TcpStream::connect(&addr).unwrap();
     let since = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
-    let (status, _, err) =
-        Proc::spawn(&env, &args!["send", src, format!("{addr}/a.img")]).finish(Duration::from_secs(60));
-    assert!(!status.success(), "{err}");
-    assert!(err.contains("busy"), "{err}");
-
-    // ...until the idle timeout turns it away with an error.
-    let answer = server_answer(&mut idle);
-    assert!(has_error_frame(&answer), "{answer:?}");
-    assert!(
-        since.elapsed() >= Duration::from_secs(4),
-        "closed after {:?}",
-        since.elapsed()
-    );
-    drop(idle);
-    std::thread::sleep(Duration::from_millis(100));
     let v = cbt_json(&env, &args!["send", src, format!("{addr}/a.img")]);
     check_summary(&v);
+
+    // It is turned away at the handshake deadline (5 s), with an error.
+    let answer = server_answer(&mut idle);
+    assert!(has_error_frame(&answer), "{answer:?}");
+    let waited = since.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+    drop(idle);
+
+    // A transfer holds the only slot (slowed by --bwlimit): the next is told
+    // the server is busy.
+    let big = noise_image(&env, "big.img", 4, 17);
+    let slow = Proc::spawn(
+        &env,
+        &args!["send", "--bwlimit", "256K", big, format!("{addr}/b.img")],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, _, err) =
+        Proc::spawn(&env, &args!["send", src, format!("{addr}/c.img")]).finish(Duration::from_secs(60));
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("busy"), "{err}");
+    let (status, _, err) = slow.finish(Duration::from_secs(90));
+    assert!(status.success(), "{err}");
 }
 
 #[test]

@@ -54,6 +54,15 @@ pub enum Error {
         /// The name asked for.
         name: String,
     },
+    /// A name inside a directory cbt writes to is a symbolic link, a
+    /// directory or a device where a regular file must be.
+    #[error("{path}: {reason}")]
+    NotRegular {
+        /// The name concerned.
+        path: PathBuf,
+        /// What is there instead.
+        reason: String,
+    },
     /// An invalid argument or configuration value.
     #[error("invalid configuration: {0}")]
     Config(String),

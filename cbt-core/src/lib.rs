@@ -43,6 +43,9 @@ mod index;
 pub use index::{Index, IndexOptions, IndexStats, IndexedImage, Location};
 mod output;
 mod reconstruct;
+mod safe_fs;
+
+pub use safe_fs::{Dir, Entry as DirEntry};
 
 pub use output::{temp_path_for, OutputFile, OutputFormat};
 pub use reconstruct::{

@@ -1,9 +1,11 @@
 //! Writing the reconstructed image: raw (sparse, zero blocks left as holes)
 //! or qcow2 (through `imago`). Output always goes to a temporary file next
 //! to the final path; [`OutputFile::publish`] renames it only when asked,
-//! after verification.
+//! after verification. The temporary file is created, reopened and renamed
+//! through a handle of the output's directory ([`Dir`]), never through a
+//! symbolic link.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +17,12 @@ use crossbeam_channel::{bounded, Sender};
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
 use imago::{
-    DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Storage,
-    StorageCreateOptions,
+    DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, StorageOpenOptions,
 };
 
 use crate::error::{Error, Result};
 use crate::image::{Image, Qcow2Image, RawImage};
+use crate::safe_fs::{self, Dir};
 
 /// Format of the reconstructed image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -42,6 +44,10 @@ enum Writer {
 pub struct OutputFile {
     final_path: PathBuf,
     temp_path: PathBuf,
+    /// The directory of both paths, and the two names in it.
+    dir: Dir,
+    final_name: String,
+    temp_name: String,
     format: OutputFormat,
     writer: Option<Writer>,
     len: u64,
@@ -128,27 +134,19 @@ impl OutputFile {
     /// Creates the temporary output for an image of `len` bytes.
     pub fn create(final_path: &Path, format: OutputFormat, len: u64) -> Result<Self> {
         let temp_path = temp_path_for(final_path);
+        let dir = Dir::of(final_path)?;
+        let final_name = safe_fs::file_name(final_path)?.to_string();
+        let temp_name = safe_fs::file_name(&temp_path)?.to_string();
+        let file = dir.create_replacing(&temp_name)?;
         let writer = match format {
             OutputFormat::Raw => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&temp_path)
-                    .map_err(|e| Error::io(&temp_path, "create output", e))?;
-                f.set_len(len)
+                file.set_len(len)
                     .map_err(|e| Error::io(&temp_path, "size output", e))?;
-                Writer::Raw(f)
+                Writer::Raw(file)
             }
             OutputFormat::Qcow2 => {
-                let storage = ImagoFile::create_open(
-                    StorageCreateOptions::new()
-                        .filename(&temp_path)
-                        .size(0)
-                        .overwrite(true),
-                )
-                .map_err(|e| Error::io(&temp_path, "create output", e))?;
+                let storage = ImagoFile::from_open_file(file, qcow2_storage(&temp_path))
+                    .map_err(|e| Error::io(&temp_path, "create output", e))?;
                 let qcow2 = Qcow2::<ImagoFile>::create_builder(storage)
                     .size(len)
                     .create_open(DenyImplicitOpenGate::default(), |image| {
@@ -165,6 +163,9 @@ impl OutputFile {
         Ok(OutputFile {
             final_path: final_path.to_path_buf(),
             temp_path,
+            dir,
+            final_name,
+            temp_name,
             format,
             writer: Some(writer),
             len,
@@ -258,15 +259,19 @@ impl OutputFile {
         if self.writer.is_some() {
             return Ok(());
         }
+        let file = self.dir.open_existing(&self.temp_name, true)?.ok_or_else(|| {
+            Error::io(
+                &self.temp_path,
+                "reopen output",
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?;
         self.writer = Some(match self.format {
-            OutputFormat::Raw => Writer::Raw(
-                OpenOptions::new()
-                    .write(true)
-                    .open(&self.temp_path)
-                    .map_err(|e| Error::io(&self.temp_path, "reopen output", e))?,
-            ),
+            OutputFormat::Raw => Writer::Raw(file),
             OutputFormat::Qcow2 => {
-                let qcow2 = Qcow2::<ImagoFile>::builder_path(&self.temp_path)
+                let storage = ImagoFile::from_open_file(file, qcow2_storage(&self.temp_path))
+                    .map_err(|e| Error::io(&self.temp_path, "reopen output", e))?;
+                let qcow2 = Qcow2::<ImagoFile>::builder(storage)
                     .write(true)
                     .open(DenyImplicitOpenGate::default())
                     .map_err(|e| Error::io(&self.temp_path, "reopen output", e))?;
@@ -280,17 +285,9 @@ impl OutputFile {
     /// sync of the directory so the rename survives a crash).
     pub fn publish(mut self) -> Result<PathBuf> {
         self.finish_writing()?;
-        fs::rename(&self.temp_path, &self.final_path)
-            .map_err(|e| Error::io(&self.final_path, "rename output", e))?;
-        if let Some(dir) = self.final_path.parent().filter(|_| self.durable) {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
+        self.dir.rename(&self.temp_name, &self.final_name)?;
+        if self.durable {
+            self.dir.sync()?;
         }
         Ok(self.final_path.clone())
     }
@@ -298,6 +295,16 @@ impl OutputFile {
     /// Removes the temporary file (after a failure).
     pub fn discard(mut self) {
         self.writer = None;
-        let _ = fs::remove_file(&self.temp_path);
+        let _ = self.dir.remove(&self.temp_name);
     }
+
+    /// The directory the output is written in.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+}
+
+/// How imago is told about a qcow2 output we opened ourselves.
+fn qcow2_storage(path: &Path) -> StorageOpenOptions {
+    StorageOpenOptions::new().filename(path).write(true)
 }

@@ -11,7 +11,7 @@
 //! Local copies run at disk speed while missing blocks arrive at the
 //! source's speed; channels are bounded, so memory is too.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +29,7 @@ use crate::index::{Index, Location};
 use crate::layout::Layout;
 use crate::output::{OutputFile, OutputFormat};
 use crate::pipeline::{hash_image, BlockKind, BlockRecord, HashOptions, ImageDigester, ZeroDigests};
+use crate::safe_fs::{self, Dir};
 
 /// Largest run of contiguous local blocks copied with one read.
 const MAX_RUN_BYTES: u64 = 1 << 20;
@@ -274,7 +275,8 @@ pub fn reconstruct(
         );
         Ok((digest, repaired))
     })();
-    let _ = fs::remove_file(&manifest_path);
+    let _ = output.dir().remove(safe_fs::file_name(&manifest_path)?);
+    index.refresh_changed_seeds();
     match result {
         Ok(((image_digest, counters), repaired)) => {
             let published = output.publish()?;
@@ -410,7 +412,7 @@ fn plan(
     progress: Option<&Progress>,
 ) -> Result<()> {
     let stopped = || Error::Stopped("reconstruction stopped".into());
-    let manifest = File::create(manifest_path).map_err(|e| Error::io(manifest_path, "create manifest", e))?;
+    let manifest = output_dir_file(manifest_path, |dir, name| dir.create_replacing(name))?;
     let mut manifest = BufWriter::with_capacity(1 << 20, manifest);
     // Zero blocks are left as holes in the manifest (an all-zero entry means
     // "a zero block"), so a sparse image costs no manifest space for its zeros.
@@ -524,6 +526,7 @@ fn copy_local(
             Err(_) => false,
         };
         let mut good_bytes = 0u64;
+        let mut good_count = 0u64;
         let mut pos = 0usize;
         let base = run.blocks[0].offset;
         let mut good_from: Option<usize> = None;
@@ -538,6 +541,7 @@ fn copy_local(
             let ok = readable && Digest::of(&buf[pos..end]) == b.digest;
             if ok {
                 good_bytes += u64::from(b.len);
+                good_count += 1;
                 counters.local.fetch_add(1, Ordering::Relaxed);
                 good_from.get_or_insert(pos);
             } else {
@@ -554,6 +558,10 @@ fn copy_local(
         }
         if let Some(from) = good_from.take() {
             flush(from, pos)?;
+        }
+        let (good_blocks, bad_blocks) = (good_count, run.blocks.len() as u64 - good_count);
+        if readable {
+            index.note_seed_check(run.image, good_blocks, bad_blocks);
         }
         counters.local_bytes.fetch_add(good_bytes, Ordering::Relaxed);
         if let Some(p) = progress {
@@ -575,7 +583,15 @@ pub fn verify_output(
     manifest_path: &Path,
 ) -> Result<u64> {
     let written = output.finish_writing()?;
-    let manifest = File::open(manifest_path).map_err(|e| Error::io(manifest_path, "open manifest", e))?;
+    let manifest = output_dir_file(manifest_path, |dir, name| {
+        dir.open_existing(name, false)?.ok_or_else(|| {
+            Error::io(
+                manifest_path,
+                "open manifest",
+                std::io::ErrorKind::NotFound.into(),
+            )
+        })
+    })?;
     let mut manifest = BufReader::with_capacity(1 << 20, manifest);
     let mut zeros = ZeroDigests::default();
     let mut bad: Vec<BlockRef> = Vec::new();
@@ -666,6 +682,13 @@ fn repair(bad: &[BlockRef], source: &mut dyn BlockSource, output: &OutputFile) -
     })
 }
 
+/// Opens a side file next to an output through a handle of its directory
+/// (never through a link).
+fn output_dir_file(path: &Path, open: impl FnOnce(&Dir, &str) -> Result<File>) -> Result<File> {
+    let dir = Dir::of(path)?;
+    open(&dir, safe_fs::file_name(path)?)
+}
+
 /// Appends one block digest to a verification manifest.
 pub fn write_manifest_entry(w: &mut impl Write, digest: &Digest, path: &Path) -> Result<()> {
     w.write_all(&digest.0)
@@ -683,6 +706,7 @@ mod tests {
     use crate::image::RawImage;
     use crate::index::IndexOptions;
     use crate::output::temp_path_for;
+    use std::fs;
     use std::os::unix::fs::FileExt;
 
     /// Serves blocks from an image, and on its first call damages the

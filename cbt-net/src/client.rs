@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use cbt_core::Image;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 use crate::connection::{Counters, FrameReader, FrameWriter, Link, Shutdown, Timeouts};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, Mode};
 use crate::handshake::{self, Secret};
+use crate::preauth::{authenticate, PreAuth, PreAuthLimits};
 use crate::receiver::{receive, ReceiveOptions};
 use crate::sender::{send, SendOptions};
 use crate::tls::{self, Accepted, BoxRead, BoxWrite, TlsClient, TlsServer};
@@ -221,8 +223,10 @@ async fn wait(mut s: Shutdown) {
 
 /// The one-shot receiver: accepts connections on `listener` until a client
 /// that passes the handshake pushes an image, and receives that one.
-/// Clients that fail the handshake (wrong secret, not cbt) are turned away
-/// and the receiver keeps waiting.
+/// Handshakes run side by side under the unauthenticated-connection budget
+/// (see `preauth`), so a silent or slow connection never delays a real
+/// client; clients that fail the handshake (wrong secret, not cbt) are
+/// turned away and the receiver keeps waiting.
 pub async fn receive_once(
     listener: TcpListener,
     receive_options: ReceiveOptions,
@@ -230,63 +234,54 @@ pub async fn receive_once(
     shutdown: Shutdown,
 ) -> Result<TransferReport> {
     let mut stop = shutdown.clone();
-    loop {
-        let (stream, addr) = tokio::select! {
-            a = listener.accept() => a.map_err(|e| Error::io("listener", "accept", e))?,
-            _ = stop.wait() => return Err(Error::Cancelled),
-        };
-        let peer = addr.to_string();
-        let (mut reader, mut writer) = match accept_stream(
-            stream,
-            options.tls_server.as_ref(),
-            &peer,
-            options.handshake_timeout,
-        )
-        .await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(%peer, "turned away: {e}");
-                continue;
+    let limits = PreAuthLimits {
+        deadline: options.handshake_timeout.min(PreAuthLimits::default().deadline),
+        ..PreAuthLimits::default()
+    };
+    let gate = PreAuth::new(limits);
+    let mut handshakes = JoinSet::new();
+    let (reader, writer, peer) = loop {
+        tokio::select! {
+            a = listener.accept() => {
+                let (stream, addr) = a.map_err(|e| Error::io("listener", "accept", e))?;
+                let peer = addr.to_string();
+                let ticket = gate.admit(addr.ip());
+                let (tls, secret) = (options.tls_server.clone(), options.secret.clone());
+                handshakes.spawn(async move {
+                    let r = authenticate(stream, &peer, tls.as_ref(), secret.as_ref(), ticket, limits.deadline).await;
+                    (peer, r)
+                });
             }
-        };
-        let request = match handshake::server(
-            &mut reader,
-            &mut writer,
-            &peer,
-            options.secret.as_ref(),
-            options.handshake_timeout,
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(%peer, "turned away: {e}");
-                if !matches!(e, Error::Auth { .. }) {
-                    let _ = writer
-                        .send(&Frame::Error {
-                            message: e.to_string(),
-                        })
-                        .await;
+            Some(joined) = handshakes.join_next(), if !handshakes.is_empty() => {
+                let Ok((peer, result)) = joined else { continue };
+                let ((reader, mut writer), request) = match result {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(%peer, "turned away: {e}");
+                        continue;
+                    }
+                };
+                let refusal = match (request.mode, request.name.is_empty()) {
+                    (Mode::Push, true) => None,
+                    (Mode::Push, false) => Some("this is a one-shot receiver: send without a /NAME"),
+                    (Mode::Pull, _) => Some("this is a one-shot receiver: it only accepts pushes"),
+                };
+                if let Some(reason) = refusal {
+                    tracing::warn!(%peer, "refused: {reason}");
+                    let _ = request.refuse(&mut writer, reason).await;
+                    continue;
                 }
-                continue;
+                request.accept(&mut writer).await?;
+                break (reader, writer, peer);
             }
-        };
-        let refusal = match (request.mode, request.name.is_empty()) {
-            (Mode::Push, true) => None,
-            (Mode::Push, false) => Some("this is a one-shot receiver: send without a /NAME"),
-            (Mode::Pull, _) => Some("this is a one-shot receiver: it only accepts pushes"),
-        };
-        if let Some(reason) = refusal {
-            tracing::warn!(%peer, "refused: {reason}");
-            let _ = request.refuse(&mut writer, reason).await;
-            continue;
+            _ = stop.wait() => return Err(Error::Cancelled),
         }
-        request.accept(&mut writer).await?;
-        tracing::info!(%peer, "receiving");
-        let link = Link::spawn(reader, writer, options.timeouts, shutdown.clone());
-        return receive(link, receive_options, shutdown).await;
-    }
+    };
+    // One client is in: the others waiting in their handshakes are dropped.
+    handshakes.abort_all();
+    tracing::info!(%peer, "receiving");
+    let link = Link::spawn(reader, writer, options.timeouts, shutdown.clone());
+    receive(link, receive_options, shutdown).await
 }
 
 #[cfg(test)]

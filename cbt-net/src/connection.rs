@@ -413,6 +413,25 @@ impl Link {
         reader.abort();
     }
 
+    /// After the connection failed under us (a write error, a close): the
+    /// peer's own explanation, when its ERROR frame arrived before the
+    /// connection went (or arrives within `limit`). A daemon that runs out
+    /// of disk says so and closes; our next write then fails with EPIPE,
+    /// and the useful message is the one still queued behind it.
+    pub async fn peer_error(&mut self, limit: Duration) -> Option<String> {
+        tokio::time::timeout(limit, async {
+            while let Some(item) = self.incoming.recv().await {
+                if let Ok(Frame::Error { message }) = item {
+                    return Some(message);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Sends an error to the peer (best effort) and closes.
     pub async fn fail(self, message: String) {
         let _ = tokio::time::timeout(

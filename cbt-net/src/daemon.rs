@@ -2,13 +2,18 @@
 //! (seeding from its seed roots and from the data directory itself) and
 //! serves pulls from its export directory.
 //!
-//! One task per connection, at most `max_connections` at once (a client
-//! over the cap is told the server is busy). Every connection passes the
-//! handshake (and the secret, when one is configured) before anything else;
-//! names are checked by [`check_name`]; two transfers never write the same
-//! name at once. On shutdown the daemon stops accepting, tells running
-//! transfers to stop (their partial outputs stay at hidden temporary paths,
-//! never at a final path) and waits for them.
+//! One task per connection. Until it authenticates, a connection holds only
+//! a place in a small budget of unauthenticated connections, with a short
+//! deadline (see `preauth`): silent clients can neither take transfer slots
+//! nor keep a legitimate client out. After authentication it takes one of
+//! `max_connections` transfer slots (a client over the cap is told the
+//! server is busy). Names are checked by [`check_name`]; two transfers never
+//! write the same name at once, but a push to a name whose earlier transfer
+//! lost its peer takes over as soon as that transfer has noticed (at once,
+//! whatever stage it is in). Before each push, kept partial outputs are
+//! bounded ([`PartialLimits`]). On shutdown the daemon stops accepting,
+//! tells running transfers to stop (their partial outputs stay at hidden
+//! temporary paths, never at a final path) and waits for them.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -21,18 +26,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::client::accept_stream;
 use crate::connection::{Link, Shutdown, Timeouts};
 use crate::error::{Error, Result};
-use crate::frame::{Frame, Mode};
-use crate::handshake::{self, Secret};
+use crate::frame::Mode;
+use crate::handshake::Secret;
 use crate::names::check_name;
+use crate::partials::PartialLimits;
+use crate::preauth::{authenticate, PreAuth, PreAuthLimits, Ticket};
 use crate::receiver::{receive, ReceiveOptions};
 use crate::sender::{send, SendOptions};
 use crate::tls::TlsServer;
 
 /// How long running transfers get to stop after a shutdown request.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// How long a push waits for an earlier transfer to the same name to
+/// notice that its peer is gone and let go of the name.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// Settings of the daemon.
 #[derive(Debug, Clone)]
@@ -45,12 +54,14 @@ pub struct ServeOptions {
     pub export: Option<PathBuf>,
     /// Required shared secret.
     pub secret: Option<Secret>,
-    /// Connections served at once.
+    /// Authenticated connections (transfers) served at once.
     pub max_connections: usize,
     /// Idle and keepalive timing.
     pub timeouts: Timeouts,
-    /// Limit on the handshake.
-    pub handshake_timeout: Duration,
+    /// Budget and deadline of connections that have not authenticated.
+    pub preauth: PreAuthLimits,
+    /// Bounds on partial outputs kept for resumes.
+    pub partials: PartialLimits,
     /// Template for receiving (format, index settings, windows); the output
     /// and seeds are set per transfer.
     pub receive: ReceiveOptions,
@@ -72,7 +83,8 @@ impl ServeOptions {
             secret: None,
             max_connections: 8,
             timeouts: Timeouts::default(),
-            handshake_timeout: Duration::from_secs(30),
+            preauth: PreAuthLimits::default(),
+            partials: PartialLimits::default(),
             receive: ReceiveOptions::new(PathBuf::new()),
             send: SendOptions::default(),
             bwlimit: None,
@@ -110,6 +122,22 @@ impl State {
             name: name.to_string(),
         })
     }
+
+    /// Claims `name`, waiting a little for a transfer that holds it: one
+    /// whose peer died lets go as soon as it notices, so a retry right after
+    /// a killed sender takes over instead of being refused.
+    async fn claim_or_wait(&self, name: &str) -> Option<Claim<'_>> {
+        let until = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            if let Some(c) = self.claim(name) {
+                return Some(c);
+            }
+            if tokio::time::Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Serves connections from `listener` until `shutdown` resolves, then stops
@@ -134,6 +162,7 @@ pub async fn serve(
         }
     }
     let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let preauth = PreAuth::new(options.preauth);
     let state = Arc::new(State {
         options,
         busy: Mutex::new(HashSet::new()),
@@ -155,20 +184,11 @@ pub async fn serve(
                     }
                 };
                 let peer = addr.to_string();
-                match Arc::clone(&limit).try_acquire_owned() {
-                    Ok(permit) => {
-                        let (state, stop) = (Arc::clone(&state), stop.clone());
-                        tasks.spawn(async move {
-                            connection(stream, peer, &state, stop).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        tracing::warn!(%peer, "refused: too many connections");
-                        let (tls, limit) = (state.options.tls.clone(), state.options.handshake_timeout);
-                        tasks.spawn(busy(stream, peer, tls, limit));
-                    }
-                }
+                let ticket = preauth.admit(addr.ip());
+                let (state, stop, limit) = (Arc::clone(&state), stop.clone(), Arc::clone(&limit));
+                tasks.spawn(async move {
+                    connection(stream, peer, &state, stop, ticket, limit).await;
+                });
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
@@ -185,52 +205,35 @@ pub async fn serve(
     Ok(())
 }
 
-/// Tells a client over the connection cap to come back later.
-async fn busy(stream: TcpStream, peer: String, tls: Option<TlsServer>, limit: Duration) {
-    let _ = tokio::time::timeout(limit, async {
-        let (mut reader, mut writer) = accept_stream(stream, tls.as_ref(), &peer, limit).await?;
-        writer.write_preamble().await?;
-        reader.read_preamble().await?;
-        writer
-            .send(&Frame::Error {
-                message: "server busy: too many connections, try again later".into(),
-            })
-            .await
-    })
-    .await;
-}
-
-async fn connection(stream: TcpStream, peer: String, state: &State, stop: Shutdown) {
+async fn connection(
+    stream: TcpStream,
+    peer: String,
+    state: &State,
+    stop: Shutdown,
+    ticket: Ticket,
+    limit: Arc<Semaphore>,
+) {
     let o = &state.options;
-    let (mut reader, mut writer) =
-        match accept_stream(stream, o.tls.as_ref(), &peer, o.handshake_timeout).await {
-            Ok(h) => h,
+    let deadline = o.preauth.deadline;
+    let ((reader, mut writer), request) =
+        match authenticate(stream, &peer, o.tls.as_ref(), o.secret.as_ref(), ticket, deadline).await {
+            Ok(a) => a,
+            Err(e @ (Error::Timeout { .. } | Error::Refused(_) | Error::Closed { .. })) => {
+                tracing::debug!(%peer, "turned away: {e}");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(%peer, "turned away: {e}");
                 return;
             }
         };
-    let request = match handshake::server(
-        &mut reader,
-        &mut writer,
-        &peer,
-        o.secret.as_ref(),
-        o.handshake_timeout,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(%peer, "turned away: {e}");
-            if !matches!(e, Error::Auth { .. }) {
-                let _ = writer
-                    .send(&Frame::Error {
-                        message: e.to_string(),
-                    })
-                    .await;
-            }
-            return;
-        }
+    // Authenticated: only now does the connection take a transfer slot.
+    let Ok(_slot) = limit.try_acquire_owned() else {
+        tracing::warn!(%peer, "refused: too many connections");
+        let _ = request
+            .refuse(&mut writer, "server busy: too many connections, try again later")
+            .await;
+        return;
     };
     let name = match check_name(&request.name) {
         Ok(n) => n.to_string(),
@@ -249,7 +252,7 @@ async fn connection(stream: TcpStream, peer: String, state: &State, stop: Shutdo
                     .await;
                 return;
             }
-            let Some(_claim) = state.claim(&name) else {
+            let Some(_claim) = state.claim_or_wait(&name).await else {
                 let _ = request
                     .refuse(
                         &mut writer,
@@ -263,6 +266,7 @@ async fn connection(stream: TcpStream, peer: String, state: &State, stop: Shutdo
             }
             tracing::info!(%peer, %name, "receiving");
             let mut options = o.receive.clone();
+            options.partials = Some(o.partials);
             options.output = path;
             options.seeds = o.seeds.clone();
             options.seeds.extend(data_dir_images(&o.data_dir));

@@ -16,6 +16,8 @@
 //!   daemon (push and pull), with connection cap, idle timeouts and graceful
 //!   shutdown;
 //! - [`resume`]: partial outputs kept after a failure and used as seeds;
+//!   [`partials`]: the daemon's bound on them (total bytes, age);
+//! - `preauth`: the budget and deadline of unauthenticated connections;
 //! - [`tls`]: optional TLS (rustls) beneath the framing;
 //! - [`Progress`]: live counters of a transfer, for a progress display.
 #![forbid(unsafe_code)]
@@ -29,6 +31,8 @@ mod error;
 pub mod frame;
 pub mod handshake;
 pub mod names;
+pub mod partials;
+mod preauth;
 mod progress;
 pub mod receiver;
 pub mod resume;

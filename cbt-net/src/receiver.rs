@@ -30,10 +30,11 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read};
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -49,6 +50,7 @@ use crate::compress::Decompressor;
 use crate::connection::{Counters, Link, Shutdown};
 use crate::error::{Error, Result};
 use crate::frame::{Begin, BlockRange, DoneStats, Encoding, Frame, GroupEntry};
+use crate::partials::{self, PartialLimits};
 use crate::progress::{Phase, Progress};
 use crate::resume;
 use crate::TransferReport;
@@ -94,6 +96,9 @@ pub struct ReceiveOptions {
     pub window_bytes: u64,
     /// Live counters for a progress display.
     pub progress: Option<Arc<Progress>>,
+    /// Bound the partial outputs kept in the output's directory (the
+    /// daemon's data directory) before writing; None: leave them.
+    pub partials: Option<PartialLimits>,
 }
 
 impl ReceiveOptions {
@@ -107,6 +112,7 @@ impl ReceiveOptions {
             window_groups: 1024,
             window_bytes: 32 << 20,
             progress: None,
+            partials: None,
         }
     }
 }
@@ -139,14 +145,23 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
             let mut incoming = std::mem::replace(&mut link.incoming, dummy_rx);
             let (events_tx, events) = mpsc::unbounded_channel();
             let frames = events_tx.clone();
+            // Set the moment the connection fails, so that stages which do
+            // not read frames (building the index) stop at once too.
+            let peer_gone = Arc::new(AtomicBool::new(false));
+            let gone = Arc::clone(&peer_gone);
             let forward = tokio::spawn(async move {
                 while let Some(f) = incoming.recv().await {
+                    if f.is_err() {
+                        gone.store(true, Ordering::SeqCst);
+                    }
                     if frames.send(Event::Frame(f)).is_err() {
                         break;
                     }
                 }
+                gone.store(true, Ordering::SeqCst);
             });
             let channels = Channels {
+                peer_gone,
                 events,
                 events_tx,
                 outgoing: link.outgoing.clone(),
@@ -196,6 +211,8 @@ type EngineResult = (Layout, DoneStats, Digest, PathBuf);
 
 /// The engine's connections to the rest of the receiver.
 struct Channels {
+    /// True once the connection failed or closed.
+    peer_gone: Arc<AtomicBool>,
     events: mpsc::UnboundedReceiver<Event>,
     /// For the predictor threads' verdicts.
     events_tx: mpsc::UnboundedSender<Event>,
@@ -231,6 +248,9 @@ fn run_engine(
         )));
     }
 
+    if let (Some(limits), Some(dir)) = (&options.partials, options.output.parent()) {
+        partials::make_room(dir, &options.output, layout.len(), limits);
+    }
     // Seeds: the roots given, earlier partial outputs, and the previous
     // version of the output itself.
     let mut seeds = options.seeds.clone();
@@ -240,7 +260,12 @@ fn run_engine(
     }
     let mut index_options = options.index.clone();
     index_options.block_size = layout.block_size();
-    let index = Arc::new(Index::build(&seeds, &index_options)?);
+    index_options.stop = Some(Arc::clone(&channels.peer_gone));
+    let index = match Index::build(&seeds, &index_options) {
+        Ok(i) => Arc::new(i),
+        Err(_) if channels.peer_gone.load(Ordering::SeqCst) => return Err(Error::Closed { peer }),
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(
         images = index.stats().images,
         unique_blocks = index.stats().unique_blocks,
@@ -252,13 +277,12 @@ fn run_engine(
 
     let output = Arc::new(OutputFile::create(&options.output, options.format, layout.len())?);
     let manifest_path = resume::manifest_path(&options.output);
-    let manifest = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&manifest_path)
-        .map_err(|e| cbt_core::Error::io(&manifest_path, "create manifest", e))?;
+    let manifest_name = manifest_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let manifest = output.dir().create_replacing(&manifest_name)?;
     manifest
         .set_len(map.blocks() * 32)
         .map_err(|e| cbt_core::Error::io(&manifest_path, "size manifest", e))?;
@@ -279,10 +303,12 @@ fn run_engine(
         outgoing,
         ..
     } = engine;
-    let _ = fs::remove_file(&manifest_path);
+    shared.index.refresh_changed_seeds();
     let Some(Ok(output)) = shared.output.map(Arc::try_unwrap) else {
+        let _ = fs::remove_file(&manifest_path);
         return Err(Error::Config("the output is still in use".into()));
     };
+    let _ = output.dir().remove(&manifest_name);
     match result {
         Ok(digest) => {
             let published = output.publish()?;
@@ -292,7 +318,10 @@ fn run_engine(
             Ok((layout, stats, digest, published))
         }
         Err(e) => {
-            if matches!(e, Error::Core(cbt_core::Error::Verification { .. })) {
+            if !(e.is_connection_loss() || matches!(e, Error::Remote { .. })) {
+                // A verification failure, a full disk, a protocol error: what
+                // was written is not worth keeping (and a partial left by a
+                // full disk would make every later push fail the same way).
                 output.discard();
             } else {
                 // Keep what arrived for the next attempt; make it readable.
@@ -818,7 +847,7 @@ impl Engine {
 
         // The manifest must describe the source exactly.
         let manifest_path = self.shared.manifest_path.clone();
-        if manifest_digest(layout, &manifest_path)? != expected {
+        if manifest_digest(layout, &self.shared.manifest, &manifest_path)? != expected {
             return Err(cbt_core::Error::Verification {
                 path: self.shared.output()?.temp_path().to_path_buf(),
                 reason: "the block digests gathered do not reproduce the source's image digest".into(),
@@ -1339,9 +1368,17 @@ impl Engine {
 
 /// The image digest of the digests in a manifest, as
 /// [`cbt_core::ImageDigester`] computes it over block records.
-fn manifest_digest(layout: &Layout, path: &Path) -> Result<Digest> {
-    let file = File::open(path).map_err(|e| cbt_core::Error::io(path, "open manifest", e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+fn manifest_digest(layout: &Layout, file: &File, path: &Path) -> Result<Digest> {
+    // Read through the handle we created (a second open by name could be
+    // sent elsewhere by a link planted meanwhile).
+    let mut reader = BufReader::with_capacity(
+        1 << 20,
+        file.try_clone()
+            .map_err(|e| cbt_core::Error::io(path, "open manifest", e))?,
+    );
+    reader
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| cbt_core::Error::io(path, "read manifest", e))?;
     let mut digester = ImageDigester::new(layout);
     let mut entry = [0u8; 32];
     for b in layout.blocks() {

@@ -105,6 +105,15 @@ pub async fn send(mut link: Link, image: Arc<dyn Image>, options: &SendOptions) 
             ))
         }
         Err(e) => {
+            let e = match e {
+                Error::Closed { .. } | Error::Io { .. } => {
+                    match link.peer_error(Duration::from_secs(2)).await {
+                        Some(message) => Error::Remote { peer, message },
+                        None => e,
+                    }
+                }
+                e => e,
+            };
             match &e {
                 Error::Remote { .. } | Error::Closed { .. } | Error::Io { .. } => {
                     link.close(Duration::from_secs(2)).await

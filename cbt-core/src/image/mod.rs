@@ -130,6 +130,7 @@ impl fmt::Display for ImageSpec {
 
 /// Opens an image (raw or qcow2, detected by magic) or one of its internal snapshots.
 pub fn open_image(spec: &ImageSpec) -> Result<Arc<dyn Image>> {
+    check_input_kind(&spec.path)?;
     let format = detect_format(&spec.path)?;
     match (&spec.snapshot, format) {
         (None, ImageFormat::Raw) => Ok(Arc::new(RawImage::open(&spec.path)?)),
@@ -140,6 +141,34 @@ pub fn open_image(spec: &ImageSpec) -> Result<Arc<dyn Image>> {
             name: name.clone(),
         }),
     }
+}
+
+/// Refuses inputs that are not images: character devices (`/dev/zero`
+/// has no end and no size), fifos, sockets and directories. Regular files
+/// and block devices (which have a size) pass. Checked before opening, as
+/// opening a fifo would block.
+pub(crate) fn check_input_kind(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, "open", e))?
+        .file_type();
+    let what = if t.is_file() || t.is_block_device() {
+        return Ok(());
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_fifo() {
+        "a fifo"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::malformed(
+        path,
+        format!("is {what}, not an image (cbt reads regular files and block devices, which have a size)"),
+    ))
 }
 
 /// Reads as much of `buf` as the file has at `offset`, retrying on

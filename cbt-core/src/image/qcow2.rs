@@ -121,6 +121,18 @@ pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(chain)
 }
 
+/// An error from imago: one carrying an OS error number is an I/O error;
+/// any other is imago's verdict on the file's content (an unaligned table
+/// entry, a bad compressed cluster, an unsupported refcount order), so the
+/// input is malformed, not the disk failing.
+fn imago_error(path: &Path, op: &'static str, e: std::io::Error) -> Error {
+    if e.raw_os_error().is_some() {
+        Error::io(path, op, e)
+    } else {
+        Error::malformed(path, format!("{op}: {e}"))
+    }
+}
+
 impl Qcow2Image {
     /// Opens the qcow2 image at `path` read-only, with its backing chain.
     pub fn open(path: &Path) -> Result<Self> {
@@ -130,7 +142,7 @@ impl Qcow2Image {
         let qcow2 = Qcow2::<ImagoFile>::builder_path(path)
             .write(false)
             .open(PermissiveImplicitOpenGate::default())
-            .map_err(|e| Error::io(path, "open qcow2", e))?;
+            .map_err(|e| imago_error(path, "open qcow2", e))?;
         Ok(Qcow2Image {
             path: path.to_path_buf(),
             header,
@@ -174,7 +186,7 @@ impl Image for Qcow2Image {
         check_range(&|| self.label(), self.len(), offset, buf.len())?;
         self.access
             .read(&mut *buf, offset)
-            .map_err(|e| Error::io(&self.path, "read qcow2 data", e))
+            .map_err(|e| imago_error(&self.path, "read qcow2 data", e))
     }
 
     fn data_extents(&self, start: u64, end: u64, scope: ExtentScope) -> Result<Vec<Extent>> {
@@ -187,7 +199,7 @@ impl Image for Qcow2Image {
                     let (m, len) = self
                         .access
                         .get_shallow_mapping(pos, end - pos)
-                        .map_err(|e| Error::io(&self.path, "read qcow2 mapping", e))?;
+                        .map_err(|e| imago_error(&self.path, "read qcow2 mapping", e))?;
                     if let ShallowMapping::Raw { storage, offset, .. } = &m {
                         self.check_in_file(storage, *offset, len, pos)?;
                     }
@@ -198,7 +210,7 @@ impl Image for Qcow2Image {
                     let (m, len) = self
                         .access
                         .get_mapping(pos, end - pos)
-                        .map_err(|e| Error::io(&self.path, "read qcow2 mapping", e))?;
+                        .map_err(|e| imago_error(&self.path, "read qcow2 mapping", e))?;
                     if let imago::Mapping::Raw { storage, offset, .. } = &m {
                         self.check_in_file(storage, *offset, len, pos)?;
                     }

@@ -21,6 +21,7 @@ pub struct RawImage {
 impl RawImage {
     /// Opens `path` read-only.
     pub fn open(path: &Path) -> Result<Self> {
+        super::check_input_kind(path)?;
         let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         let (len, sparse_aware) = if meta.is_file() {

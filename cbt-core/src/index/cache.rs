@@ -5,14 +5,17 @@
 //! the file's size, mtime, inode and device; if any differ, the image has
 //! changed and is hashed again. Files carry a magic, a version and a BLAKE3
 //! checksum of their whole content; a file that fails any check is rebuilt,
-//! never trusted. Files are written to a temporary name and renamed.
+//! never trusted. Files are written to a temporary name and renamed, and
+//! opened only through a handle of the cache directory, never through a
+//! symbolic link planted there.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::safe_fs::Dir;
 
 const MAGIC: &[u8; 8] = b"CBTDIGS\0";
 const VERSION: u32 = 1;
@@ -65,17 +68,28 @@ impl DigestCache {
         DigestCache { dir }
     }
 
-    fn file_for(&self, identity: &str) -> (PathBuf, [u8; 32]) {
+    /// The cache file's name in the directory, and the identity's hash.
+    fn file_for(&self, identity: &str) -> (String, [u8; 32]) {
         let id = *blake3::hash(identity.as_bytes()).as_bytes();
         let name: String = id[..16].iter().map(|b| format!("{b:02x}")).collect();
-        (self.dir.join(format!("{name}.cbtdig")), id)
+        (format!("{name}.cbtdig"), id)
     }
 
     /// Loads the digests for `identity` if the cache holds a valid entry for
     /// exactly this file state. Any defect means "not cached".
     pub(crate) fn load(&self, identity: &str, stamp: &FileStamp, block_size: u32) -> Option<ImageDigests> {
-        let (path, id) = self.file_for(identity);
-        let bytes = fs::read(&path).ok()?;
+        let (name, id) = self.file_for(identity);
+        let path = self.dir.join(&name);
+        let dir = Dir::open(&self.dir).ok()?;
+        let mut bytes = Vec::new();
+        match dir.open_existing(&name, false) {
+            Ok(Some(mut f)) => f.read_to_end(&mut bytes).ok()?,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!("ignoring digest cache entry: {e}");
+                return None;
+            }
+        };
         match decode(&bytes, &id, stamp, block_size) {
             Ok(d) => Some(d),
             Err(reason) => {
@@ -94,19 +108,28 @@ impl DigestCache {
         d: &ImageDigests,
     ) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, "create cache directory", e))?;
-        let (path, id) = self.file_for(identity);
+        let dir = Dir::open(&self.dir)?;
+        let (name, id) = self.file_for(identity);
+        let path = self.dir.join(&name);
         let bytes = encode(&id, stamp, block_size, d);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_data()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io(&path, "write digest cache", e)
-        })
+        let tmp = format!("{name}.tmp{}", std::process::id());
+        let mut f = dir.create_replacing(&tmp)?;
+        let written = f
+            .write_all(&bytes)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| Error::io(&path, "write digest cache", e))
+            .and_then(|()| dir.rename(&tmp, &name));
+        if written.is_err() {
+            let _ = dir.remove(&tmp);
+        }
+        written
+    }
+
+    /// Drops the entry for `identity`, so the next index build hashes the
+    /// image again (its content changed without its stamp changing).
+    pub(crate) fn forget(&self, identity: &str) -> Result<()> {
+        let (name, _) = self.file_for(identity);
+        Dir::open(&self.dir)?.remove(&name)
     }
 }
 
@@ -225,12 +248,45 @@ mod tests {
         other.mtime_nsec += 1;
         assert_eq!(cache.load("a", &other, 4096), None);
         // Flip one byte of the stored file: rejected by the checksum.
-        let (path, _) = cache.file_for("a");
+        let (name, _) = cache.file_for("a");
+        let path = dir.path().join("cache").join(name);
         let mut bytes = fs::read(&path).unwrap();
         bytes[HEADER_LEN + 3] ^= 1;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(cache.load("a", &stamp, 4096), None);
         fs::write(&path, &bytes[..10]).unwrap();
         assert_eq!(cache.load("a", &stamp, 4096), None);
+        cache.forget("a").unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn never_writes_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.img");
+        fs::write(&img, b"x").unwrap();
+        let stamp = FileStamp::of(&img).unwrap();
+        let cache_dir = dir.path().join("cache");
+        fs::create_dir(&cache_dir).unwrap();
+        let cache = DigestCache::new(cache_dir.clone());
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let (name, _) = cache.file_for("a");
+        std::os::unix::fs::symlink(
+            &victim,
+            cache_dir.join(format!("{name}.tmp{}", std::process::id())),
+        )
+        .unwrap();
+        let d = ImageDigests {
+            len: 4096,
+            total_blocks: 1,
+            zero_blocks: 0,
+            entries: vec![(1, 0)],
+        };
+        let e = cache.store("a", &stamp, 4096, &d).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::os::unix::fs::symlink(&victim, cache_dir.join(&name)).unwrap();
+        assert_eq!(cache.load("a", &stamp, 4096), None);
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
     }
 }

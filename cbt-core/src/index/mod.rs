@@ -12,6 +12,7 @@ mod cache;
 mod discover;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 
@@ -51,6 +52,9 @@ pub struct IndexOptions {
     /// blocks, as do the apt index files there (see
     /// [`crate::prepare_package_blobs`]).
     pub package_caches: Vec<PathBuf>,
+    /// Stop building (with [`Error::Stopped`]) once this becomes true: the
+    /// receiver sets it the moment its peer goes away.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for IndexOptions {
@@ -62,6 +66,16 @@ impl Default for IndexOptions {
             threads: 0,
             exclude: Vec::new(),
             package_caches: Vec::new(),
+            stop: None,
+        }
+    }
+}
+
+impl IndexOptions {
+    fn check_stop(&self) -> Result<()> {
+        match &self.stop {
+            Some(s) if s.load(Ordering::Relaxed) => Err(Error::Stopped("index build stopped".into())),
+            _ => Ok(()),
         }
     }
 }
@@ -160,7 +174,26 @@ pub struct Index {
     per_image: Option<Vec<Vec<u64>>>,
     /// The padded blobs of the package caches, indexed as extra raw images.
     package_blobs: Option<PackageBlobs>,
+    /// Per image: blocks re-read from it that matched or did not match.
+    checks: Vec<SeedChecks>,
+    /// Per image: its digest cache identity, when its digests are cached.
+    identities: Vec<Option<String>>,
+    cache: Option<DigestCache>,
 }
+
+/// Re-read blocks of one seed that matched their indexed digest, and not.
+#[derive(Debug, Default)]
+struct SeedChecks {
+    good: AtomicU64,
+    bad: AtomicU64,
+}
+
+/// A seed whose re-read blocks mismatch this often changed under its
+/// stamp (rewritten in place with `touch -r`, a block device): its cached
+/// digests are dropped so the next index build hashes it again.
+const STALE_SEED_MIN_BAD: u64 = 16;
+/// ... when more than 1 in this many re-read blocks mismatched.
+const STALE_SEED_ONE_IN: u64 = 20;
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,6 +252,9 @@ impl Index {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(c) = candidates.get(i) else { break };
+                    if options.check_stop().is_err() {
+                        break;
+                    }
                     match digests_for(c, options, cache.as_ref()) {
                         Ok((digests, from_cache, hashed)) => {
                             insert(&shards, i as u32, &digests);
@@ -247,6 +283,7 @@ impl Index {
             }
         });
 
+        options.check_stop()?;
         // Keep the images that indexed; renumber is unnecessary because
         // failed images simply have no entries pointing at them.
         let mut images = Vec::with_capacity(candidates.len());
@@ -295,7 +332,18 @@ impl Index {
             bytes_hashed,
         };
         let handles = images.iter().map(|_| OnceLock::new()).collect();
+        let checks = images.iter().map(|_| SeedChecks::default()).collect();
+        let identities = candidates
+            .iter()
+            .map(|c| {
+                let cached = cache.is_some() && c.spec.path.metadata().is_ok_and(|m| m.is_file());
+                cached.then(|| cache_identity(c, &c.spec.path, options.block_size))
+            })
+            .collect();
         Ok(Index {
+            checks,
+            identities,
+            cache,
             block_size: options.block_size,
             images,
             handles,
@@ -373,7 +421,50 @@ impl Index {
             return Ok(false);
         }
         image.read_at(buf, location.offset)?;
-        Ok(Digest::of(buf) == *expected)
+        let ok = Digest::of(buf) == *expected;
+        self.note_seed_check(location.image, u64::from(ok), u64::from(!ok));
+        Ok(ok)
+    }
+
+    /// Records that `good` blocks re-read from image `i` matched their
+    /// digests and `bad` did not (callers that read seeds themselves).
+    pub fn note_seed_check(&self, i: u32, good: u64, bad: u64) {
+        if let Some(c) = self.checks.get(i as usize) {
+            c.good.fetch_add(good, Ordering::Relaxed);
+            c.bad.fetch_add(bad, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops the cached digests of every seed whose re-read blocks often
+    /// failed to match (it changed without its size, mtime or inode
+    /// changing), so the next run hashes it again; says so at info level.
+    /// Returns those seeds. Call at the end of a run.
+    pub fn refresh_changed_seeds(&self) -> Vec<ImageSpec> {
+        let mut refreshed = Vec::new();
+        for (i, c) in self.checks.iter().enumerate() {
+            let (good, bad) = (c.good.load(Ordering::Relaxed), c.bad.load(Ordering::Relaxed));
+            if bad < STALE_SEED_MIN_BAD || bad * STALE_SEED_ONE_IN <= good + bad {
+                continue;
+            }
+            let spec = &self.images[i].spec;
+            let (Some(cache), Some(identity)) = (&self.cache, &self.identities[i]) else {
+                tracing::info!(
+                    "{spec}: {bad} of {} blocks read from this seed no longer match its digests",
+                    good + bad
+                );
+                continue;
+            };
+            match cache.forget(identity) {
+                Ok(()) => tracing::info!(
+                    "{spec}: {bad} of {} blocks read from this seed no longer match its cached digests \
+                     (changed without a new mtime?); it will be hashed again on the next run",
+                    good + bad
+                ),
+                Err(e) => tracing::warn!("{spec}: cannot drop its stale cached digests: {e}"),
+            }
+            refreshed.push(spec.clone());
+        }
+        refreshed
     }
 }
 
@@ -415,6 +506,7 @@ fn digests_for(
     };
     let mut skipped_as_hole = 0u64;
     let summary = hash_image(image.as_ref(), &layout, &hash_opts, |records| {
+        options.check_stop()?;
         for r in records {
             match r.kind {
                 BlockKind::Data(d) if r.offset % SECTOR == 0 && r.offset >> OFFSET_BITS == 0 => {
