@@ -39,6 +39,11 @@ pub struct CommonOpts {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Re-read the whole output and check every block before publishing
+    /// it (copy, recv, serve). Without it, every block is checked as it is
+    /// written and the image digest is folded from those checks.
+    #[arg(long, global = true)]
+    pub verify_readback: bool,
     /// Directory of .deb package archives whose files also seed blocks, as
     /// do apt index files there (Packages, Release, ... plain or .xz, .gz,
     /// .zst; e.g. a mirror's dists/ or /var/lib/apt/lists). Repeatable;
@@ -65,9 +70,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
         format: FormatArg,
-        /// Skip re-reading the output before publishing it (every block is
-        /// still hashed on its way in).
-        #[arg(long)]
+        /// Accepted for old scripts: not re-reading is now the default
+        /// (see --verify-readback).
+        #[arg(long, hide = true)]
         no_readback: bool,
         /// Print a JSON summary.
         #[arg(long)]
@@ -219,6 +224,8 @@ pub struct Config {
     pub index: IndexOptions,
     /// Worker threads (0: one per core).
     pub threads: usize,
+    /// Re-read outputs before publishing them.
+    pub verify_readback: bool,
 }
 
 impl CommonOpts {
@@ -253,6 +260,7 @@ impl CommonOpts {
         Ok(Config {
             index,
             threads: self.threads,
+            verify_readback: self.verify_readback,
         })
     }
 }

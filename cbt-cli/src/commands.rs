@@ -33,7 +33,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             let options = ReconstructOptions {
                 format: format.into(),
                 threads: config.threads,
-                verify_readback: !no_readback,
+                verify_readback: config.verify_readback && !no_readback,
             };
             let show = crate::progress::wanted(json);
             let (report, stats) = copy(&config, &spec, &dst, &seeds, &options, show)?;

@@ -251,6 +251,7 @@ pub fn recv(
     options.format = format;
     options.seeds = seeds;
     options.index = config.index.clone();
+    options.verify_readback = config.verify_readback;
     let counters = Arc::new(Progress::default());
     options.progress = Some(Arc::clone(&counters));
     let bar = Bar::start(progress::wanted(json), move || {
@@ -308,6 +309,7 @@ pub fn serve(config: &Config, s: ServeSettings) -> anyhow::Result<()> {
     options.bwlimit = client.bwlimit;
     options.send = send_options(config, Some(&s.compress))?;
     options.receive.format = s.format;
+    options.receive.verify_readback = config.verify_readback;
     options.receive.index = config.index.clone();
     options.receive.index.package_caches = s.package_cache;
     options.tls = client.tls_server;

@@ -11,9 +11,13 @@
 //!   output) producing a [`BlockRecord`] per block;
 //! - [`Index`]: every block of every image and snapshot at the destination,
 //!   with a persistent per-image digest cache;
-//! - [`reconstruct`]: plans each block (zero, local, missing), copies local
-//!   blocks after re-hashing them, fetches missing ones from a [`BlockSource`],
-//!   and publishes the output only after the whole image verifies.
+//! - [`assemble`]: the one assembly engine: the output (at a temporary
+//!   path), the single check of every block ([`Checked`] → [`VerifiedRun`],
+//!   the only thing its writer accepts), the manifest of checked digests,
+//!   verification against the source's image digest, optional readback and
+//!   repair, publish;
+//! - [`reconstruct`]: `cbt copy`'s planner, local copiers and fetcher over
+//!   the assembly engine, with missing blocks from a [`BlockSource`].
 #![forbid(unsafe_code)]
 
 mod digest;
@@ -49,9 +53,11 @@ pub use safe_fs::{Dir, Entry as DirEntry};
 
 pub use output::{temp_path_for, OutputFile, OutputFormat};
 pub use reconstruct::{
-    image_digest, reconstruct, verify_output, write_manifest_entry, BlockRef, BlockSource, ImageBlockSource,
-    Progress, ReconstructOptions, Report,
+    image_digest, reconstruct, BlockRef, BlockSource, ImageBlockSource, Progress, ReconstructOptions, Report,
 };
+pub mod assemble;
+
+pub use assemble::{Assembly, AssemblyOptions, Checked, Expected, VerifiedRun};
 mod estimate;
 
 pub use estimate::{estimate, Commonality, Estimate};

@@ -1,7 +1,9 @@
-//! Reconstruction: from a source image's block records and the destination
-//! index, plan every block (zero, local, missing), copy local blocks after
-//! re-hashing them, fetch missing ones from a [`BlockSource`], and publish
-//! the output only when it verifies against the source.
+//! Reconstruction (`cbt copy`): from a source image's block records and the
+//! destination index, plan every block (zero, local, missing), copy local
+//! blocks after re-hashing them, fetch missing ones from a [`BlockSource`].
+//! Every block goes through the one assembly engine ([`Assembly`]), which
+//! checks it, records its digest and publishes the output only when the
+//! recorded digests reproduce the source's image digest.
 //!
 //! ```text
 //!                 ┌─▶ local copier × N ──(seed changed)──┐
@@ -11,8 +13,6 @@
 //! Local copies run at disk speed while missing blocks arrive at the
 //! source's speed; channels are bounded, so memory is too.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,25 +22,23 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 
+use crate::assemble::{Assembly, AssemblyOptions, Checked, Expected};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::index::{Index, Location};
 use crate::layout::Layout;
-use crate::output::{OutputFile, OutputFormat};
+use crate::output::OutputFormat;
 use crate::pipeline::{hash_image, BlockKind, BlockRecord, HashOptions, ImageDigester, ZeroDigests};
-use crate::safe_fs::{self, Dir};
 
 /// Largest run of contiguous local blocks copied with one read.
 const MAX_RUN_BYTES: u64 = 1 << 20;
-/// Repair rounds after a failed verification.
-const REPAIR_ROUNDS: usize = 2;
-/// Most mismatching blocks a repair will try to fix.
-const MAX_REPAIR_BLOCKS: usize = 1 << 20;
 
 /// A block wanted from the source: where it goes and what it must hash to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRef {
+    /// Index of the block in the layout.
+    pub index: u64,
     /// Byte offset in the image.
     pub offset: u64,
     /// Length in bytes.
@@ -113,8 +111,8 @@ pub struct ReconstructOptions {
     /// Local copier threads (0: one per core).
     pub threads: usize,
     /// Re-read the whole output and compare every block before publishing
-    /// (otherwise the check relies on every written block having been
-    /// hashed on its way in).
+    /// (by default the check relies on every written block having been
+    /// hashed on its way in, see [`crate::assemble`]).
     pub verify_readback: bool,
 }
 
@@ -123,7 +121,7 @@ impl Default for ReconstructOptions {
         ReconstructOptions {
             format: OutputFormat::Raw,
             threads: 0,
-            verify_readback: true,
+            verify_readback: false,
         }
     }
 }
@@ -249,37 +247,26 @@ pub fn reconstruct(
             index.block_size()
         )));
     }
-    let mut output = OutputFile::create(output_path, options.format, layout.len())?;
-    let manifest_path = output.temp_path().with_extension("cbt-manifest");
+    let assembly_options = AssemblyOptions {
+        format: options.format,
+        durable: true,
+        verify_readback: options.verify_readback,
+    };
+    let mut assembly = Assembly::create(output_path, layout, &assembly_options)?;
     let result = (|| {
-        let digest = assemble(
-            layout,
-            records,
-            index,
-            source,
-            &output,
-            &manifest_path,
-            options,
-            progress,
-        )?;
+        let (digest, counters) = assemble(layout, records, index, source, &assembly, options, progress)?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "all blocks written");
-        let repaired = if options.verify_readback {
-            verify_output(layout, &mut output, source, &manifest_path)?
-        } else {
-            output.finish_writing()?;
-            0
-        };
+        let repaired = assembly.finish(&digest, source)?;
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
             "output synced and verified"
         );
-        Ok((digest, repaired))
+        Ok((digest, counters, repaired))
     })();
-    let _ = output.dir().remove(safe_fs::file_name(&manifest_path)?);
     index.refresh_changed_seeds();
     match result {
-        Ok(((image_digest, counters), repaired)) => {
-            let published = output.publish()?;
+        Ok((image_digest, counters, repaired)) => {
+            let published = assembly.publish()?;
             Ok(Report {
                 image_bytes: layout.len(),
                 blocks_total: layout.block_count(),
@@ -296,22 +283,20 @@ pub fn reconstruct(
             })
         }
         Err(e) => {
-            output.discard();
+            assembly.discard();
             Err(e)
         }
     }
 }
 
-/// Runs planner, local copiers and fetcher; writes the manifest of source
-/// digests for verification. Returns the image digest of the records.
-#[allow(clippy::too_many_arguments)]
+/// Runs planner, local copiers and fetcher, all writing through
+/// `assembly`. Returns the image digest of the records.
 fn assemble(
     layout: &Layout,
     records: impl Iterator<Item = Result<BlockRecord>>,
     index: &Index,
     source: &mut dyn BlockSource,
-    output: &OutputFile,
-    manifest_path: &Path,
+    assembly: &Assembly,
     options: &ReconstructOptions,
     progress: Option<&Progress>,
 ) -> Result<(Digest, Counters)> {
@@ -334,12 +319,12 @@ fn assemble(
             let spawned = thread::Builder::new()
                 .name(format!("cbt-local-{i}"))
                 .spawn_scoped(s, move || {
-                    if let Err(e) = copy_local(&rx, &wanted, index, output, counters, progress) {
+                    if let Err(e) = copy_local(&rx, &wanted, index, assembly, counters, progress) {
                         failure.set(e);
                     }
                 });
             if let Err(e) = spawned {
-                failure.set(Error::io(output.temp_path(), "spawn copier thread", e));
+                failure.set(Error::io(assembly.temp_path(), "spawn copier thread", e));
             }
         }
         drop(local_rx);
@@ -348,14 +333,23 @@ fn assemble(
             .name("cbt-fetch".into())
             .spawn_scoped(s, move || {
                 let name = source.name();
+                let mut zeros = ZeroDigests::default();
                 let mut deliver = |b: BlockRef, data: &[u8]| -> Result<()> {
-                    if data.len() != b.len as usize || Digest::of(data) != b.digest {
+                    let checked = Checked::each(
+                        b.index,
+                        b.offset,
+                        data,
+                        &[b.len],
+                        Expected::Digests(&[b.digest]),
+                        &mut zeros,
+                    );
+                    if data.len() != b.len as usize || !checked.good().first().copied().unwrap_or(false) {
                         return Err(Error::BlockSource {
                             name: name.clone(),
                             source: format!("block at offset {} does not match its digest", b.offset).into(),
                         });
                     }
-                    output.write_at(data, b.offset)?;
+                    assembly.write_checked(&checked)?;
                     counters_ref.missing.fetch_add(1, Ordering::Relaxed);
                     counters_ref
                         .missing_bytes
@@ -370,7 +364,7 @@ fn assemble(
                 }
             });
         if let Err(e) = spawned {
-            failure.set(Error::io(output.temp_path(), "spawn fetcher thread", e));
+            failure.set(Error::io(assembly.temp_path(), "spawn fetcher thread", e));
         }
 
         let planned = plan(
@@ -380,7 +374,6 @@ fn assemble(
             &local_tx,
             &wanted_tx,
             &mut digester,
-            manifest_path,
             &failure,
             &counters,
             progress,
@@ -397,7 +390,7 @@ fn assemble(
     Ok((digester.finish(), counters))
 }
 
-/// The planner: decides every block and records the source digests.
+/// The planner: decides every block and folds the source's image digest.
 #[allow(clippy::too_many_arguments)]
 fn plan(
     layout: &Layout,
@@ -406,20 +399,14 @@ fn plan(
     local_tx: &Sender<LocalRun>,
     wanted_tx: &Sender<BlockRef>,
     digester: &mut ImageDigester,
-    manifest_path: &Path,
     failure: &Failure,
     counters: &Counters,
     progress: Option<&Progress>,
 ) -> Result<()> {
     let stopped = || Error::Stopped("reconstruction stopped".into());
-    let manifest = output_dir_file(manifest_path, |dir, name| dir.create_replacing(name))?;
-    let mut manifest = BufWriter::with_capacity(1 << 20, manifest);
-    // Zero blocks are left as holes in the manifest (an all-zero entry means
-    // "a zero block"), so a sparse image costs no manifest space for its zeros.
-    let mut zero_entries_pending = 0i64;
     let mut run: Option<LocalRun> = None;
     let mut expected = layout.blocks();
-    for record in records {
+    for (block_index, record) in (0u64..).zip(records) {
         if failure.is_set() {
             return Err(stopped());
         }
@@ -434,22 +421,16 @@ fn plan(
             }
         }
         digester.push(&r);
-        match r.kind {
-            BlockKind::Zero => zero_entries_pending += 1,
-            BlockKind::Data(d) => {
-                skip_zero_entries(&mut manifest, zero_entries_pending, manifest_path)?;
-                zero_entries_pending = 0;
-                write_manifest_entry(&mut manifest, &d, manifest_path)?;
-            }
-        }
         if let Some(p) = progress {
             p.blocks_planned.fetch_add(1, Ordering::Relaxed);
         }
         let BlockKind::Data(digest) = r.kind else {
+            // Zero blocks stay holes in the output and in the manifest.
             counters.zero.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let b = BlockRef {
+            index: block_index,
             offset: r.offset,
             len: r.len,
             digest,
@@ -481,36 +462,23 @@ fn plan(
             "the source's block records ended before the image did".into(),
         ));
     }
-    manifest
-        .flush()
-        .and_then(|()| manifest.get_ref().set_len(layout.block_count() * 32))
-        .map_err(|e| Error::io(manifest_path, "write manifest", e))?;
     Ok(())
 }
 
-/// Leaves `count` zero entries in the manifest: written out when few (no
-/// flush), a hole when many (a seek, which flushes the buffer).
-fn skip_zero_entries(manifest: &mut BufWriter<File>, count: i64, path: &Path) -> Result<()> {
-    const HOLE_FROM: i64 = 1024;
-    let result = if count >= HOLE_FROM {
-        manifest.seek(SeekFrom::Current(count * 32)).map(|_| ())
-    } else {
-        (0..count).try_for_each(|_| manifest.write_all(&[0u8; 32]))
-    };
-    result.map_err(|e| Error::io(path, "write manifest", e))
-}
-
-/// A local copier: reads runs from seeds, re-hashes every block, writes the
-/// ones that match and sends the others to the fetcher.
+/// A local copier: reads runs from seeds, has every block checked, writes
+/// the ones that match and sends the others to the fetcher.
 fn copy_local(
     runs: &Receiver<LocalRun>,
     wanted: &Sender<BlockRef>,
     index: &Index,
-    output: &OutputFile,
+    assembly: &Assembly,
     counters: &Counters,
     progress: Option<&Progress>,
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(MAX_RUN_BYTES as usize);
+    let mut zeros = ZeroDigests::default();
+    let mut lens = Vec::new();
+    let mut expected = Vec::new();
     for run in runs {
         let total = run.bytes();
         buf.resize(total as usize, 0);
@@ -525,174 +493,44 @@ fn copy_local(
             }
             Err(_) => false,
         };
+        lens.clear();
+        lens.extend(run.blocks.iter().map(|b| b.len));
+        expected.clear();
+        expected.extend(run.blocks.iter().map(|b| readable.then_some(b.digest)));
+        let first = &run.blocks[0];
+        let checked = Checked::each(
+            first.index,
+            first.offset,
+            &buf,
+            &lens,
+            Expected::Each(&expected),
+            &mut zeros,
+        );
+        assembly.write_checked(&checked)?;
         let mut good_bytes = 0u64;
         let mut good_count = 0u64;
-        let mut pos = 0usize;
-        let base = run.blocks[0].offset;
-        let mut good_from: Option<usize> = None;
-        let flush = |from: usize, to: usize| -> Result<()> {
-            if to > from {
-                output.write_at(&buf[from..to], base + from as u64)?;
-            }
-            Ok(())
-        };
-        for b in &run.blocks {
-            let end = pos + b.len as usize;
-            let ok = readable && Digest::of(&buf[pos..end]) == b.digest;
-            if ok {
+        for (b, ok) in run.blocks.iter().zip(checked.good()) {
+            if *ok {
                 good_bytes += u64::from(b.len);
                 good_count += 1;
-                counters.local.fetch_add(1, Ordering::Relaxed);
-                good_from.get_or_insert(pos);
             } else {
-                if let Some(from) = good_from.take() {
-                    flush(from, pos)?;
-                }
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(offset = b.offset, "local block no longer matches; fetching it");
                 if wanted.send(*b).is_err() {
                     return Ok(());
                 }
             }
-            pos = end;
         }
-        if let Some(from) = good_from.take() {
-            flush(from, pos)?;
-        }
-        let (good_blocks, bad_blocks) = (good_count, run.blocks.len() as u64 - good_count);
         if readable {
-            index.note_seed_check(run.image, good_blocks, bad_blocks);
+            index.note_seed_check(run.image, good_count, run.blocks.len() as u64 - good_count);
         }
+        counters.local.fetch_add(good_count, Ordering::Relaxed);
         counters.local_bytes.fetch_add(good_bytes, Ordering::Relaxed);
         if let Some(p) = progress {
             p.bytes_local.fetch_add(good_bytes, Ordering::Relaxed);
         }
     }
     Ok(())
-}
-
-/// Checks the written image against the manifest of source digests (a
-/// file of 32-byte block digests in layout order, see [`write_manifest_entry`];
-/// an all-zero entry, such as a hole, stands for a zero block),
-/// repairing mismatching blocks from `source`. Returns the blocks repaired.
-/// Leaves the output closed (ready for [`OutputFile::publish`]).
-pub fn verify_output(
-    layout: &Layout,
-    output: &mut OutputFile,
-    source: &mut dyn BlockSource,
-    manifest_path: &Path,
-) -> Result<u64> {
-    let written = output.finish_writing()?;
-    let manifest = output_dir_file(manifest_path, |dir, name| {
-        dir.open_existing(name, false)?.ok_or_else(|| {
-            Error::io(
-                manifest_path,
-                "open manifest",
-                std::io::ErrorKind::NotFound.into(),
-            )
-        })
-    })?;
-    let mut manifest = BufReader::with_capacity(1 << 20, manifest);
-    let mut zeros = ZeroDigests::default();
-    let mut bad: Vec<BlockRef> = Vec::new();
-    let mut too_many = false;
-    let mut want = [0u8; 32];
-    hash_image(written.as_ref(), layout, &HashOptions::default(), |records| {
-        for r in records {
-            manifest
-                .read_exact(&mut want)
-                .map_err(|e| Error::io(manifest_path, "read manifest", e))?;
-            let got = r.digest(&mut zeros);
-            // An all-zero entry stands for a zero block.
-            let want_digest = if want == [0u8; 32] {
-                zeros.get(r.len)
-            } else {
-                Digest(want)
-            };
-            if got != want_digest {
-                if bad.len() >= MAX_REPAIR_BLOCKS {
-                    too_many = true;
-                } else {
-                    bad.push(BlockRef {
-                        offset: r.offset,
-                        len: r.len,
-                        digest: want_digest,
-                    });
-                }
-            }
-        }
-        Ok(())
-    })?;
-    if too_many {
-        return Err(Error::Verification {
-            path: output.temp_path().to_path_buf(),
-            reason: format!("more than {MAX_REPAIR_BLOCKS} blocks differ from the source"),
-        });
-    }
-    let repaired = bad.len() as u64;
-    for round in 0..=REPAIR_ROUNDS {
-        if bad.is_empty() {
-            return Ok(repaired);
-        }
-        if round == REPAIR_ROUNDS {
-            break;
-        }
-        tracing::warn!(
-            "{} blocks differ from the source after writing; fetching them again",
-            bad.len()
-        );
-        output.reopen()?;
-        repair(&bad, source, output)?;
-        let written = output.finish_writing()?;
-        let mut still_bad = Vec::new();
-        let mut buf = Vec::new();
-        for b in &bad {
-            buf.resize(b.len as usize, 0);
-            written.read_at(&mut buf, b.offset)?;
-            if Digest::of(&buf) != b.digest {
-                still_bad.push(*b);
-            }
-        }
-        bad = still_bad;
-    }
-    Err(Error::Verification {
-        path: output.temp_path().to_path_buf(),
-        reason: format!(
-            "{} blocks still differ from the source after {REPAIR_ROUNDS} repair rounds",
-            bad.len()
-        ),
-    })
-}
-
-fn repair(bad: &[BlockRef], source: &mut dyn BlockSource, output: &OutputFile) -> Result<()> {
-    let (tx, rx) = bounded::<BlockRef>(bad.len().max(1));
-    for b in bad {
-        let _ = tx.send(*b);
-    }
-    drop(tx);
-    let name = source.name();
-    source.fetch(rx, &mut |b, data| {
-        if Digest::of(data) != b.digest {
-            return Err(Error::BlockSource {
-                name: name.clone(),
-                source: format!("block at offset {} does not match its digest", b.offset).into(),
-            });
-        }
-        output.write_at(data, b.offset)
-    })
-}
-
-/// Opens a side file next to an output through a handle of its directory
-/// (never through a link).
-fn output_dir_file(path: &Path, open: impl FnOnce(&Dir, &str) -> Result<File>) -> Result<File> {
-    let dir = Dir::of(path)?;
-    open(&dir, safe_fs::file_name(path)?)
-}
-
-/// Appends one block digest to a verification manifest.
-pub fn write_manifest_entry(w: &mut impl Write, digest: &Digest, path: &Path) -> Result<()> {
-    w.write_all(&digest.0)
-        .map_err(|e| Error::io(path, "write manifest", e))
 }
 
 /// The image digest of a finished image, for comparison with a source's.
@@ -706,7 +544,7 @@ mod tests {
     use crate::image::RawImage;
     use crate::index::IndexOptions;
     use crate::output::temp_path_for;
-    use std::fs;
+    use std::fs::{self, File};
     use std::os::unix::fs::FileExt;
 
     /// Serves blocks from an image, and on its first call damages the
@@ -770,7 +608,10 @@ mod tests {
             &index,
             &mut source,
             &dst,
-            &ReconstructOptions::default(),
+            &ReconstructOptions {
+                verify_readback: true,
+                ..ReconstructOptions::default()
+            },
             None,
         )
         .unwrap();

@@ -12,11 +12,14 @@
 //! are pipelined: many groups in flight, block requests bounded in bytes,
 //! credit returned as data groups complete.
 //!
-//! Every block digest ends up in a verification manifest (in layout order);
-//! at the end the manifest must reproduce the source's image digest, the
-//! written image is re-read and checked against the manifest by
-//! [`verify_output`] (mismatching blocks are fetched again over the same
-//! connection), and only then is the output published.
+//! Every block reaches the output through the assembly engine
+//! ([`cbt_core::Assembly`]): checked once ([`Checked`]: against its own
+//! digest, or with the rest of its group against the group digest; blocks
+//! of a group fetched whole are held until the whole group checks out),
+//! written with its digest recorded in the manifest. At the end the
+//! manifest must reproduce the source's image digest (with
+//! `verify_readback`, the output is also re-read and mismatching blocks are
+//! fetched again over the same connection); only then is it published.
 //!
 //! The engine is synchronous and runs on a blocking thread; it owns the
 //! protocol state. Checking predictions (read, hash, compare, write) runs on
@@ -30,18 +33,15 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::fs::{self, File};
-use std::io::{BufReader, Read, Seek};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cbt_core::{
-    is_zero, verify_output, write_manifest_entry, BlockKind, BlockRecord, BlockRef, BlockSource, BlockSpan,
-    Digest, ImageDigester, Index, IndexOptions, Layout, Location, OutputFile, OutputFormat, ZeroDigests,
+    is_zero, Assembly, AssemblyOptions, BlockRef, BlockSource, BlockSpan, Checked, Digest, Expected, Index,
+    IndexOptions, Layout, Location, OutputFormat, ZeroDigests,
 };
 use tokio::sync::mpsc;
 
@@ -99,6 +99,8 @@ pub struct ReceiveOptions {
     /// Bound the partial outputs kept in the output's directory (the
     /// daemon's data directory) before writing; None: leave them.
     pub partials: Option<PartialLimits>,
+    /// Re-read the whole output before publishing (`--verify-readback`).
+    pub verify_readback: bool,
 }
 
 impl ReceiveOptions {
@@ -113,6 +115,7 @@ impl ReceiveOptions {
             window_bytes: 32 << 20,
             progress: None,
             partials: None,
+            verify_readback: false,
         }
     }
 }
@@ -275,27 +278,22 @@ fn run_engine(
         p.set_phase(Phase::Transferring);
     }
 
-    let output = Arc::new(OutputFile::create(&options.output, options.format, layout.len())?);
-    let manifest_path = resume::manifest_path(&options.output);
-    let manifest_name = manifest_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string();
-    let manifest = output.dir().create_replacing(&manifest_name)?;
-    manifest
-        .set_len(map.blocks() * 32)
-        .map_err(|e| cbt_core::Error::io(&manifest_path, "size manifest", e))?;
-
+    let assembly = Arc::new(Assembly::create(
+        &options.output,
+        &layout,
+        &AssemblyOptions {
+            format: options.format,
+            durable: true,
+            verify_readback: options.verify_readback,
+        },
+    )?);
     let shared = Shared {
         index,
-        output: Some(output),
-        manifest: Arc::new(manifest),
-        manifest_path: manifest_path.clone(),
+        assembly: Some(assembly),
         map,
     };
     let mut engine = Engine::new(peer, shared, channels, shutdown, &options, layout.block_size())?;
-    let result = engine.run(&layout);
+    let result = engine.run();
     engine.stop_predictors();
     let Engine {
         shared,
@@ -304,14 +302,12 @@ fn run_engine(
         ..
     } = engine;
     shared.index.refresh_changed_seeds();
-    let Some(Ok(output)) = shared.output.map(Arc::try_unwrap) else {
-        let _ = fs::remove_file(&manifest_path);
+    let Some(Ok(assembly)) = shared.assembly.map(Arc::try_unwrap) else {
         return Err(Error::Config("the output is still in use".into()));
     };
-    let _ = output.dir().remove(&manifest_name);
     match result {
         Ok(digest) => {
-            let published = output.publish()?;
+            let published = assembly.publish()?;
             resume::cleanup(&options.output);
             // The sender waits for this before it reports success.
             let _ = outgoing.blocking_send(Frame::Done(stats));
@@ -322,15 +318,11 @@ fn run_engine(
                 // A verification failure, a full disk, a protocol error: what
                 // was written is not worth keeping (and a partial left by a
                 // full disk would make every later push fail the same way).
-                output.discard();
+                assembly.discard();
             } else {
-                // Keep what arrived for the next attempt; make it readable.
-                let mut output = output;
-                let _ = output.finish_writing();
-                tracing::info!(
-                    "partial output kept at {} for a later resume",
-                    cbt_core::temp_path_for(&options.output).display()
-                );
+                // Keep what arrived for the next attempt.
+                let kept = assembly.keep();
+                tracing::info!("partial output kept at {} for a later resume", kept.display());
             }
             Err(e)
         }
@@ -341,48 +333,16 @@ fn run_engine(
 #[derive(Clone)]
 struct Shared {
     index: Arc<Index>,
-    /// Always there, except while the engine lends it to `verify_output`.
-    output: Option<Arc<OutputFile>>,
-    manifest: Arc<File>,
-    manifest_path: PathBuf,
+    /// Always there, except while the engine finishes it.
+    assembly: Option<Arc<Assembly>>,
     map: BlockMap,
 }
 
 impl Shared {
-    fn output(&self) -> Result<&OutputFile> {
-        self.output
+    fn assembly(&self) -> Result<&Assembly> {
+        self.assembly
             .as_deref()
             .ok_or_else(|| Error::Config("the output is being verified".into()))
-    }
-
-    /// Writes the blocks of `buf` (laid out as `blocks`) marked good,
-    /// contiguous ones with one write.
-    fn write_runs(&self, buf: &[u8], blocks: &[BlockSpan], good: &[bool]) -> Result<()> {
-        let mut pos = 0usize;
-        let mut run: Option<(usize, u64)> = None;
-        for (b, ok) in blocks.iter().zip(good) {
-            if *ok {
-                run.get_or_insert((pos, b.offset));
-            } else if let Some((from, at)) = run.take() {
-                self.output()?.write_at(&buf[from..pos], at)?;
-            }
-            pos += b.len as usize;
-        }
-        if let Some((from, at)) = run {
-            self.output()?.write_at(&buf[from..pos], at)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the digests of consecutive blocks at their place in the manifest.
-    fn write_manifest(&self, first_block: u64, digests: &[Digest]) -> Result<()> {
-        let mut bytes = Vec::with_capacity(digests.len() * 32);
-        for d in digests {
-            write_manifest_entry(&mut bytes, d, &self.manifest_path)?;
-        }
-        self.manifest
-            .write_all_at(&bytes, first_block * 32)
-            .map_err(|e| cbt_core::Error::io(&self.manifest_path, "write manifest", e).into())
     }
 }
 
@@ -449,27 +409,24 @@ fn check_prediction(
     if image.read_at(buf, job.offset).is_err() {
         return Ok(Outcome::Missed(None));
     }
-    let blocks: Vec<BlockSpan> = shared.map.group_blocks_spans(span).collect();
-    let mut digests = Vec::with_capacity(blocks.len());
-    let mut good = Vec::with_capacity(blocks.len());
-    let mut pos = 0usize;
-    for b in &blocks {
-        let data = &buf[pos..pos + b.len as usize];
-        let zero = is_zero(data);
-        digests.push(if zero { zeros.get(b.len) } else { Digest::of(data) });
-        good.push(!zero);
-        pos += b.len as usize;
+    let lens: Vec<u32> = shared.map.group_blocks_spans(span).map(|b| b.len).collect();
+    // The group digest covers the full digests of its blocks: accepting
+    // the group accepts every block in it.
+    let checked = Checked::together(
+        span.first_block,
+        span.offset,
+        buf,
+        &lens,
+        |digests| group_digest(digests) == job.digest,
+        zeros,
+    );
+    if !checked.good().first().copied().unwrap_or(false) {
+        return Ok(Outcome::Missed(Some(checked.digests().to_vec())));
     }
-    if group_digest(&digests) != job.digest {
-        return Ok(Outcome::Missed(Some(digests)));
-    }
-    shared.write_runs(buf, &blocks, &good)?;
-    shared.write_manifest(span.first_block, &digests)?;
-    let local = good.iter().filter(|g| **g).count() as u64;
-    Ok(Outcome::Matched {
-        zero: blocks.len() as u64 - local,
-        local,
-    })
+    shared.assembly()?.write_checked(&checked)?;
+    let zero = checked.good_zero().filter(|z| *z).count() as u64;
+    let local = lens.len() as u64 - zero;
+    Ok(Outcome::Matched { zero, local })
 }
 
 /// How a group that was not found where predicted is resolved.
@@ -489,10 +446,28 @@ struct Pending {
     digest: Digest,
     /// Where it was predicted to be, and the digests of the blocks found there.
     predicted: Option<(u32, u64, Vec<Digest>)>,
-    /// Whole-group fetch: the digests of the blocks received so far.
-    whole: Option<Vec<Option<Digest>>>,
+    /// Whole-group fetch: the blocks received so far, held until the group
+    /// digest over all of them can be checked.
+    whole: Option<WholeGroup>,
     resolved: bool,
     missing: u32,
+}
+
+/// The blocks of a group fetched whole, without their digests: nothing of
+/// it is written before the group digest over all of them checks out. (At
+/// most the block window's worth of such groups is in flight.)
+struct WholeGroup {
+    data: Vec<u8>,
+    received: Vec<bool>,
+}
+
+impl WholeGroup {
+    fn new(blocks: u32) -> Self {
+        WholeGroup {
+            data: Vec::new(),
+            received: vec![false; blocks as usize],
+        }
+    }
 }
 
 struct Awaited {
@@ -772,7 +747,7 @@ impl Engine {
         Error::protocol(&self.peer, reason)
     }
 
-    fn run(&mut self, layout: &Layout) -> Result<Digest> {
+    fn run(&mut self) -> Result<Digest> {
         self.send(Frame::Ready {
             window: self.window_groups,
         })?;
@@ -845,15 +820,6 @@ impl Engine {
             })?;
         }
 
-        // The manifest must describe the source exactly.
-        let manifest_path = self.shared.manifest_path.clone();
-        if manifest_digest(layout, &self.shared.manifest, &manifest_path)? != expected {
-            return Err(cbt_core::Error::Verification {
-                path: self.shared.output()?.temp_path().to_path_buf(),
-                reason: "the block digests gathered do not reproduce the source's image digest".into(),
-            }
-            .into());
-        }
         tracing::info!(
             zero = self.stats.blocks_zero,
             local = self.stats.blocks_local,
@@ -869,13 +835,14 @@ impl Engine {
         if let Some(p) = &self.progress {
             p.set_phase(Phase::Verifying);
         }
-        // The predictors are gone: the output is ours alone again.
-        let mut output = self.shared.output.take();
-        let verified = match output.as_mut().and_then(Arc::get_mut) {
-            Some(output) => verify_output(layout, output, &mut Repair { engine: self }, &manifest_path),
+        // The predictors are gone: the output is ours alone again. The
+        // verified blocks must reproduce the source's image digest.
+        let mut assembly = self.shared.assembly.take();
+        let verified = match assembly.as_mut().and_then(Arc::get_mut) {
+            Some(assembly) => assembly.finish(&expected, &mut Repair { engine: self }),
             None => Err(cbt_core::Error::Config("the output is still shared".into())),
         };
-        self.shared.output = output;
+        self.shared.assembly = assembly;
         let repaired = verified.map_err(|e| match e {
             cbt_core::Error::BlockSource { source, .. } => match source.downcast::<Error>() {
                 Ok(net) => *net,
@@ -962,14 +929,8 @@ impl Engine {
                 .group(g)
                 .ok_or_else(|| self.protocol("no such group"))?;
             bytes += span.len;
+            // Zero blocks stay holes in the output and in the manifest.
             self.stats.blocks_zero += u64::from(span.blocks);
-            let digests: Vec<Digest> = self
-                .shared
-                .map
-                .group_blocks_spans(&span)
-                .map(|b| self.zeros.get(b.len))
-                .collect();
-            self.shared.write_manifest(span.first_block, &digests)?;
         }
         if let Some((_, off)) = self.cursor.as_mut() {
             *off += bytes;
@@ -1062,7 +1023,7 @@ impl Engine {
         match fetch {
             Fetch::Digests => self.need_digests.push(g),
             Fetch::Whole => {
-                p.whole = Some(vec![None; span.blocks as usize]);
+                p.whole = Some(WholeGroup::new(span.blocks));
                 p.missing = span.blocks;
                 for (i, b) in self.shared.map.group_blocks_spans(&span).enumerate() {
                     let block = span.first_block + i as u64;
@@ -1106,7 +1067,7 @@ impl Engine {
             let Some(whole) = &p.whole else { continue };
             let (first, end) = (p.span.first_block, p.span.first_block + u64::from(p.span.blocks));
             let untouched =
-                whole.iter().all(Option::is_none) && (first..end).all(|b| !self.outstanding.contains_key(&b));
+                whole.received.iter().all(|r| !r) && (first..end).all(|b| !self.outstanding.contains_key(&b));
             if !untouched {
                 continue;
             }
@@ -1197,8 +1158,28 @@ impl Engine {
             p.missing += 1;
         }
         self.stats.blocks_local += good.iter().filter(|g| **g).count() as u64;
-        self.shared.write_runs(&self.buf, &blocks, &good)?;
-        self.shared.write_manifest(p.span.first_block, &digests)?;
+        // The seed reads above chose where each block comes from; the one
+        // check that lets bytes reach the output is this one.
+        let lens: Vec<u32> = blocks.iter().map(|b| b.len).collect();
+        let expected: Vec<Option<Digest>> = digests
+            .iter()
+            .zip(&good)
+            .map(|(d, ok)| ok.then_some(*d))
+            .collect();
+        let checked = Checked::each(
+            p.span.first_block,
+            p.span.offset,
+            &self.buf,
+            &lens,
+            Expected::Each(&expected),
+            &mut self.zeros,
+        );
+        if checked.good() != good.as_slice() {
+            return Err(Error::Config(format!(
+                "a seed changed while group {g} was read from it"
+            )));
+        }
+        self.shared.assembly()?.write_checked(&checked)?;
 
         let hits = predicted_hits > 0 || last_hit.is_some();
         if hits {
@@ -1249,48 +1230,77 @@ impl Engine {
             .decompressor
             .decode(encoding, data, a.len as usize, &mut out)
             .map_err(|e| self.protocol(format!("block {index}: {e}")))?;
-        let zero = is_zero(data);
-        let digest = if zero {
-            self.zeros.get(a.len)
-        } else {
-            Digest::of(data)
-        };
-        if a.digest.is_some_and(|d| d != digest) {
-            return Err(self.protocol(format!(
-                "block {index} does not match its digest (did the source image change?)"
-            )));
-        }
-        if zero {
+        if is_zero(data) {
             self.stats.blocks_zero += 1;
         } else {
-            self.shared.output()?.write_at(data, span.offset)?;
             self.stats.blocks_sent += 1;
         }
-        self.block_buf = out;
         let p = self
             .pending
             .get_mut(&a.group)
             .ok_or_else(|| Error::Config("lost group".into()))?;
         p.missing -= 1;
-        let mut finished_whole = None;
-        if let Some(whole) = p.whole.as_mut() {
-            whole[(index - p.span.first_block) as usize] = Some(digest);
+        if let Some(digest) = a.digest {
+            let checked = Checked::each(
+                index,
+                span.offset,
+                data,
+                &[a.len],
+                Expected::Digests(&[digest]),
+                &mut self.zeros,
+            );
+            if !checked.good().first().copied().unwrap_or(false) {
+                return Err(Error::protocol(
+                    &self.peer,
+                    format!("block {index} does not match its digest (did the source image change?)"),
+                ));
+            }
+            self.shared.assembly()?.write_checked(&checked)?;
+        } else {
+            let Some(whole) = p.whole.as_mut() else {
+                return Err(Error::protocol(
+                    &self.peer,
+                    format!("block {index} has no digest to check"),
+                ));
+            };
+            let at = (span.offset - p.span.offset) as usize;
+            if whole.data.is_empty() {
+                whole.data.resize(p.span.len as usize, 0);
+            }
+            whole.data[at..at + data.len()].copy_from_slice(data);
+            whole.received[(index - p.span.first_block) as usize] = true;
             if p.missing == 0 {
-                let digests: Vec<Digest> = whole.iter().flatten().copied().collect();
-                if digests.len() != p.span.blocks as usize || group_digest(&digests) != p.digest {
-                    return Err(self.protocol(format!(
-                        "the blocks of group {} do not match its group digest (did the source image change?)",
-                        a.group
-                    )));
+                let lens: Vec<u32> = self
+                    .shared
+                    .map
+                    .group_blocks_spans(&p.span)
+                    .map(|b| b.len)
+                    .collect();
+                let expected = p.digest;
+                let checked = Checked::together(
+                    p.span.first_block,
+                    p.span.offset,
+                    &whole.data,
+                    &lens,
+                    |digests| group_digest(digests) == expected,
+                    &mut self.zeros,
+                );
+                if !checked.good().first().copied().unwrap_or(false) {
+                    return Err(Error::protocol(
+                        &self.peer,
+                        format!(
+                            "the blocks of group {} do not match its group digest (did the source image change?)",
+                            a.group
+                        ),
+                    ));
                 }
+                self.shared.assembly()?.write_checked(&checked)?;
                 p.resolved = true;
-                finished_whole = Some((p.span.first_block, digests));
+                p.whole = None;
             }
         }
+        self.block_buf = out;
         let complete = p.missing == 0 && p.resolved;
-        if let Some((first, digests)) = finished_whole {
-            self.shared.write_manifest(first, &digests)?;
-        }
         if complete {
             self.complete(a.group)?;
         }
@@ -1368,33 +1378,7 @@ impl Engine {
 
 /// The image digest of the digests in a manifest, as
 /// [`cbt_core::ImageDigester`] computes it over block records.
-fn manifest_digest(layout: &Layout, file: &File, path: &Path) -> Result<Digest> {
-    // Read through the handle we created (a second open by name could be
-    // sent elsewhere by a link planted meanwhile).
-    let mut reader = BufReader::with_capacity(
-        1 << 20,
-        file.try_clone()
-            .map_err(|e| cbt_core::Error::io(path, "open manifest", e))?,
-    );
-    reader
-        .seek(std::io::SeekFrom::Start(0))
-        .map_err(|e| cbt_core::Error::io(path, "read manifest", e))?;
-    let mut digester = ImageDigester::new(layout);
-    let mut entry = [0u8; 32];
-    for b in layout.blocks() {
-        reader
-            .read_exact(&mut entry)
-            .map_err(|e| cbt_core::Error::io(path, "read manifest", e))?;
-        digester.push(&BlockRecord {
-            offset: b.offset,
-            len: b.len,
-            kind: BlockKind::Data(Digest(entry)),
-        });
-    }
-    Ok(digester.finish())
-}
-
-/// Fetches blocks again over the connection for [`verify_output`]'s repair.
+/// Fetches blocks again over the connection for the readback's repair.
 struct Repair<'e> {
     engine: &'e mut Engine,
 }

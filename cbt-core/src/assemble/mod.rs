@@ -1,0 +1,305 @@
+//! Assembly: the one engine that turns verified blocks into a published
+//! image, whoever supplies them (`cbt copy`'s planner and local copiers,
+//! the network receiver, a repair round).
+//!
+//! An [`Assembly`] owns the output (a hidden temporary file next to the
+//! final path, see [`OutputFile`]) and its verification record, the
+//! *manifest*: one 32-byte digest per block of the layout, written by
+//! [`Assembly::write`] from the digests each block was checked against (see
+//! [`verified`]: the only place bytes are checked, and a [`VerifiedRun`] the
+//! only thing the writer accepts). Blocks never written stay holes in both
+//! the output and the manifest, where an all-zero entry means a zero block.
+//!
+//! [`Assembly::finish`] folds the manifest in image order into an image
+//! digest and compares it with the source's: since every entry is the
+//! digest of bytes checked on their way in, a block that was never written,
+//! written at the wrong place or from a changed seed makes them differ.
+//! That is verification as written; re-reading the whole output
+//! ([`AssemblyOptions::verify_readback`], off by default, as rsync and `zfs
+//! recv` verify the stream and not a re-read) additionally catches a disk
+//! that returns other bytes than were written, and repairs such blocks from
+//! the caller's [`BlockSource`]. Only then is the output published.
+
+mod readback;
+pub mod verified;
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::output::{OutputFile, OutputFormat};
+use crate::pipeline::{BlockKind, BlockRecord, ImageDigester};
+use crate::reconstruct::BlockSource;
+use crate::safe_fs;
+
+pub use verified::{Checked, Expected, VerifiedRun};
+
+/// How an output is assembled.
+#[derive(Debug, Clone, Copy)]
+pub struct AssemblyOptions {
+    /// Output format.
+    pub format: OutputFormat,
+    /// Sync data and directory before publishing.
+    pub durable: bool,
+    /// Re-read the whole output and compare every block with the manifest
+    /// before publishing, repairing mismatches (`--verify-readback`).
+    pub verify_readback: bool,
+}
+
+impl Default for AssemblyOptions {
+    fn default() -> Self {
+        AssemblyOptions {
+            format: OutputFormat::Raw,
+            durable: true,
+            verify_readback: false,
+        }
+    }
+}
+
+/// An image being assembled at a temporary path.
+#[derive(Debug)]
+pub struct Assembly {
+    layout: Layout,
+    output: OutputFile,
+    manifest: File,
+    manifest_path: PathBuf,
+    manifest_name: String,
+    verify_readback: bool,
+    bytes_written: AtomicU64,
+}
+
+/// The verification manifest's path next to `output`.
+pub fn manifest_path_for(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}.cbt-manifest"))
+}
+
+impl Assembly {
+    /// Starts assembling an image of `layout` for `final_path`.
+    pub fn create(final_path: &Path, layout: &Layout, options: &AssemblyOptions) -> Result<Assembly> {
+        let mut output = OutputFile::create(final_path, options.format, layout.len())?;
+        output.set_durable(options.durable);
+        let manifest_path = manifest_path_for(final_path);
+        let manifest_name = safe_fs::file_name(&manifest_path)?.to_string();
+        let manifest = output.dir().create_replacing(&manifest_name)?;
+        let manifest_len = layout
+            .block_count()
+            .checked_mul(32)
+            .ok_or_else(|| Error::Config("image has too many blocks".into()))?;
+        manifest
+            .set_len(manifest_len)
+            .map_err(|e| Error::io(&manifest_path, "size manifest", e))?;
+        Ok(Assembly {
+            layout: layout.clone(),
+            output,
+            manifest,
+            manifest_path,
+            manifest_name,
+            verify_readback: options.verify_readback,
+            bytes_written: AtomicU64::new(0),
+        })
+    }
+
+    /// The layout being assembled.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The temporary path being written.
+    pub fn temp_path(&self) -> &Path {
+        self.output.temp_path()
+    }
+
+    /// Bytes written to the output so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Writes a run of verified blocks and records their digests. Safe to
+    /// call from several threads.
+    pub fn write(&self, run: &VerifiedRun<'_>) -> Result<()> {
+        self.output.write_at(run.data(), run.offset())?;
+        let mut entries = Vec::with_capacity(run.digests().len() * 32);
+        for d in run.digests() {
+            entries.extend_from_slice(&d.0);
+        }
+        let at = run
+            .first_index()
+            .checked_mul(32)
+            .filter(|at| at + entries.len() as u64 <= self.layout.block_count() * 32)
+            .ok_or_else(|| Error::Protocol(format!("block {} is outside the layout", run.first_index())))?;
+        self.manifest
+            .write_all_at(&entries, at)
+            .map_err(|e| Error::io(&self.manifest_path, "write manifest", e))?;
+        self.bytes_written
+            .fetch_add(run.data().len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes every run of `checked`.
+    pub fn write_checked(&self, checked: &Checked<'_>) -> Result<()> {
+        checked.runs().iter().try_for_each(|r| self.write(r))
+    }
+
+    /// The image digest folded from the manifest, in layout order.
+    fn fold(&self) -> Result<Digest> {
+        let file = self
+            .manifest
+            .try_clone()
+            .map_err(|e| Error::io(&self.manifest_path, "read manifest", e))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(&self.manifest_path, "read manifest", e))?;
+        let mut digester = ImageDigester::new(&self.layout);
+        let mut entry = [0u8; 32];
+        for b in self.layout.blocks() {
+            reader
+                .read_exact(&mut entry)
+                .map_err(|e| Error::io(&self.manifest_path, "read manifest", e))?;
+            digester.push(&BlockRecord {
+                offset: b.offset,
+                len: b.len,
+                // A hole (never written) stands for a zero block.
+                kind: if entry == [0u8; 32] {
+                    BlockKind::Zero
+                } else {
+                    BlockKind::Data(Digest(entry))
+                },
+            });
+        }
+        Ok(digester.finish())
+    }
+
+    /// Checks the assembled image against the source's image digest (and,
+    /// with `verify_readback`, re-reads it and repairs mismatching blocks
+    /// from `repair`), then closes the output. Returns the blocks repaired.
+    pub fn finish(&mut self, expected: &Digest, repair: &mut dyn BlockSource) -> Result<u64> {
+        if self.fold()? != *expected {
+            return Err(Error::Verification {
+                path: self.output.temp_path().to_path_buf(),
+                reason: "the verified blocks do not reproduce the source's image digest \
+                         (a block is missing, or the source changed during the transfer)"
+                    .into(),
+            });
+        }
+        if self.verify_readback {
+            self.readback(repair)
+        } else {
+            self.output.finish_writing()?;
+            Ok(0)
+        }
+    }
+
+    /// Moves the finished output to its final path.
+    pub fn publish(self) -> Result<PathBuf> {
+        let _ = self.output.dir().remove(&self.manifest_name);
+        self.output.publish()
+    }
+
+    /// Removes the output and its manifest (after a failure not worth resuming).
+    pub fn discard(self) {
+        let _ = self.output.dir().remove(&self.manifest_name);
+        self.output.discard();
+    }
+
+    /// Keeps the partial output (for a resume) and removes the manifest.
+    pub fn keep(mut self) -> PathBuf {
+        let _ = self.output.dir().remove(&self.manifest_name);
+        let _ = self.output.finish_writing();
+        self.output.temp_path().to_path_buf()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{hash_image, HashOptions, ZeroDigests};
+    use crate::reconstruct::ImageBlockSource;
+    use crate::{Image, RawImage};
+    use std::sync::Arc;
+
+    /// A source image of `blocks` 4 KiB blocks, every third one zero.
+    fn source(dir: &Path, blocks: usize) -> (Vec<u8>, Layout, Digest, Arc<dyn Image>) {
+        let mut data = vec![0u8; blocks * 4096];
+        for (i, b) in data.chunks_mut(4096).enumerate() {
+            if i % 3 != 0 {
+                b.fill(i as u8 + 1);
+            }
+        }
+        let path = dir.join("src.raw");
+        std::fs::write(&path, &data).unwrap();
+        let image: Arc<dyn Image> = Arc::new(RawImage::open(&path).unwrap());
+        let layout = Layout::flat(image.len(), 4096).unwrap();
+        let digest = hash_image(image.as_ref(), &layout, &HashOptions::default(), |_| Ok(()))
+            .unwrap()
+            .image_digest;
+        (data, layout, digest, image)
+    }
+
+    fn write_blocks(a: &Assembly, data: &[u8], skip: Option<usize>) {
+        let mut zeros = ZeroDigests::default();
+        for (i, b) in data.chunks(4096).enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            let d = Digest::of(b);
+            let c = Checked::each(
+                i as u64,
+                i as u64 * 4096,
+                b,
+                &[4096],
+                Expected::Digests(&[d]),
+                &mut zeros,
+            );
+            a.write_checked(&c).unwrap();
+        }
+    }
+
+    #[test]
+    fn publishes_only_what_reproduces_the_source_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, layout, digest, image) = source(dir.path(), 12);
+        let out = dir.path().join("out.raw");
+        let mut repair = ImageBlockSource::new(Arc::clone(&image));
+
+        // Every block written: verified as written, no readback, published.
+        let mut a = Assembly::create(&out, &layout, &AssemblyOptions::default()).unwrap();
+        write_blocks(&a, &data, None);
+        assert_eq!(a.finish(&digest, &mut repair).unwrap(), 0);
+        assert_eq!(a.publish().unwrap(), out);
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        assert!(!manifest_path_for(&out).exists());
+
+        // One data block never written: the fold differs, nothing is published.
+        let out2 = dir.path().join("out2.raw");
+        let mut a = Assembly::create(&out2, &layout, &AssemblyOptions::default()).unwrap();
+        write_blocks(&a, &data, Some(4));
+        let e = a.finish(&digest, &mut repair).unwrap_err();
+        assert!(matches!(e, Error::Verification { .. }), "{e}");
+        a.discard();
+        assert!(!out2.exists() && !crate::temp_path_for(&out2).exists());
+        assert!(!manifest_path_for(&out2).exists());
+
+        // A wrong block cannot be written: the check refuses it.
+        let mut zeros = ZeroDigests::default();
+        let wrong = vec![9u8; 4096];
+        let c = Checked::each(
+            1,
+            4096,
+            &wrong,
+            &[4096],
+            Expected::Digests(&[Digest::of(&data[4096..8192])]),
+            &mut zeros,
+        );
+        assert!(c.runs().is_empty());
+    }
+}

@@ -1,0 +1,221 @@
+//! The one place where bytes become trusted.
+//!
+//! Bytes read from a seed or received from a peer are raw until their
+//! digest has been computed here and accepted. Only then do they become a
+//! [`VerifiedRun`] (consecutive blocks, contiguous in one buffer and in the
+//! image, each with the digest it was checked against), and a
+//! [`VerifiedRun`] is the only thing [`super::Assembly::write`] accepts.
+//! Zero blocks are checked too, but never become part of a run: a new
+//! output leaves them as holes.
+
+use crate::digest::{is_zero, Digest};
+use crate::pipeline::ZeroDigests;
+
+/// Consecutive verified non-zero blocks, ready to be written.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifiedRun<'a> {
+    first_index: u64,
+    offset: u64,
+    data: &'a [u8],
+    digests: &'a [Digest],
+}
+
+impl<'a> VerifiedRun<'a> {
+    /// Index (in the layout) of the run's first block.
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// Byte offset of the run in the image.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The verified bytes.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The digests the blocks were checked against, in order.
+    pub fn digests(&self) -> &'a [Digest] {
+        self.digests
+    }
+}
+
+/// A region of consecutive blocks after checking: what each block hashed
+/// to, which ones were accepted, and the runs of accepted non-zero blocks.
+#[derive(Debug)]
+pub struct Checked<'a> {
+    first_index: u64,
+    offset: u64,
+    data: &'a [u8],
+    lens: Vec<u32>,
+    digests: Vec<Digest>,
+    good: Vec<bool>,
+    zero: Vec<bool>,
+}
+
+/// What a region's blocks must hash to.
+#[derive(Debug, Clone, Copy)]
+pub enum Expected<'e> {
+    /// Each block its own digest (`None`: unknown, never accepted).
+    Each(&'e [Option<Digest>]),
+    /// Every block the digest given (one block, or a caller's list).
+    Digests(&'e [Digest]),
+}
+
+impl<'a> Checked<'a> {
+    /// Hashes the blocks of `data` (consecutive blocks of lengths `lens`,
+    /// the first at `offset` with layout index `first_index`) and accepts
+    /// each block whose digest equals the one expected.
+    pub fn each(
+        first_index: u64,
+        offset: u64,
+        data: &'a [u8],
+        lens: &[u32],
+        expected: Expected<'_>,
+        zeros: &mut ZeroDigests,
+    ) -> Checked<'a> {
+        let mut c = Checked::hash(first_index, offset, data, lens, zeros);
+        for (i, d) in c.digests.iter().enumerate() {
+            let want = match expected {
+                Expected::Each(e) => e.get(i).copied().flatten(),
+                Expected::Digests(e) => e.get(i).copied(),
+            };
+            c.good[i] = want == Some(*d);
+        }
+        c
+    }
+
+    /// Hashes the blocks of `data` and accepts all of them or none, as
+    /// `accept` decides from their digests (a group digest computed over
+    /// them, say): a proof over all the digests at once.
+    pub fn together(
+        first_index: u64,
+        offset: u64,
+        data: &'a [u8],
+        lens: &[u32],
+        accept: impl FnOnce(&[Digest]) -> bool,
+        zeros: &mut ZeroDigests,
+    ) -> Checked<'a> {
+        let mut c = Checked::hash(first_index, offset, data, lens, zeros);
+        let ok = c.digests.len() == lens.len() && accept(&c.digests);
+        c.good.iter_mut().for_each(|g| *g = ok);
+        c
+    }
+
+    fn hash(
+        first_index: u64,
+        offset: u64,
+        data: &'a [u8],
+        lens: &[u32],
+        zeros: &mut ZeroDigests,
+    ) -> Checked<'a> {
+        let n = lens.len();
+        let mut digests = Vec::with_capacity(n);
+        let mut zero = Vec::with_capacity(n);
+        let mut pos = 0usize;
+        for &len in lens {
+            let end = pos + len as usize;
+            let Some(block) = data.get(pos..end) else {
+                break;
+            };
+            let z = is_zero(block);
+            digests.push(if z { zeros.get(len) } else { Digest::of(block) });
+            zero.push(z);
+            pos = end;
+        }
+        Checked {
+            first_index,
+            offset,
+            data,
+            lens: lens.to_vec(),
+            good: vec![false; digests.len()],
+            digests,
+            zero,
+        }
+    }
+
+    /// What each block hashed to (fewer than asked if `data` was short).
+    pub fn digests(&self) -> &[Digest] {
+        &self.digests
+    }
+
+    /// Which blocks were accepted.
+    pub fn good(&self) -> &[bool] {
+        &self.good
+    }
+
+    /// Accepted blocks that are all zeros (not in any run).
+    pub fn good_zero(&self) -> impl Iterator<Item = bool> + '_ {
+        self.good.iter().zip(&self.zero).map(|(g, z)| *g && *z)
+    }
+
+    /// The runs of accepted non-zero blocks.
+    pub fn runs(&self) -> Vec<VerifiedRun<'_>> {
+        let mut runs = Vec::new();
+        let mut pos = 0usize;
+        let mut start: Option<(usize, usize)> = None;
+        let mut close = |from: Option<(usize, usize)>, i: usize, pos: usize| {
+            if let Some((first, byte)) = from {
+                runs.push(VerifiedRun {
+                    first_index: self.first_index + first as u64,
+                    offset: self.offset + byte as u64,
+                    data: &self.data[byte..pos],
+                    digests: &self.digests[first..i],
+                });
+            }
+        };
+        for i in 0..self.digests.len() {
+            if self.good[i] && !self.zero[i] {
+                start.get_or_insert((i, pos));
+            } else {
+                close(start.take(), i, pos);
+            }
+            pos += self.lens[i] as usize;
+        }
+        close(start.take(), self.digests.len(), pos);
+        runs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_skip_rejected_and_zero_blocks() {
+        let mut zeros = ZeroDigests::default();
+        let mut data = vec![1u8; 4 * 8];
+        data[16..24].fill(0); // block 2 is zero
+        let d: Vec<Digest> = data.chunks(8).map(Digest::of).collect();
+        let mut wrong = d.clone();
+        wrong[1] = Digest::of(b"other");
+        let c = Checked::each(10, 800, &data, &[8; 4], Expected::Digests(&wrong), &mut zeros);
+        assert_eq!(c.good(), [true, false, true, true]);
+        let runs = c.runs();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            (runs[0].first_index(), runs[0].offset(), runs[0].data().len()),
+            (10, 800, 8)
+        );
+        assert_eq!(
+            (runs[1].first_index(), runs[1].offset(), runs[1].digests()),
+            (13, 824, &d[3..])
+        );
+        assert_eq!(c.good_zero().collect::<Vec<_>>(), [false, false, true, false]);
+
+        let none = Checked::together(0, 0, &data, &[8; 4], |_| false, &mut zeros);
+        assert!(none.runs().is_empty() && none.good().iter().all(|g| !g));
+        let all = Checked::together(0, 0, &data, &[8; 4], |ds| ds == d, &mut zeros);
+        assert_eq!(all.runs().len(), 2);
+        // Too little data: the missing blocks are never accepted.
+        let short = Checked::each(0, 0, &data[..12], &[8; 4], Expected::Digests(&d), &mut zeros);
+        assert_eq!(short.good(), [true]);
+        assert!(
+            Checked::together(0, 0, &data[..12], &[8; 4], |_| true, &mut zeros)
+                .runs()
+                .is_empty()
+        );
+    }
+}
