@@ -74,6 +74,12 @@ pub enum Command {
         /// (see --verify-readback).
         #[arg(long, hide = true)]
         no_readback: bool,
+        /// Update DST in place when it exists (a raw image or a block
+        /// device): only blocks that differ are written, zero blocks become
+        /// holes. Killed midway, DST is inconsistent until the same command
+        /// completes (a `.DST.cbt-inplace` journal says so).
+        #[arg(long)]
+        inplace: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
@@ -143,6 +149,10 @@ pub enum Command {
         tls: crate::net_commands::TlsClientOpts,
         #[command(flatten)]
         tls_server: crate::net_commands::TlsServerOpts,
+        /// Update OUT in place when it exists (a raw image or a block
+        /// device): only blocks that differ are written.
+        #[arg(long)]
+        inplace: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,

@@ -27,6 +27,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             seeds,
             format,
             no_readback,
+            inplace,
             json,
         } => {
             let spec = ImageSpec { path: src, snapshot };
@@ -34,6 +35,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 format: format.into(),
                 threads: config.threads,
                 verify_readback: config.verify_readback && !no_readback,
+                in_place: inplace,
             };
             let show = crate::progress::wanted(json);
             let (report, stats) = copy(&config, &spec, &dst, &seeds, &options, show)?;
@@ -251,6 +253,14 @@ fn print_copy(report: &Report, stats: &IndexStats, json: bool) -> anyhow::Result
         report.image_bytes,
         report.seconds
     )?;
+    if report.blocks_unchanged > 0 {
+        writeln!(
+            out,
+            "  unchanged:      {:>10} ({:.1}%), already in place",
+            report.blocks_unchanged,
+            pct(report.blocks_unchanged)
+        )?;
+    }
     writeln!(
         out,
         "  zero blocks:    {:>10} ({:.1}%)",

@@ -44,6 +44,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             net,
             tls,
             tls_server,
+            inplace,
             json,
         } => {
             let tls = match listen {
@@ -62,7 +63,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
                 &args,
                 listen.as_deref(),
                 seeds,
-                format.into(),
+                (format.into(), inplace),
                 client,
                 json,
             )
@@ -220,7 +221,7 @@ pub fn recv(
     args: &[String],
     listen: Option<&str>,
     seeds: Vec<PathBuf>,
-    format: OutputFormat,
+    (format, in_place): (OutputFormat, bool),
     client: ClientOptions,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -252,6 +253,7 @@ pub fn recv(
     options.seeds = seeds;
     options.index = config.index.clone();
     options.verify_readback = config.verify_readback;
+    options.in_place = in_place;
     let counters = Arc::new(Progress::default());
     options.progress = Some(Arc::clone(&counters));
     let bar = Bar::start(progress::wanted(json), move || {

@@ -1082,3 +1082,80 @@ fn demo_runs_a_daemon_and_a_push() {
     // Not a terminal: no progress bar.
     assert!(!err.contains("ETA"), "{err}");
 }
+
+/// `cbt recv --inplace`: a receiver killed with SIGKILL in the middle of an
+/// in-place update leaves a journal saying the image is inconsistent; the
+/// same command run again completes it, writing only what differs.
+#[test]
+fn in_place_update_killed_midway_completes_when_run_again() {
+    let env = TestEnv::new();
+    let src = noise_image(&env, "src.img", 16, 21);
+    let out = env.path("out/vm.img");
+    std::fs::copy(noise_image(&env, "old.img", 16, 22), &out).unwrap();
+    let journal = env.path("out/.vm.img.cbt-inplace");
+    let empty = env.dir("empty");
+
+    let mut recv = Proc::spawn(
+        &env,
+        &args![
+            "recv",
+            "--inplace",
+            "--listen",
+            "127.0.0.1:0",
+            out,
+            "--seed",
+            empty
+        ],
+    );
+    let addr = recv.addr();
+    let sender = Proc::spawn(&env, &args!["send", src, addr, "--bwlimit", "2M"]);
+    let start = Instant::now();
+    while !journal.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no journal:\n{}",
+            recv.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    recv.signal("-KILL");
+    let (status, _, err) = sender.finish(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "the sender must notice the receiver died:\n{err}"
+    );
+    assert!(
+        journal.exists(),
+        "a killed in-place update must leave its journal"
+    );
+    assert_ne!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+
+    let mut recv = Proc::spawn(
+        &env,
+        &args![
+            "recv",
+            "--inplace",
+            "--listen",
+            "127.0.0.1:0",
+            out,
+            "--seed",
+            empty,
+            "--json"
+        ],
+    );
+    let addr = recv.addr();
+    cbt_json(&env, &args!["send", src, addr]);
+    let received = recv.json();
+    check_summary(&received);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+    assert!(
+        !journal.exists(),
+        "the journal is removed once the update completed"
+    );
+    // What arrived before the kill is in place and not written again.
+    assert!(
+        json_u64(&received, "bytes_written") < 14 * MIB,
+        "rewrote everything:\n{received:#}"
+    );
+}

@@ -58,6 +58,18 @@ pub struct OutputFile {
     flusher: Option<Flusher>,
     /// Bytes written so far (for the qcow2 metadata flushes).
     written: AtomicU64,
+    /// Writing into an existing image or block device (`--inplace`): no
+    /// temporary file, nothing renamed or removed.
+    in_place: Option<InPlaceKind>,
+}
+
+/// What an in-place output is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InPlaceKind {
+    /// A regular raw file (holes can be punched).
+    File,
+    /// A block device (zeros are written).
+    Device,
 }
 
 /// Bytes written between two background syncs of a raw output.
@@ -172,7 +184,101 @@ impl OutputFile {
             durable: true,
             flusher,
             written: AtomicU64::new(0),
+            in_place: None,
         })
+    }
+
+    /// Opens the existing raw image or block device at `path` to be updated
+    /// in place to an image of `len` bytes: a regular file is resized to
+    /// `len` (and never opened through a symbolic link); a block device
+    /// must have exactly `len` bytes.
+    pub fn open_in_place(path: &Path, len: u64) -> Result<Self> {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = Dir::of(path)?;
+        let final_name = safe_fs::file_name(path)?.to_string();
+        let is_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        let (file, kind) = if is_device {
+            // Devices are named through links (/dev/disk/by-id/...): follow them.
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io(path, "open output device", e))?;
+            let size = std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))
+                .map_err(|e| Error::io(path, "size output device", e))?;
+            if size != len {
+                return Err(Error::Config(format!(
+                    "{}: the block device has {size} bytes, the image {len}; refusing to update it in place",
+                    path.display()
+                )));
+            }
+            (f, InPlaceKind::Device)
+        } else {
+            let f = dir
+                .open_existing(&final_name, true)?
+                .ok_or_else(|| Error::io(path, "open output", std::io::ErrorKind::NotFound.into()))?;
+            f.set_len(len).map_err(|e| Error::io(path, "resize output", e))?;
+            (f, InPlaceKind::File)
+        };
+        let flusher = Flusher::start(&file);
+        Ok(OutputFile {
+            final_path: path.to_path_buf(),
+            temp_path: path.to_path_buf(),
+            dir,
+            temp_name: final_name.clone(),
+            final_name,
+            format: OutputFormat::Raw,
+            writer: Some(Writer::Raw(file)),
+            len,
+            durable: true,
+            flusher,
+            written: AtomicU64::new(0),
+            in_place: Some(kind),
+        })
+    }
+
+    /// True when updating an existing image in place.
+    pub fn is_in_place(&self) -> bool {
+        self.in_place.is_some()
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros (in place only: a new
+    /// output's unwritten blocks already are holes). A file gets a hole
+    /// punched (zeros written where the filesystem cannot punch); a block
+    /// device gets zeros written where the old bytes were not zero.
+    /// Returns the bytes actually written.
+    pub fn zero_range(&self, offset: u64, len: u64) -> Result<u64> {
+        let Some(Writer::Raw(f)) = &self.writer else {
+            return Err(Error::Config("zero_range on a closed or qcow2 output".into()));
+        };
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(Error::Config(format!(
+                "{}: zeroing {len} bytes at {offset} is past the end",
+                self.temp_path.display()
+            )));
+        }
+        if self.in_place == Some(InPlaceKind::File) {
+            use rustix::fs::FallocateFlags;
+            match rustix::fs::fallocate(
+                f,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                offset,
+                len,
+            ) {
+                Ok(()) => return Ok(0),
+                Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {}
+                Err(e) => return Err(Error::io(&self.temp_path, "punch hole", e.into())),
+            }
+        }
+        let mut old = vec![0u8; len as usize];
+        f.read_exact_at(&mut old, offset)
+            .map_err(|e| Error::io(&self.temp_path, "read output", e))?;
+        if crate::digest::is_zero(&old) {
+            return Ok(0);
+        }
+        old.fill(0);
+        self.write_at(&old, offset)?;
+        Ok(len)
     }
 
     /// Whether to sync data and directory before publishing (default: yes).
@@ -259,6 +365,14 @@ impl OutputFile {
         if self.writer.is_some() {
             return Ok(());
         }
+        if self.in_place == Some(InPlaceKind::Device) {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.temp_path)
+                .map_err(|e| Error::io(&self.temp_path, "reopen output", e))?;
+            self.writer = Some(Writer::Raw(f));
+            return Ok(());
+        }
         let file = self.dir.open_existing(&self.temp_name, true)?.ok_or_else(|| {
             Error::io(
                 &self.temp_path,
@@ -285,7 +399,9 @@ impl OutputFile {
     /// sync of the directory so the rename survives a crash).
     pub fn publish(mut self) -> Result<PathBuf> {
         self.finish_writing()?;
-        self.dir.rename(&self.temp_name, &self.final_name)?;
+        if self.in_place.is_none() {
+            self.dir.rename(&self.temp_name, &self.final_name)?;
+        }
         if self.durable {
             self.dir.sync()?;
         }
@@ -295,7 +411,11 @@ impl OutputFile {
     /// Removes the temporary file (after a failure).
     pub fn discard(mut self) {
         self.writer = None;
-        let _ = self.dir.remove(&self.temp_name);
+        // An image updated in place is never removed (its journal says it
+        // is inconsistent until the same update completes).
+        if self.in_place.is_none() {
+            let _ = self.dir.remove(&self.temp_name);
+        }
     }
 
     /// The directory the output is written in.

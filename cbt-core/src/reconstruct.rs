@@ -114,6 +114,9 @@ pub struct ReconstructOptions {
     /// (by default the check relies on every written block having been
     /// hashed on its way in, see [`crate::assemble`]).
     pub verify_readback: bool,
+    /// Update the output in place when it exists (raw file or block
+    /// device), writing only the blocks that differ.
+    pub in_place: bool,
 }
 
 impl Default for ReconstructOptions {
@@ -122,6 +125,7 @@ impl Default for ReconstructOptions {
             format: OutputFormat::Raw,
             threads: 0,
             verify_readback: false,
+            in_place: false,
         }
     }
 }
@@ -159,6 +163,11 @@ pub struct Report {
     pub local_rejected: u64,
     /// Blocks fixed after verification found them wrong.
     pub blocks_repaired: u64,
+    /// In place: blocks that already held the right bytes (not written).
+    pub blocks_unchanged: u64,
+    /// Bytes written to the output (data, and zeros where no hole could
+    /// be punched).
+    pub bytes_written: u64,
     /// Digest of the whole image (see [`ImageDigester`]).
     pub image_digest: String,
     /// Where the image was published.
@@ -224,6 +233,7 @@ struct Counters {
     missing: AtomicU64,
     missing_bytes: AtomicU64,
     rejected: AtomicU64,
+    unchanged: AtomicU64,
 }
 
 /// Reconstructs an image at `output_path` from its block `records` (in disk
@@ -251,6 +261,7 @@ pub fn reconstruct(
         format: options.format,
         durable: true,
         verify_readback: options.verify_readback,
+        in_place: options.in_place,
     };
     let mut assembly = Assembly::create(output_path, layout, &assembly_options)?;
     let result = (|| {
@@ -266,6 +277,7 @@ pub fn reconstruct(
     index.refresh_changed_seeds();
     match result {
         Ok((image_digest, counters, repaired)) => {
+            let bytes_written = assembly.bytes_written();
             let published = assembly.publish()?;
             Ok(Report {
                 image_bytes: layout.len(),
@@ -277,6 +289,8 @@ pub fn reconstruct(
                 bytes_missing: counters.missing_bytes.load(Ordering::Relaxed),
                 local_rejected: counters.rejected.load(Ordering::Relaxed),
                 blocks_repaired: repaired,
+                blocks_unchanged: counters.unchanged.load(Ordering::Relaxed),
+                bytes_written,
                 image_digest: image_digest.to_hex(),
                 output: published,
                 seconds: started.elapsed().as_secs_f64(),
@@ -328,6 +342,39 @@ fn assemble(
             }
         }
         drop(local_rx);
+        // In place: the output's current blocks, hashed alongside the source
+        // (each is read before the planner can decide to overwrite it).
+        let (current_tx, current_rx) = bounded::<Vec<BlockRecord>>(16);
+        if assembly.is_in_place() {
+            let failure = &failure;
+            let threads = options.threads;
+            let spawned = thread::Builder::new()
+                .name("cbt-current".into())
+                .spawn_scoped(s, move || {
+                    let hashed = crate::image::RawImage::open(assembly.final_path()).and_then(|current| {
+                        let hash = HashOptions {
+                            threads,
+                            ..HashOptions::default()
+                        };
+                        hash_image(&current, layout, &hash, |records| {
+                            current_tx
+                                .send(records.to_vec())
+                                .map_err(|_| Error::Stopped("in-place comparison stopped".into()))
+                        })
+                    });
+                    if let Err(e) = hashed {
+                        if !matches!(e, Error::Stopped(_)) {
+                            failure.set(e);
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                failure.set(Error::io(assembly.temp_path(), "spawn hashing thread", e));
+            }
+        } else {
+            drop(current_tx);
+        }
+        let mut current = current_rx.into_iter().flatten();
         let (failure_ref, counters_ref) = (&failure, &counters);
         let spawned = thread::Builder::new()
             .name("cbt-fetch".into())
@@ -370,6 +417,8 @@ fn assemble(
         let planned = plan(
             layout,
             records,
+            &mut current,
+            assembly,
             index,
             &local_tx,
             &wanted_tx,
@@ -395,6 +444,8 @@ fn assemble(
 fn plan(
     layout: &Layout,
     records: impl Iterator<Item = Result<BlockRecord>>,
+    current: &mut dyn Iterator<Item = BlockRecord>,
+    assembly: &Assembly,
     index: &Index,
     local_tx: &Sender<LocalRun>,
     wanted_tx: &Sender<BlockRef>,
@@ -424,11 +475,34 @@ fn plan(
         if let Some(p) = progress {
             p.blocks_planned.fetch_add(1, Ordering::Relaxed);
         }
+        // In place: the block the output holds there now.
+        let here = if assembly.is_in_place() {
+            match current.next() {
+                Some(c) if c.offset == r.offset && c.len == r.len => Some(c),
+                _ => {
+                    return Err(Error::Stopped(
+                        "the output could not be read for comparison".into(),
+                    ))
+                }
+            }
+        } else {
+            None
+        };
         let BlockKind::Data(digest) = r.kind else {
-            // Zero blocks stay holes in the output and in the manifest.
+            // Zero blocks are holes in the manifest, and in the output (in
+            // place: made so unless they already read as zeros).
+            if here.is_some_and(|c| c.kind != BlockKind::Zero) {
+                assembly.zero(r.offset, r.len)?;
+            }
             counters.zero.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        if let Some(c) = here {
+            if assembly.confirm(block_index, &c, &digest)? {
+                counters.unchanged.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
         let b = BlockRef {
             index: block_index,
             offset: r.offset,

@@ -89,6 +89,10 @@ pub struct TransferReport {
     pub observed_bandwidth: f64,
     /// The image digest both sides agreed on.
     pub image_digest: String,
+    /// Bytes written to the output (receiver only): with `--inplace`, only
+    /// the blocks that differed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
 }
 
 impl TransferReport {
@@ -124,6 +128,7 @@ impl TransferReport {
                 0.0
             },
             image_digest: digest.to_hex(),
+            bytes_written: None,
         }
     }
 }

@@ -101,6 +101,9 @@ pub struct ReceiveOptions {
     pub partials: Option<PartialLimits>,
     /// Re-read the whole output before publishing (`--verify-readback`).
     pub verify_readback: bool,
+    /// Update the output in place when it exists, writing only the blocks
+    /// that differ (`--inplace`).
+    pub in_place: bool,
 }
 
 impl ReceiveOptions {
@@ -116,6 +119,7 @@ impl ReceiveOptions {
             progress: None,
             partials: None,
             verify_readback: false,
+            in_place: false,
         }
     }
 }
@@ -184,9 +188,9 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
         Err(e) => Err(e),
     };
     match result {
-        Ok(((layout, stats, digest, output), label)) => {
+        Ok(((layout, stats, digest, output, bytes_written), label)) => {
             link.close(Duration::from_secs(10)).await;
-            Ok(TransferReport::new(
+            let mut report = TransferReport::new(
                 "receiver",
                 &peer,
                 label,
@@ -196,7 +200,9 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
                 &counters,
                 started.elapsed().as_secs_f64(),
                 digest,
-            ))
+            );
+            report.bytes_written = Some(bytes_written);
+            Ok(report)
         }
         Err(e) => {
             match &e {
@@ -210,7 +216,7 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
     }
 }
 
-type EngineResult = (Layout, DoneStats, Digest, PathBuf);
+type EngineResult = (Layout, DoneStats, Digest, PathBuf, u64);
 
 /// The engine's connections to the rest of the receiver.
 struct Channels {
@@ -285,12 +291,29 @@ fn run_engine(
             format: options.format,
             durable: true,
             verify_readback: options.verify_readback,
+            in_place: options.in_place,
         },
     )?);
+    // In place, blocks the output already holds at their own offset are
+    // recorded, not rewritten: the output's number among the seeds.
+    let out_image = assembly
+        .is_in_place()
+        .then(|| {
+            let out = options.output.canonicalize().ok()?;
+            index
+                .images()
+                .iter()
+                .position(|i| {
+                    i.spec.snapshot.is_none() && i.spec.path.canonicalize().ok().as_ref() == Some(&out)
+                })
+                .and_then(|i| u32::try_from(i).ok())
+        })
+        .flatten();
     let shared = Shared {
         index,
         assembly: Some(assembly),
         map,
+        out_image,
     };
     let mut engine = Engine::new(peer, shared, channels, shutdown, &options, layout.block_size())?;
     let result = engine.run();
@@ -307,11 +330,12 @@ fn run_engine(
     };
     match result {
         Ok(digest) => {
+            let bytes_written = assembly.bytes_written();
             let published = assembly.publish()?;
             resume::cleanup(&options.output);
             // The sender waits for this before it reports success.
             let _ = outgoing.blocking_send(Frame::Done(stats));
-            Ok((layout, stats, digest, published))
+            Ok((layout, stats, digest, published, bytes_written))
         }
         Err(e) => {
             if !(e.is_connection_loss() || matches!(e, Error::Remote { .. })) {
@@ -336,6 +360,8 @@ struct Shared {
     /// Always there, except while the engine finishes it.
     assembly: Option<Arc<Assembly>>,
     map: BlockMap,
+    /// In place: the output's image number in the index.
+    out_image: Option<u32>,
 }
 
 impl Shared {
@@ -423,7 +449,11 @@ fn check_prediction(
     if !checked.good().first().copied().unwrap_or(false) {
         return Ok(Outcome::Missed(Some(checked.digests().to_vec())));
     }
-    shared.assembly()?.write_checked(&checked)?;
+    // Found in the output itself at its own offset: in place, nothing moves.
+    let same_place = shared.out_image == Some(job.image) && job.offset == span.offset;
+    shared
+        .assembly()?
+        .place(&checked, &vec![same_place; lens.len()])?;
     let zero = checked.good_zero().filter(|z| *z).count() as u64;
     let local = lens.len() as u64 - zero;
     Ok(Outcome::Matched { zero, local })
@@ -929,8 +959,11 @@ impl Engine {
                 .group(g)
                 .ok_or_else(|| self.protocol("no such group"))?;
             bytes += span.len;
-            // Zero blocks stay holes in the output and in the manifest.
+            // Zero blocks stay holes in the output and in the manifest (in
+            // place: they are made zeros).
             self.stats.blocks_zero += u64::from(span.blocks);
+            let len = u32::try_from(span.len).map_err(|_| self.protocol("group too large"))?;
+            self.shared.assembly()?.zero(span.offset, len)?;
         }
         if let Some((_, off)) = self.cursor.as_mut() {
             *off += bytes;
@@ -1099,6 +1132,8 @@ impl Engine {
         let blocks: Vec<BlockSpan> = self.shared.map.group_blocks_spans(&p.span).collect();
         self.buf.resize(p.span.len as usize, 0);
         let mut good = vec![false; blocks.len()];
+        let mut same_place = vec![false; blocks.len()];
+        let mut zero_blocks: Vec<(u64, u32)> = Vec::new();
         let mut predicted_hits = 0u32;
         let mut last_hit: Option<(u32, u64, u64)> = None;
         let mut pos = 0usize;
@@ -1107,7 +1142,25 @@ impl Engine {
             pos += b.len as usize;
             if *d == self.zeros.get(b.len) {
                 self.stats.blocks_zero += 1;
+                zero_blocks.push((b.offset, b.len));
                 continue;
+            }
+            // In place, first the output itself at this very offset.
+            if let Some(out) = self.shared.out_image {
+                let loc = Location {
+                    image: out,
+                    offset: b.offset,
+                };
+                if self
+                    .shared
+                    .index
+                    .read_verified(loc, &mut self.buf[range.clone()], d)
+                    .unwrap_or(false)
+                {
+                    good[i] = true;
+                    same_place[i] = true;
+                    continue;
+                }
             }
             // First where the group was predicted, then anywhere in the index.
             if let Some((img, off, local)) = &p.predicted {
@@ -1179,9 +1232,12 @@ impl Engine {
                 "a seed changed while group {g} was read from it"
             )));
         }
-        self.shared.assembly()?.write_checked(&checked)?;
+        self.shared.assembly()?.place(&checked, &same_place)?;
+        for (offset, len) in zero_blocks {
+            self.shared.assembly()?.zero(offset, len)?;
+        }
 
-        let hits = predicted_hits > 0 || last_hit.is_some();
+        let hits = predicted_hits > 0 || same_place.contains(&true) || last_hit.is_some();
         if hits {
             self.miss_streak = 0;
             self.whole_count = 0;
@@ -1255,7 +1311,7 @@ impl Engine {
                     format!("block {index} does not match its digest (did the source image change?)"),
                 ));
             }
-            self.shared.assembly()?.write_checked(&checked)?;
+            self.shared.assembly()?.place(&checked, &[])?;
         } else {
             let Some(whole) = p.whole.as_mut() else {
                 return Err(Error::protocol(
@@ -1294,7 +1350,7 @@ impl Engine {
                         ),
                     ));
                 }
-                self.shared.assembly()?.write_checked(&checked)?;
+                self.shared.assembly()?.place(&checked, &[])?;
                 p.resolved = true;
                 p.whole = None;
             }

@@ -49,6 +49,10 @@ pub struct AssemblyOptions {
     /// Re-read the whole output and compare every block with the manifest
     /// before publishing, repairing mismatches (`--verify-readback`).
     pub verify_readback: bool,
+    /// Update the output in place when it exists (a raw file or a block
+    /// device): blocks that already hold the right bytes are not written,
+    /// see [`Assembly::confirm`].
+    pub in_place: bool,
 }
 
 impl Default for AssemblyOptions {
@@ -57,6 +61,7 @@ impl Default for AssemblyOptions {
             format: OutputFormat::Raw,
             durable: true,
             verify_readback: false,
+            in_place: false,
         }
     }
 }
@@ -71,6 +76,20 @@ pub struct Assembly {
     manifest_name: String,
     verify_readback: bool,
     bytes_written: AtomicU64,
+    /// In place: the journal that marks the output inconsistent until the
+    /// update completes.
+    journal: Option<String>,
+}
+
+/// The journal of an in-place update of `output`: while it exists, the
+/// image at `output` is inconsistent (partly old, partly new), and the same
+/// command must be run again to complete it.
+pub fn journal_path_for(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}.cbt-inplace"))
 }
 
 /// The verification manifest's path next to `output`.
@@ -85,8 +104,45 @@ pub fn manifest_path_for(output: &Path) -> PathBuf {
 impl Assembly {
     /// Starts assembling an image of `layout` for `final_path`.
     pub fn create(final_path: &Path, layout: &Layout, options: &AssemblyOptions) -> Result<Assembly> {
-        let mut output = OutputFile::create(final_path, options.format, layout.len())?;
+        let existing = std::fs::metadata(final_path).is_ok();
+        let in_place = options.in_place && existing;
+        if in_place && options.format != OutputFormat::Raw {
+            return Err(Error::Config(format!(
+                "{}: an in-place update writes raw images only",
+                final_path.display()
+            )));
+        }
+        let mut output = if in_place {
+            OutputFile::open_in_place(final_path, layout.len())?
+        } else {
+            OutputFile::create(final_path, options.format, layout.len())?
+        };
         output.set_durable(options.durable);
+        let journal = if in_place {
+            let path = journal_path_for(final_path);
+            let name = safe_fs::file_name(&path)?.to_string();
+            if output.dir().entry(&name)? != crate::safe_fs::Entry::Missing {
+                tracing::warn!(
+                    "{}: an earlier in-place update was interrupted; completing it",
+                    final_path.display()
+                );
+            }
+            let mut j = output.dir().create_replacing(&name)?;
+            std::io::Write::write_all(
+                &mut j,
+                format!(
+                    "cbt: an in-place update of {} is in progress or was interrupted; \
+                     the image is inconsistent until the same command completes\n",
+                    final_path.display()
+                )
+                .as_bytes(),
+            )
+            .and_then(|()| j.sync_all())
+            .map_err(|e| Error::io(&path, "write journal", e))?;
+            Some(name)
+        } else {
+            None
+        };
         let manifest_path = manifest_path_for(final_path);
         let manifest_name = safe_fs::file_name(&manifest_path)?.to_string();
         let manifest = output.dir().create_replacing(&manifest_name)?;
@@ -105,7 +161,55 @@ impl Assembly {
             manifest_name,
             verify_readback: options.verify_readback,
             bytes_written: AtomicU64::new(0),
+            journal,
         })
+    }
+
+    /// True when updating an existing output in place.
+    pub fn is_in_place(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// In place: block `index` of the output already holds the source's
+    /// bytes when `current` (the output's own record, hashed from what is
+    /// there now) has the digest `expected`. Records it without writing
+    /// and returns true; false (nothing recorded) otherwise.
+    pub fn confirm(&self, index: u64, current: &BlockRecord, expected: &Digest) -> Result<bool> {
+        if !self.is_in_place() {
+            return Ok(false);
+        }
+        let BlockKind::Data(d) = current.kind else {
+            return Ok(false);
+        };
+        if d != *expected {
+            return Ok(false);
+        }
+        self.record(index, &[d])?;
+        Ok(true)
+    }
+
+    /// Makes block `len` bytes at `offset` zeros: nothing to do in a new
+    /// output (a hole); in place, a hole is punched or zeros written.
+    pub fn zero(&self, offset: u64, len: u32) -> Result<()> {
+        if self.is_in_place() {
+            let written = self.output.zero_range(offset, u64::from(len))?;
+            self.bytes_written.fetch_add(written, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn record(&self, first_index: u64, digests: &[Digest]) -> Result<()> {
+        let mut entries = Vec::with_capacity(digests.len() * 32);
+        for d in digests {
+            entries.extend_from_slice(&d.0);
+        }
+        let at = first_index
+            .checked_mul(32)
+            .filter(|at| at + entries.len() as u64 <= self.layout.block_count() * 32)
+            .ok_or_else(|| Error::Protocol(format!("block {first_index} is outside the layout")))?;
+        self.manifest
+            .write_all_at(&entries, at)
+            .map_err(|e| Error::io(&self.manifest_path, "write manifest", e))
     }
 
     /// The layout being assembled.
@@ -113,9 +217,14 @@ impl Assembly {
         &self.layout
     }
 
-    /// The temporary path being written.
+    /// The temporary path being written (in place: the output itself).
     pub fn temp_path(&self) -> &Path {
         self.output.temp_path()
+    }
+
+    /// Where the image is published.
+    pub fn final_path(&self) -> &Path {
+        self.output.final_path()
     }
 
     /// Bytes written to the output so far.
@@ -127,18 +236,7 @@ impl Assembly {
     /// call from several threads.
     pub fn write(&self, run: &VerifiedRun<'_>) -> Result<()> {
         self.output.write_at(run.data(), run.offset())?;
-        let mut entries = Vec::with_capacity(run.digests().len() * 32);
-        for d in run.digests() {
-            entries.extend_from_slice(&d.0);
-        }
-        let at = run
-            .first_index()
-            .checked_mul(32)
-            .filter(|at| at + entries.len() as u64 <= self.layout.block_count() * 32)
-            .ok_or_else(|| Error::Protocol(format!("block {} is outside the layout", run.first_index())))?;
-        self.manifest
-            .write_all_at(&entries, at)
-            .map_err(|e| Error::io(&self.manifest_path, "write manifest", e))?;
+        self.record(run.first_index(), run.digests())?;
         self.bytes_written
             .fetch_add(run.data().len() as u64, Ordering::Relaxed);
         Ok(())
@@ -147,6 +245,53 @@ impl Assembly {
     /// Writes every run of `checked`.
     pub fn write_checked(&self, checked: &Checked<'_>) -> Result<()> {
         checked.runs().iter().try_for_each(|r| self.write(r))
+    }
+
+    /// Like [`Assembly::write_checked`], but blocks marked in `same_place`
+    /// were read from this very output at their own offset: in place, they
+    /// are only recorded, not rewritten. Accepted zero blocks are made
+    /// zeros in place. (Outside in-place updates, everything is written.)
+    pub fn place(&self, checked: &Checked<'_>, same_place: &[bool]) -> Result<()> {
+        if !self.is_in_place() {
+            return self.write_checked(checked);
+        }
+        for run in checked.runs() {
+            let first = (run.first_index() - checked.first_index()) as usize;
+            let lens = checked.lens();
+            let mut i = 0usize;
+            let mut byte = 0usize;
+            while i < run.digests().len() {
+                let keep = same_place.get(first + i).copied().unwrap_or(false);
+                let (start, start_byte) = (i, byte);
+                while i < run.digests().len() && same_place.get(first + i).copied().unwrap_or(false) == keep {
+                    byte += lens[first + i] as usize;
+                    i += 1;
+                }
+                let index = run.first_index() + start as u64;
+                if keep {
+                    self.record(index, &run.digests()[start..i])?;
+                } else {
+                    self.write(&run.sub(start..i, start_byte..byte))?;
+                }
+            }
+        }
+        self.zero_checked(checked)
+    }
+
+    /// In place: makes every accepted zero block of `checked` zeros in the
+    /// output (a new output already has holes there).
+    pub fn zero_checked(&self, checked: &Checked<'_>) -> Result<()> {
+        if !self.is_in_place() {
+            return Ok(());
+        }
+        let mut offset = checked.offset();
+        for (zero, len) in checked.good_zero().zip(checked.lens()) {
+            if zero {
+                self.zero(offset, *len)?;
+            }
+            offset += u64::from(*len);
+        }
+        Ok(())
     }
 
     /// The image digest folded from the manifest, in layout order.
@@ -202,7 +347,15 @@ impl Assembly {
     /// Moves the finished output to its final path.
     pub fn publish(self) -> Result<PathBuf> {
         let _ = self.output.dir().remove(&self.manifest_name);
-        self.output.publish()
+        let journal = self.journal.clone();
+        let dir = crate::safe_fs::Dir::of(self.output.final_path())?;
+        let published = self.output.publish()?;
+        if let Some(j) = journal {
+            // Only now is the image consistent again.
+            dir.remove(&j)?;
+            dir.sync()?;
+        }
+        Ok(published)
     }
 
     /// Removes the output and its manifest (after a failure not worth resuming).

@@ -40,6 +40,20 @@ impl<'a> VerifiedRun<'a> {
     pub fn digests(&self) -> &'a [Digest] {
         self.digests
     }
+
+    /// The blocks `blocks` of this run, which occupy bytes `bytes` of it.
+    pub(super) fn sub(
+        &self,
+        blocks: std::ops::Range<usize>,
+        bytes: std::ops::Range<usize>,
+    ) -> VerifiedRun<'a> {
+        VerifiedRun {
+            first_index: self.first_index + blocks.start as u64,
+            offset: self.offset + bytes.start as u64,
+            data: &self.data[bytes],
+            digests: &self.digests[blocks],
+        }
+    }
 }
 
 /// A region of consecutive blocks after checking: what each block hashed
@@ -134,6 +148,21 @@ impl<'a> Checked<'a> {
             digests,
             zero,
         }
+    }
+
+    /// Layout index of the first block.
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// Image offset of the first block.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The blocks' lengths.
+    pub fn lens(&self) -> &[u32] {
+        &self.lens
     }
 
     /// What each block hashed to (fewer than asked if `data` was short).
