@@ -237,6 +237,38 @@ impl OutputFile {
         })
     }
 
+    /// Has the kernel copy `len` bytes at `seed_offset` of `seed` to
+    /// `offset` of a raw output (`copy_file_range`: on XFS with reflink and
+    /// on btrfs the extents are shared, not copied). Returns false, having
+    /// copied nothing the caller needs, when the kernel refuses (another
+    /// filesystem, a block device, a qcow2 output); the caller then writes
+    /// the bytes itself.
+    pub fn clone_range(&self, seed: &File, seed_offset: u64, offset: u64, len: u64) -> Result<bool> {
+        let (Some(Writer::Raw(f)), None | Some(InPlaceKind::File)) = (&self.writer, self.in_place) else {
+            return Ok(false);
+        };
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
+            return Ok(false);
+        }
+        let (mut from, mut to, end) = (seed_offset, offset, offset + len);
+        while to < end {
+            let chunk = usize::try_from(end - to).unwrap_or(usize::MAX);
+            match rustix::fs::copy_file_range(seed, Some(&mut from), f, Some(&mut to), chunk) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                // Cross-device, unsupported, or a filesystem that says no:
+                // whatever was copied is rewritten by the caller.
+                Err(_) => return Ok(false),
+            }
+        }
+        self.written.fetch_add(len, Ordering::Relaxed);
+        if let Some(fl) = &self.flusher {
+            fl.wrote(len);
+        }
+        Ok(true)
+    }
+
     /// True when updating an existing image in place.
     pub fn is_in_place(&self) -> bool {
         self.in_place.is_some()

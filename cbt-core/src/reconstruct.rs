@@ -33,6 +33,9 @@ use crate::pipeline::{hash_image, BlockKind, BlockRecord, HashOptions, ImageDige
 
 /// Largest run of contiguous local blocks copied with one read.
 const MAX_RUN_BYTES: u64 = 1 << 20;
+/// Runs whose offsets and length are multiples of this (the block size
+/// of the filesystems that share extents) go through `copy_file_range`.
+const CLONE_ALIGN: u64 = 4096;
 
 /// A block wanted from the source: where it goes and what it must hash to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +171,10 @@ pub struct Report {
     /// Bytes written to the output (data, and zeros where no hole could
     /// be punched).
     pub bytes_written: u64,
+    /// Bytes of local blocks the kernel copied from raw seeds
+    /// (`copy_file_range`); on XFS with reflink and on btrfs their extents
+    /// are shared with the seed, not written.
+    pub bytes_cloned: u64,
     /// Digest of the whole image (see [`ImageDigester`]).
     pub image_digest: String,
     /// Where the image was published.
@@ -277,7 +284,7 @@ pub fn reconstruct(
     index.refresh_changed_seeds();
     match result {
         Ok((image_digest, counters, repaired)) => {
-            let bytes_written = assembly.bytes_written();
+            let (bytes_written, bytes_cloned) = (assembly.bytes_written(), assembly.bytes_cloned());
             let published = assembly.publish()?;
             Ok(Report {
                 image_bytes: layout.len(),
@@ -291,6 +298,7 @@ pub fn reconstruct(
                 blocks_repaired: repaired,
                 blocks_unchanged: counters.unchanged.load(Ordering::Relaxed),
                 bytes_written,
+                bytes_cloned,
                 image_digest: image_digest.to_hex(),
                 output: published,
                 seconds: started.elapsed().as_secs_f64(),
@@ -560,13 +568,11 @@ fn copy_local(
             image: run.image,
             offset: run.seed_offset,
         };
-        let readable = match index.open(run.image) {
-            Ok(img) => {
-                loc.offset.checked_add(total).is_some_and(|e| e <= img.len())
-                    && img.read_at(&mut buf, loc.offset).is_ok()
-            }
-            Err(_) => false,
-        };
+        let seed = index.open(run.image).ok();
+        let readable = seed.as_ref().is_some_and(|img| {
+            loc.offset.checked_add(total).is_some_and(|e| e <= img.len())
+                && img.read_at(&mut buf, loc.offset).is_ok()
+        });
         lens.clear();
         lens.extend(run.blocks.iter().map(|b| b.len));
         expected.clear();
@@ -580,7 +586,19 @@ fn copy_local(
             Expected::Each(&expected),
             &mut zeros,
         );
-        assembly.write_checked(&checked)?;
+        // Aligned runs of a raw seed are copied by the kernel (shared
+        // extents on XFS and btrfs); the rest is written.
+        let raw = seed.as_ref().and_then(|s| s.raw_file());
+        for r in checked.runs() {
+            let seed_offset = loc.offset + (r.offset() - first.offset);
+            let aligned = [r.offset(), seed_offset, r.data().len() as u64]
+                .iter()
+                .all(|v| v % CLONE_ALIGN == 0);
+            match raw {
+                Some(f) if aligned => assembly.clone_run(&r, f, seed_offset)?,
+                _ => assembly.write(&r)?,
+            }
+        }
         let mut good_bytes = 0u64;
         let mut good_count = 0u64;
         for (b, ok) in run.blocks.iter().zip(checked.good()) {

@@ -76,6 +76,7 @@ pub struct Assembly {
     manifest_name: String,
     verify_readback: bool,
     bytes_written: AtomicU64,
+    bytes_cloned: AtomicU64,
     /// In place: the journal that marks the output inconsistent until the
     /// update completes.
     journal: Option<String>,
@@ -161,6 +162,7 @@ impl Assembly {
             manifest_name,
             verify_readback: options.verify_readback,
             bytes_written: AtomicU64::new(0),
+            bytes_cloned: AtomicU64::new(0),
             journal,
         })
     }
@@ -240,6 +242,28 @@ impl Assembly {
         self.bytes_written
             .fetch_add(run.data().len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Bytes the kernel copied or shared from seeds (`copy_file_range`)
+    /// instead of writing them.
+    pub fn bytes_cloned(&self) -> u64 {
+        self.bytes_cloned.load(Ordering::Relaxed)
+    }
+
+    /// Places a verified run read from `seed` (a raw file) at `seed_offset`
+    /// by having the kernel copy it (sharing extents where the filesystem
+    /// can), falling back to writing the verified bytes. The seed range was
+    /// hashed just before (that is what made the run verified); a seed
+    /// rewritten in between is what `--verify-readback` is for.
+    pub fn clone_run(&self, run: &VerifiedRun<'_>, seed: &File, seed_offset: u64) -> Result<()> {
+        let len = run.data().len() as u64;
+        if self.output.clone_range(seed, seed_offset, run.offset(), len)? {
+            self.record(run.first_index(), run.digests())?;
+            self.bytes_cloned.fetch_add(len, Ordering::Relaxed);
+            Ok(())
+        } else {
+            self.write(run)
+        }
     }
 
     /// Writes every run of `checked`.

@@ -69,6 +69,13 @@ pub trait Image: Send + Sync + fmt::Debug {
     /// non-zero data; everything else in that window reads as zeros (or, with
     /// [`ExtentScope::TopLayer`], may also come from a backing file).
     fn data_extents(&self, start: u64, end: u64, scope: ExtentScope) -> Result<Vec<Extent>>;
+
+    /// The regular file whose bytes are the image's bytes at the same
+    /// offsets (a raw image file), for copies done by the kernel
+    /// (`copy_file_range`, shared extents on XFS and btrfs).
+    fn raw_file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 /// The on-disk format of an image file.

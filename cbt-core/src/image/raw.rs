@@ -56,6 +56,11 @@ impl Image for RawImage {
         pread_exact(&self.file, &self.path, buf, offset, "data")
     }
 
+    fn raw_file(&self) -> Option<&File> {
+        // Regular files only: a block device shares no extents.
+        self.sparse_aware.then_some(&self.file)
+    }
+
     fn data_extents(&self, start: u64, end: u64, _scope: ExtentScope) -> Result<Vec<Extent>> {
         let end = end.min(self.len);
         if start >= end {
