@@ -25,7 +25,7 @@ mod error;
 mod image;
 mod partition;
 
-pub use digest::{is_zero, Digest};
+pub use digest::{digests_of, is_zero, Digest};
 pub use error::{Error, Result};
 pub use image::{
     detect_format, list_snapshots, open_image, parse_header, parse_snapshot_table, read_snapshot_table,

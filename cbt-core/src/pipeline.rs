@@ -21,7 +21,7 @@ use std::thread;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::digest::{is_zero, Digest};
+use crate::digest::{digests_of, is_zero, Digest};
 use crate::error::{Error, Result};
 use crate::image::{Extent, ExtentScope, Image};
 use crate::layout::{BlockSpan, Layout};
@@ -346,27 +346,32 @@ fn hash_stage(
             buf_offset = start;
             bytes_read.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        let records = batch
+        // Zero blocks skip hashing; the others are hashed in SIMD batches.
+        let data: Vec<Option<&[u8]>> = batch
             .blocks
             .iter()
             .zip(&batch.read)
             .map(|(b, &was_read)| {
-                let kind = if was_read {
-                    let start = (b.offset - buf_offset) as usize;
-                    let data = &buf[start..start + b.len as usize];
-                    if is_zero(data) {
-                        BlockKind::Zero
-                    } else {
-                        BlockKind::Data(Digest::of(data))
-                    }
-                } else {
-                    BlockKind::Zero
-                };
-                BlockRecord {
-                    offset: b.offset,
-                    len: b.len,
-                    kind,
-                }
+                let start = (b.offset.wrapping_sub(buf_offset)) as usize;
+                let data = was_read.then(|| &buf[start..start + b.len as usize]);
+                data.filter(|d| !is_zero(d))
+            })
+            .collect();
+        let nonzero: Vec<&[u8]> = data.iter().flatten().copied().collect();
+        let mut digests = Vec::with_capacity(nonzero.len());
+        digests_of(&nonzero, &mut digests);
+        let mut digests = digests.into_iter();
+        let records = batch
+            .blocks
+            .iter()
+            .zip(&data)
+            .map(|(b, d)| BlockRecord {
+                offset: b.offset,
+                len: b.len,
+                kind: match (d, d.is_some().then(|| digests.next()).flatten()) {
+                    (Some(_), Some(digest)) => BlockKind::Data(digest),
+                    _ => BlockKind::Zero,
+                },
             })
             .collect();
         if output

@@ -8,7 +8,7 @@
 //! Zero blocks are checked too, but never become part of a run: a new
 //! output leaves them as holes.
 
-use crate::digest::{is_zero, Digest};
+use crate::digest::{digests_of, is_zero, Digest};
 use crate::pipeline::ZeroDigests;
 
 /// Consecutive verified non-zero blocks, ready to be written.
@@ -126,19 +126,35 @@ impl<'a> Checked<'a> {
         zeros: &mut ZeroDigests,
     ) -> Checked<'a> {
         let n = lens.len();
-        let mut digests = Vec::with_capacity(n);
-        let mut zero = Vec::with_capacity(n);
+        let mut blocks: Vec<&[u8]> = Vec::with_capacity(n);
         let mut pos = 0usize;
         for &len in lens {
             let end = pos + len as usize;
             let Some(block) = data.get(pos..end) else {
                 break;
             };
-            let z = is_zero(block);
-            digests.push(if z { zeros.get(len) } else { Digest::of(block) });
-            zero.push(z);
+            blocks.push(block);
             pos = end;
         }
+        // Zero blocks skip hashing; the others are hashed in SIMD batches.
+        let zero: Vec<bool> = blocks.iter().map(|b| is_zero(b)).collect();
+        let nonzero: Vec<&[u8]> = blocks
+            .iter()
+            .zip(&zero)
+            .filter(|(_, z)| !**z)
+            .map(|(b, _)| *b)
+            .collect();
+        let mut hashed = Vec::with_capacity(nonzero.len());
+        digests_of(&nonzero, &mut hashed);
+        let mut hashed = hashed.into_iter();
+        let digests: Vec<Digest> = blocks
+            .iter()
+            .zip(&zero)
+            .map(|(b, z)| match z {
+                true => zeros.get(b.len() as u32),
+                false => hashed.next().unwrap_or_else(|| Digest::of(b)),
+            })
+            .collect();
         Checked {
             first_index,
             offset,

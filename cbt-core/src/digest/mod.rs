@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+mod batch;
+
+pub use batch::digests_of;
+
 /// A BLAKE3 digest of one block's content.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);
