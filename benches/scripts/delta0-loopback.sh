@@ -30,15 +30,15 @@ cat src.raw seeds/base.raw > /dev/null    # warm
 
 t() { local s e; s=$(date +%s.%N); "$@" > /dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
 for run in 1 2 3; do
-    cp --reflink=never src.raw out/r.raw
+    cp --reflink=never src.raw out/r.raw; sync
     echo "rsync --inplace     $(t rsync -I --no-whole-file --inplace src.raw rsync://127.0.0.1:8730/bench/r.raw)"
     echo "rsync (temp file)   $(t rsync -I --no-whole-file src.raw rsync://127.0.0.1:8730/bench/r.raw)"
-    rm -f out/c.raw
+    rm -f out/c.raw; sync
     ( "$cbt" recv --listen 127.0.0.1:4790 out/c.raw --seed seeds --json > recv.json 2>/dev/null & )
     sleep 0.3
     echo "cbt send/recv       $(t "$cbt" send src.raw 127.0.0.1:4790)"
     sleep 0.2
-    cp --reflink=never src.raw out/i.raw
+    cp --reflink=never src.raw out/i.raw; sync
     ( "$cbt" recv --inplace --listen 127.0.0.1:4791 out/i.raw --json > recv-inplace.json 2>/dev/null & )
     sleep 0.3
     echo "cbt recv --inplace  $(t "$cbt" send src.raw 127.0.0.1:4791)"

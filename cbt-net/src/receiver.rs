@@ -40,8 +40,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cbt_core::{
-    is_zero, Assembly, AssemblyOptions, BlockRef, BlockSource, BlockSpan, Checked, Digest, Expected, Index,
-    IndexOptions, Layout, Location, OutputFormat, ZeroDigests,
+    is_zero, Assembly, AssemblyOptions, BlockRef, BlockSource, BlockSpan, Checked, Digest, Expected, Image,
+    Index, IndexOptions, Layout, Location, OutputFormat, RawImage, ZeroDigests,
 };
 use tokio::sync::mpsc;
 
@@ -264,7 +264,10 @@ fn run_engine(
     // version of the output itself.
     let mut seeds = options.seeds.clone();
     seeds.extend(resume::prepare(&options.output)?);
-    if options.output.is_file() {
+    // Updated in place, the output is not hashed up front: each group is
+    // first predicted at its own offset in it, which reads and checks it
+    // once, as the transfer goes.
+    if options.output.is_file() && !options.in_place {
         seeds.push(options.output.clone());
     }
     let mut index_options = options.index.clone();
@@ -295,25 +298,18 @@ fn run_engine(
         },
     )?);
     // In place, blocks the output already holds at their own offset are
-    // recorded, not rewritten: the output's number among the seeds.
-    let out_image = assembly
-        .is_in_place()
-        .then(|| {
-            let out = options.output.canonicalize().ok()?;
-            index
-                .images()
-                .iter()
-                .position(|i| {
-                    i.spec.snapshot.is_none() && i.spec.path.canonicalize().ok().as_ref() == Some(&out)
-                })
-                .and_then(|i| u32::try_from(i).ok())
-        })
-        .flatten();
+    // recorded, not rewritten.
+    let out: Option<Arc<dyn Image>> = if assembly.is_in_place() {
+        Some(Arc::new(RawImage::open(&options.output)?))
+    } else {
+        None
+    };
     let shared = Shared {
         index,
         assembly: Some(assembly),
         map,
-        out_image,
+        out_image: out.as_ref().map(|_| OUT_IMAGE),
+        out,
     };
     let mut engine = Engine::new(peer, shared, channels, shutdown, &options, layout.block_size())?;
     let result = engine.run();
@@ -360,11 +356,39 @@ struct Shared {
     /// Always there, except while the engine finishes it.
     assembly: Option<Arc<Assembly>>,
     map: BlockMap,
-    /// In place: the output's image number in the index.
+    /// In place: [`OUT_IMAGE`], the output's number among the images
+    /// blocks are read from.
     out_image: Option<u32>,
+    /// In place: the output itself, read (not through the index).
+    out: Option<Arc<dyn Image>>,
 }
 
+/// The image number that stands for the output updated in place.
+const OUT_IMAGE: u32 = u32::MAX;
+
 impl Shared {
+    /// Image `i` of the index, or the output updated in place.
+    fn open(&self, i: u32) -> Option<Arc<dyn Image>> {
+        match (&self.out, i) {
+            (Some(out), OUT_IMAGE) => Some(Arc::clone(out)),
+            _ => self.index.open(i).ok(),
+        }
+    }
+
+    /// Reads the block at `loc` into `buf` and says whether it hashes to
+    /// `expected` (a seed probe; the block is checked again by the assembly).
+    fn read_verified(&self, loc: Location, buf: &mut [u8], expected: &Digest) -> bool {
+        if loc.image != OUT_IMAGE {
+            return self.index.read_verified(loc, buf, expected).unwrap_or(false);
+        }
+        let Some(out) = &self.out else { return false };
+        loc.offset
+            .checked_add(buf.len() as u64)
+            .is_some_and(|e| e <= out.len())
+            && out.read_at(buf, loc.offset).is_ok()
+            && Digest::of(buf) == *expected
+    }
+
     fn assembly(&self) -> Result<&Assembly> {
         self.assembly
             .as_deref()
@@ -421,7 +445,7 @@ fn check_prediction(
     zeros: &mut ZeroDigests,
 ) -> Result<Outcome> {
     let span = &job.span;
-    let Ok(image) = shared.index.open(job.image) else {
+    let Some(image) = shared.open(job.image) else {
         return Ok(Outcome::Missed(None));
     };
     if job
@@ -683,9 +707,10 @@ impl Engine {
                 .map_err(|e| Error::Config(format!("cannot start a predictor thread: {e}")))?;
             predictors.push(handle);
         }
+        let out_cursor = shared.out_image.map(|i| (i, 0));
         Ok(Engine {
             peer,
-            hopeful: shared.index.stats().unique_blocks > 0,
+            hopeful: shared.index.stats().unique_blocks > 0 || shared.out.is_some(),
             shared,
             events: channels.events,
             outgoing: channels.outgoing,
@@ -703,7 +728,8 @@ impl Engine {
             head_group: 0,
             data_seq: 0,
             deferred: VecDeque::new(),
-            cursor: None,
+            // In place, every group is first looked for at its own offset.
+            cursor: out_cursor,
             probe: None,
             miss_streak: 0,
             whole_count: 0,
@@ -1151,12 +1177,7 @@ impl Engine {
                     image: out,
                     offset: b.offset,
                 };
-                if self
-                    .shared
-                    .index
-                    .read_verified(loc, &mut self.buf[range.clone()], d)
-                    .unwrap_or(false)
-                {
+                if self.shared.read_verified(loc, &mut self.buf[range.clone()], d) {
                     good[i] = true;
                     same_place[i] = true;
                     continue;
@@ -1169,12 +1190,7 @@ impl Engine {
                         image: *img,
                         offset: off + (b.offset - p.span.offset),
                     };
-                    if self
-                        .shared
-                        .index
-                        .read_verified(loc, &mut self.buf[range.clone()], d)
-                        .unwrap_or(false)
-                    {
+                    if self.shared.read_verified(loc, &mut self.buf[range.clone()], d) {
                         good[i] = true;
                         predicted_hits += 1;
                         continue;
@@ -1182,12 +1198,7 @@ impl Engine {
                 }
             }
             if let Some(loc) = self.shared.index.lookup(d) {
-                if self
-                    .shared
-                    .index
-                    .read_verified(loc, &mut self.buf[range.clone()], d)
-                    .unwrap_or(false)
-                {
+                if self.shared.read_verified(loc, &mut self.buf[range.clone()], d) {
                     good[i] = true;
                     last_hit = Some((
                         loc.image,
