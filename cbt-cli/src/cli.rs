@@ -124,6 +124,10 @@ pub enum Command {
         net: crate::net_commands::NetOpts,
         #[command(flatten)]
         tls: crate::net_commands::TlsClientOpts,
+        /// Ask the daemon to update its existing image of that name in
+        /// place, writing only the blocks that differ (it may refuse).
+        #[arg(long)]
+        inplace: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,

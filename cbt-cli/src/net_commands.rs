@@ -31,9 +31,11 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             send: s,
             net,
             tls,
+            inplace,
             json,
         } => {
-            let client = client_options(&net, Some(&s), Tls::Client(&tls))?;
+            let mut client = client_options(&net, Some(&s), Tls::Client(&tls))?;
+            client.push_in_place = inplace;
             send(config, &image, snapshot, &dest, client, &s, json)
         }
         Command::Recv {
@@ -308,6 +310,7 @@ pub fn serve(config: &Config, s: ServeSettings) -> anyhow::Result<()> {
     options.preauth.deadline = Duration::from_secs(s.handshake_timeout);
     options.partials.max_bytes = s.max_partial_bytes;
     options.partials.max_age = Duration::from_secs(s.partial_max_age);
+    options.allow_in_place = s.allow_inplace;
     options.bwlimit = client.bwlimit;
     options.send = send_options(config, Some(&s.compress))?;
     options.receive.format = s.format;
@@ -444,6 +447,7 @@ fn client_options(net: &NetOpts, send: Option<&SendOpts>, tls: Tls<'_>) -> anyho
         bwlimit,
         tls,
         tls_server,
+        push_in_place: false,
     })
 }
 

@@ -20,6 +20,7 @@
 //! partial_max_age = 86400       # seconds; older partial outputs are removed
 //! max_unauthenticated = 64      # connections still in their handshake
 //! handshake_timeout = 5         # seconds for a new connection to authenticate
+//! allow_inplace = true          # accept `cbt send --inplace` (update in place)
 //! ```
 //!
 //! Precedence: a flag given on the command line, then (for the secret) the
@@ -78,6 +79,7 @@ pub struct ServeFile {
     partial_max_age: Option<u64>,
     max_unauthenticated: Option<usize>,
     handshake_timeout: Option<u64>,
+    allow_inplace: Option<bool>,
 }
 
 impl ServeFile {
@@ -184,6 +186,8 @@ pub struct ServeSettings {
     pub max_unauthenticated: usize,
     /// Seconds a new connection has to authenticate.
     pub handshake_timeout: u64,
+    /// Accept pushes that update an existing image in place.
+    pub allow_inplace: bool,
 }
 
 impl ServeSettings {
@@ -251,6 +255,7 @@ impl ServeSettings {
             partial_max_age: f.partial_max_age.unwrap_or(DEFAULT_PARTIAL_MAX_AGE),
             max_unauthenticated: f.max_unauthenticated.unwrap_or(DEFAULT_MAX_UNAUTHENTICATED),
             handshake_timeout: f.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+            allow_inplace: f.allow_inplace.unwrap_or(true),
         };
         s.check()?;
         Ok(s)

@@ -1159,3 +1159,51 @@ fn in_place_update_killed_midway_completes_when_run_again() {
         "rewrote everything:\n{received:#}"
     );
 }
+
+/// `cbt send --inplace` to a daemon updates its existing image in place
+/// (same inode, only what differs written); a daemon configured with
+/// `allow_inplace = false` refuses such pushes and keeps the image.
+#[test]
+fn push_in_place_to_a_daemon() {
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::new();
+    let v1 = noise_image(&env, "v1.img", 8, 31);
+    let data = env.dir("data");
+    let (_d, addr) = daemon(&env, &data, &[]);
+    cbt_json(&env, &args!["send", v1, format!("{addr}/vm.img")]);
+    let target = data.join("vm.img");
+    let inode = std::fs::metadata(&target).unwrap().ino();
+
+    let v2 = env.path("v2.img");
+    std::fs::copy(&v1, &v2).unwrap();
+    common::write_at(&v2, 3 * MIB, &[0x42; 8192]);
+    let sent = cbt_json(&env, &args!["send", "--inplace", v2, format!("{addr}/vm.img")]);
+    check_summary(&sent);
+    assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&v2).unwrap());
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().ino(),
+        inode,
+        "not updated in place"
+    );
+    assert!(!data.join(".vm.img.cbt-inplace").exists());
+
+    let config = env.path("serve.toml");
+    std::fs::write(
+        &config,
+        format!("data = {:?}\nallow_inplace = false\n", data.display().to_string()),
+    )
+    .unwrap();
+    let (_d2, addr2) = {
+        let mut p = Proc::spawn(
+            &env,
+            &args!["serve", "--listen", "127.0.0.1:0", "--config", config],
+        );
+        let a = p.addr();
+        (p, a)
+    };
+    let (status, _, err) = Proc::spawn(&env, &args!["send", "--inplace", v1, format!("{addr2}/vm.img")])
+        .finish(Duration::from_secs(60));
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("in-place"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&v2).unwrap());
+}

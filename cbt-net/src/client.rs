@@ -37,6 +37,8 @@ pub struct ClientOptions {
     pub tls: Option<TlsClient>,
     /// A one-shot receiver: accept only TLS clients, with this certificate.
     pub tls_server: Option<TlsServer>,
+    /// A push: ask the daemon to update its image in place.
+    pub push_in_place: bool,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +50,7 @@ impl Default for ClientOptions {
             bwlimit: None,
             tls: None,
             tls_server: None,
+            push_in_place: false,
         }
     }
 }
@@ -182,7 +185,7 @@ async fn connect(
         options.handshake_timeout,
     )
     .await?;
-    if mode == Mode::Push {
+    if matches!(mode, Mode::Push | Mode::PushInPlace) {
         writer.set_rate_limit(options.bwlimit);
     }
     Ok(Link::spawn(reader, writer, options.timeouts, shutdown.clone()))
@@ -198,7 +201,12 @@ pub async fn push(
     options: &ClientOptions,
     shutdown: Shutdown,
 ) -> Result<TransferReport> {
-    let link = connect(addr, Mode::Push, name.unwrap_or(""), options, &shutdown).await?;
+    let mode = if options.push_in_place {
+        Mode::PushInPlace
+    } else {
+        Mode::Push
+    };
+    let link = connect(addr, mode, name.unwrap_or(""), options, &shutdown).await?;
     tokio::select! {
         r = send(link, image, send_options) => r,
         _ = wait(shutdown) => Err(Error::Cancelled),
@@ -262,8 +270,11 @@ pub async fn receive_once(
                     }
                 };
                 let refusal = match (request.mode, request.name.is_empty()) {
-                    (Mode::Push, true) => None,
-                    (Mode::Push, false) => Some("this is a one-shot receiver: send without a /NAME"),
+                    // Whether to update in place is the receiver's own choice here.
+                    (Mode::Push | Mode::PushInPlace, true) => None,
+                    (Mode::Push | Mode::PushInPlace, false) => {
+                        Some("this is a one-shot receiver: send without a /NAME")
+                    }
                     (Mode::Pull, _) => Some("this is a one-shot receiver: it only accepts pushes"),
                 };
                 if let Some(reason) = refusal {

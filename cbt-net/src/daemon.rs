@@ -62,6 +62,8 @@ pub struct ServeOptions {
     pub preauth: PreAuthLimits,
     /// Bounds on partial outputs kept for resumes.
     pub partials: PartialLimits,
+    /// Accept pushes that ask to update an existing image in place.
+    pub allow_in_place: bool,
     /// Template for receiving (format, index settings, windows); the output
     /// and seeds are set per transfer.
     pub receive: ReceiveOptions,
@@ -85,6 +87,7 @@ impl ServeOptions {
             timeouts: Timeouts::default(),
             preauth: PreAuthLimits::default(),
             partials: PartialLimits::default(),
+            allow_in_place: true,
             receive: ReceiveOptions::new(PathBuf::new()),
             send: SendOptions::default(),
             bwlimit: None,
@@ -244,7 +247,17 @@ async fn connection(
         }
     };
     match request.mode {
-        Mode::Push => {
+        Mode::Push | Mode::PushInPlace => {
+            let in_place = request.mode == Mode::PushInPlace;
+            if in_place && !o.allow_in_place {
+                let _ = request
+                    .refuse(
+                        &mut writer,
+                        "this server does not accept in-place pushes (allow_inplace = false)",
+                    )
+                    .await;
+                return;
+            }
             let path = o.data_dir.join(&name);
             if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
                 let _ = request
@@ -267,9 +280,16 @@ async fn connection(
             tracing::info!(%peer, %name, "receiving");
             let mut options = o.receive.clone();
             options.partials = Some(o.partials);
+            options.in_place = in_place;
             options.output = path;
             options.seeds = o.seeds.clone();
-            options.seeds.extend(data_dir_images(&o.data_dir));
+            // Updated in place, the image itself is read as the transfer
+            // goes, not hashed up front as a seed.
+            options.seeds.extend(
+                data_dir_images(&o.data_dir)
+                    .into_iter()
+                    .filter(|p| !(in_place && *p == options.output)),
+            );
             let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
             match receive(link, options, stop).await {
                 Ok(r) => tracing::info!(

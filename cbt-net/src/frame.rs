@@ -43,6 +43,9 @@ pub enum Mode {
     Push = 1,
     /// The client receives an image the server exports.
     Pull = 2,
+    /// A push that asks the daemon to update the existing image of that
+    /// name in place (writing only the blocks that differ).
+    PushInPlace = 3,
 }
 
 /// One entry of the group stream.
@@ -430,6 +433,7 @@ fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
             let mode = match p.u8()? {
                 1 => Mode::Push,
                 2 => Mode::Pull,
+                3 => Mode::PushInPlace,
                 _ => return Err(p.err("unknown mode")),
             };
             let name = p.string()?;
