@@ -139,3 +139,48 @@ fn unaligned_runs_fall_back_to_writing() {
     assert_eq!(json_u64(&v, "bytes_written"), 2 * MIB, "{v:#}");
     assert_eq!(json_u64(&v, "blocks_missing"), 0, "{v:#}");
 }
+
+/// The receiver too: groups found in a raw seed on reflink XFS are shared.
+#[test]
+fn received_image_on_reflink_xfs_shares_the_seeds_extents() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let env = TestEnv::new();
+    let xfs = Xfs::new(&env);
+    let seeds = xfs.mnt.join("seeds");
+    fs::create_dir(&seeds).unwrap();
+    let tree = env.tree("tree", 6, 120);
+    let base = env.ext4(&tree, "base.img", 96);
+    fs::copy(&base, seeds.join("base.img")).unwrap();
+    let out = xfs.mnt.join("out.img");
+    let mut recv = Command::new(env!("CARGO_BIN_EXE_cbt"))
+        .args(["--no-cache", "recv", "--json", "--listen", "127.0.0.1:0"])
+        .arg(&out)
+        .arg("--seed")
+        .arg(&seeds)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(recv.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("recv printed its address").unwrap();
+        if let Some(a) = line.strip_prefix("cbt: listening on ") {
+            break a.trim().to_string();
+        }
+    };
+    env.cbt_ok(&args!["send", base, addr]);
+    let output = recv.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    env.assert_identical(&base, &out);
+    let data = common::nonzero_blocks(&base).len() as u64 * 4096;
+    let cloned = json_u64(&v, "bytes_cloned");
+    assert!(cloned >= data * 99 / 100, "cloned {cloned} of {data}:\n{v:#}");
+    assert!(json_u64(&v, "bytes_written") * 100 <= data, "{v:#}");
+    let (shared, all) = shared_bytes(&out);
+    assert!(
+        shared * 100 >= all * 99,
+        "filefrag: {shared} of {all} bytes shared"
+    );
+}

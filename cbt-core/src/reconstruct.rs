@@ -33,9 +33,6 @@ use crate::pipeline::{hash_image, BlockKind, BlockRecord, HashOptions, ImageDige
 
 /// Largest run of contiguous local blocks copied with one read.
 const MAX_RUN_BYTES: u64 = 1 << 20;
-/// Runs whose offsets and length are multiples of this (the block size
-/// of the filesystems that share extents) go through `copy_file_range`.
-const CLONE_ALIGN: u64 = 4096;
 
 /// A block wanted from the source: where it goes and what it must hash to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -591,12 +588,9 @@ fn copy_local(
         let raw = seed.as_ref().and_then(|s| s.raw_file());
         for r in checked.runs() {
             let seed_offset = loc.offset + (r.offset() - first.offset);
-            let aligned = [r.offset(), seed_offset, r.data().len() as u64]
-                .iter()
-                .all(|v| v % CLONE_ALIGN == 0);
             match raw {
-                Some(f) if aligned => assembly.clone_run(&r, f, seed_offset)?,
-                _ => assembly.write(&r)?,
+                Some(f) => assembly.clone_run(&r, f, seed_offset)?,
+                None => assembly.write(&r)?,
             }
         }
         let mut good_bytes = 0u64;

@@ -93,6 +93,10 @@ pub struct TransferReport {
     /// the blocks that differed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_written: Option<u64>,
+    /// Bytes of local blocks the kernel copied from raw seeds (receiver
+    /// only; shared, not written, on XFS with reflink and btrfs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_cloned: Option<u64>,
 }
 
 impl TransferReport {
@@ -129,6 +133,7 @@ impl TransferReport {
             },
             image_digest: digest.to_hex(),
             bytes_written: None,
+            bytes_cloned: None,
         }
     }
 }

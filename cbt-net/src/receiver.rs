@@ -201,7 +201,8 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
                 started.elapsed().as_secs_f64(),
                 digest,
             );
-            report.bytes_written = Some(bytes_written);
+            report.bytes_written = Some(bytes_written.0);
+            report.bytes_cloned = Some(bytes_written.1);
             Ok(report)
         }
         Err(e) => {
@@ -216,7 +217,7 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
     }
 }
 
-type EngineResult = (Layout, DoneStats, Digest, PathBuf, u64);
+type EngineResult = (Layout, DoneStats, Digest, PathBuf, (u64, u64));
 
 /// The engine's connections to the rest of the receiver.
 struct Channels {
@@ -326,7 +327,7 @@ fn run_engine(
     };
     match result {
         Ok(digest) => {
-            let bytes_written = assembly.bytes_written();
+            let bytes_written = (assembly.bytes_written(), assembly.bytes_cloned());
             let published = assembly.publish()?;
             resume::cleanup(&options.output);
             // The sender waits for this before it reports success.
@@ -475,9 +476,17 @@ fn check_prediction(
     }
     // Found in the output itself at its own offset: in place, nothing moves.
     let same_place = shared.out_image == Some(job.image) && job.offset == span.offset;
-    shared
-        .assembly()?
-        .place(&checked, &vec![same_place; lens.len()])?;
+    let assembly = shared.assembly()?;
+    match image.raw_file().filter(|_| !same_place) {
+        // From a raw seed: the kernel copies (shares, on XFS and btrfs).
+        Some(seed) => {
+            for run in checked.runs() {
+                assembly.clone_run(&run, seed, job.offset + (run.offset() - span.offset))?;
+            }
+            assembly.zero_checked(&checked)?;
+        }
+        None => assembly.place(&checked, &vec![same_place; lens.len()])?,
+    }
     let zero = checked.good_zero().filter(|z| *z).count() as u64;
     let local = lens.len() as u64 - zero;
     Ok(Outcome::Matched { zero, local })

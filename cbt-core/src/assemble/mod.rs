@@ -39,6 +39,10 @@ use crate::safe_fs;
 
 pub use verified::{Checked, Expected, VerifiedRun};
 
+/// Runs whose offsets and length are multiples of this (the block size of
+/// the filesystems that share extents) go through `copy_file_range`.
+const CLONE_ALIGN: u64 = 4096;
+
 /// How an output is assembled.
 #[derive(Debug, Clone, Copy)]
 pub struct AssemblyOptions {
@@ -257,7 +261,11 @@ impl Assembly {
     /// rewritten in between is what `--verify-readback` is for.
     pub fn clone_run(&self, run: &VerifiedRun<'_>, seed: &File, seed_offset: u64) -> Result<()> {
         let len = run.data().len() as u64;
-        if self.output.clone_range(seed, seed_offset, run.offset(), len)? {
+        // Filesystems share whole blocks only: unaligned runs are written.
+        let aligned = [run.offset(), seed_offset, len]
+            .iter()
+            .all(|v| v % CLONE_ALIGN == 0);
+        if aligned && self.output.clone_range(seed, seed_offset, run.offset(), len)? {
             self.record(run.first_index(), run.digests())?;
             self.bytes_cloned.fetch_add(len, Ordering::Relaxed);
             Ok(())
