@@ -1,0 +1,99 @@
+//! Predictor threads: check data groups at their predicted local position
+//! (read, hash, compare the group digest) and place the ones that match.
+
+use super::*;
+
+/// What the engine waits for.
+pub(super) enum Event {
+    /// A frame from the peer (or the connection's end).
+    Frame(Result<Frame>),
+    /// A predictor's verdict on a job.
+    Predicted(PredictJob, Result<Outcome>),
+}
+
+/// Check whether a data group is at a predicted local position.
+pub(super) struct PredictJob {
+    pub(super) g: u64,
+    pub(super) seq: u64,
+    pub(super) digest: Digest,
+    pub(super) span: GroupSpan,
+    pub(super) image: u32,
+    pub(super) offset: u64,
+}
+
+pub(super) enum Outcome {
+    /// Found and written: its zero and non-zero blocks.
+    Matched { zero: u64, local: u64 },
+    /// Not there; the digests of the blocks found there, if readable.
+    Missed(Option<Vec<Digest>>),
+}
+
+/// A predictor thread: checks data groups at their predicted local
+/// position and writes those that match.
+pub(super) fn predictor(
+    shared: &Shared,
+    jobs: &crossbeam_channel::Receiver<PredictJob>,
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    let mut buf = Vec::new();
+    let mut zeros = ZeroDigests::default();
+    for job in jobs {
+        let outcome = check_prediction(shared, &job, &mut buf, &mut zeros);
+        if events.send(Event::Predicted(job, outcome)).is_err() {
+            break;
+        }
+    }
+}
+
+pub(super) fn check_prediction(
+    shared: &Shared,
+    job: &PredictJob,
+    buf: &mut Vec<u8>,
+    zeros: &mut ZeroDigests,
+) -> Result<Outcome> {
+    let span = &job.span;
+    let Some(image) = shared.open(job.image) else {
+        return Ok(Outcome::Missed(None));
+    };
+    if job
+        .offset
+        .checked_add(span.len)
+        .is_none_or(|end| end > image.len())
+    {
+        return Ok(Outcome::Missed(None));
+    }
+    buf.resize(span.len as usize, 0);
+    if image.read_at(buf, job.offset).is_err() {
+        return Ok(Outcome::Missed(None));
+    }
+    let lens: Vec<u32> = shared.map.group_blocks_spans(span).map(|b| b.len).collect();
+    // The group digest covers the full digests of its blocks: accepting
+    // the group accepts every block in it.
+    let checked = Checked::together(
+        span.first_block,
+        span.offset,
+        buf,
+        &lens,
+        |digests| group_digest(digests) == job.digest,
+        zeros,
+    );
+    if !checked.good().first().copied().unwrap_or(false) {
+        return Ok(Outcome::Missed(Some(checked.digests().to_vec())));
+    }
+    // Found in the output itself at its own offset: in place, nothing moves.
+    let same_place = shared.out_image == Some(job.image) && job.offset == span.offset;
+    let assembly = shared.assembly()?;
+    match image.raw_file().filter(|_| !same_place) {
+        // From a raw seed: the kernel copies (shares, on XFS and btrfs).
+        Some(seed) => {
+            for run in checked.runs() {
+                assembly.clone_run(&run, seed, job.offset + (run.offset() - span.offset))?;
+            }
+            assembly.zero_checked(&checked)?;
+        }
+        None => assembly.place(&checked, &vec![same_place; lens.len()])?,
+    }
+    let zero = checked.good_zero().filter(|z| *z).count() as u64;
+    let local = lens.len() as u64 - zero;
+    Ok(Outcome::Matched { zero, local })
+}

@@ -1,0 +1,51 @@
+//! What the engine and the predictor threads share: the index, the
+//! assembly, the block map, and (in place) the output being updated.
+
+use super::*;
+
+/// What the engine and the predictor threads share.
+#[derive(Clone)]
+pub(super) struct Shared {
+    pub(super) index: Arc<Index>,
+    /// Always there, except while the engine finishes it.
+    pub(super) assembly: Option<Arc<Assembly>>,
+    pub(super) map: BlockMap,
+    /// In place: [`OUT_IMAGE`], the output's number among the images
+    /// blocks are read from.
+    pub(super) out_image: Option<u32>,
+    /// In place: the output itself, read (not through the index).
+    pub(super) out: Option<Arc<dyn Image>>,
+}
+
+/// The image number that stands for the output updated in place.
+pub(super) const OUT_IMAGE: u32 = u32::MAX;
+
+impl Shared {
+    /// Image `i` of the index, or the output updated in place.
+    pub(super) fn open(&self, i: u32) -> Option<Arc<dyn Image>> {
+        match (&self.out, i) {
+            (Some(out), OUT_IMAGE) => Some(Arc::clone(out)),
+            _ => self.index.open(i).ok(),
+        }
+    }
+
+    /// Reads the block at `loc` into `buf` and says whether it hashes to
+    /// `expected` (a seed probe; the block is checked again by the assembly).
+    pub(super) fn read_verified(&self, loc: Location, buf: &mut [u8], expected: &Digest) -> bool {
+        if loc.image != OUT_IMAGE {
+            return self.index.read_verified(loc, buf, expected).unwrap_or(false);
+        }
+        let Some(out) = &self.out else { return false };
+        loc.offset
+            .checked_add(buf.len() as u64)
+            .is_some_and(|e| e <= out.len())
+            && out.read_at(buf, loc.offset).is_ok()
+            && Digest::of(buf) == *expected
+    }
+
+    pub(super) fn assembly(&self) -> Result<&Assembly> {
+        self.assembly
+            .as_deref()
+            .ok_or_else(|| Error::Config("the output is being verified".into()))
+    }
+}
