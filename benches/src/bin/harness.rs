@@ -599,8 +599,14 @@ fn run(opts: Opts) -> std::io::Result<()> {
         cr.runs.push(r);
         // The cold run first (the position the only cbt run had before),
         // then the warm one, whose untimed index warm-up runs just before it.
-        for index in [CbtIndex::Cold, CbtIndex::Warm] {
-            let r = runners::cbt(&env, case, &dirs, size, index);
+        // In place only where there is a basis to update, as for rsync.
+        let indexes: &[CbtIndex] = if basis.is_some() {
+            &[CbtIndex::Cold, CbtIndex::Warm, CbtIndex::InPlace]
+        } else {
+            &[CbtIndex::Cold, CbtIndex::Warm]
+        };
+        for &index in indexes {
+            let r = runners::cbt(&env, case, &dirs, size, index, basis.as_deref());
             show(&r);
             if let Some(w) = &r.index_warmup {
                 eprintln!(

@@ -96,6 +96,11 @@ pub struct CaseResult {
     pub cbt_cold_over_max: Option<f64>,
     /// cbt's observed bandwidth with a cold index / eq. (4) with v_d,copy.
     pub cbt_cold_over_max_copy: Option<f64>,
+    /// `cbt --inplace` (updating a copy of the basis) / the best rsync's.
+    pub cbt_inplace_over_rsync: Option<f64>,
+    /// `cbt --inplace` / eq. (4) with v_d: writing nothing it already
+    /// holds, the in-place receiver is the one eq. (4) describes.
+    pub cbt_inplace_over_max: Option<f64>,
     /// Why the case could not run, if it could not.
     pub error: Option<String>,
 }
@@ -116,6 +121,8 @@ impl CaseResult {
             cbt_cold_over_rsync: None,
             cbt_cold_over_max: None,
             cbt_cold_over_max_copy: None,
+            cbt_inplace_over_rsync: None,
+            cbt_inplace_over_max: None,
             error: None,
         }
     }
@@ -156,6 +163,9 @@ impl CaseResult {
         self.cbt_cold_over_rsync = ratio(cold, rs);
         self.cbt_cold_over_max = ratio(cold, self.max_mib_s);
         self.cbt_cold_over_max_copy = ratio(cold, self.max_copy_mib_s);
+        let in_place = self.observed(CbtIndex::InPlace.label());
+        self.cbt_inplace_over_rsync = ratio(in_place, rs);
+        self.cbt_inplace_over_max = ratio(in_place, self.max_mib_s);
     }
 }
 

@@ -607,6 +607,10 @@ pub enum CbtIndex {
     Warm,
     /// Hashed inside the timed run: `cbt recv ... --no-cache`.
     Cold,
+    /// Warm, and the receiver updates a copy of the basis in place
+    /// (`cbt recv --inplace`), as `rsync --inplace` does: the copy is
+    /// untimed set-up, like rsync's.
+    InPlace,
 }
 
 impl CbtIndex {
@@ -615,6 +619,7 @@ impl CbtIndex {
         match self {
             CbtIndex::Warm => "cbt",
             CbtIndex::Cold => "cbt (cold index)",
+            CbtIndex::InPlace => "cbt --inplace",
         }
     }
 }
@@ -675,17 +680,37 @@ fn warm_index(env: &Env, dirs: &CaseDirs) -> io::Result<IndexWarmup> {
 /// case); the receiver takes its seeds' digests from a cache warmed untimed
 /// just before ([`CbtIndex::Warm`]) or hashes them inside the timed run
 /// with `--no-cache` ([`CbtIndex::Cold`]).
-pub fn cbt(env: &Env, case: &Case, dirs: &CaseDirs, image_bytes: u64, index: CbtIndex) -> RunResult {
+pub fn cbt(
+    env: &Env,
+    case: &Case,
+    dirs: &CaseDirs,
+    image_bytes: u64,
+    index: CbtIndex,
+    basis: Option<&Path>,
+) -> RunResult {
     let tool = index.label();
     let out = dirs.out.join("cbt-output.raw");
     let _ = fs::remove_file(&out);
+    let mut basis_copy_s = None;
+    if index == CbtIndex::InPlace {
+        // The basis copy is set-up, not part of the timed transfer.
+        let Some(b) = basis else {
+            let e = io::Error::other("no basis to update in place");
+            return result(tool, image_bytes, Err(e), &out, &case.target, |_, _| None);
+        };
+        let t = Instant::now();
+        if let Err(e) = run(Command::new("cp").arg("--sparse=always").arg(b).arg(&out)) {
+            return result(tool, image_bytes, Err(e), &out, &case.target, |_, _| None);
+        }
+        basis_copy_s = Some(t.elapsed().as_secs_f64());
+    }
     let link = env.link;
     let cbt = env.cbt.display().to_string();
     let mut recv: Vec<String> = Vec::new();
     let mut warmup = None;
     let mut cache_before = None;
     match index {
-        CbtIndex::Warm => {
+        CbtIndex::Warm | CbtIndex::InPlace => {
             let w = warm_index(env, dirs).and_then(|w| dir_state(&dirs.cache).map(|s| (w, s)));
             match w {
                 Ok((w, state)) => {
@@ -700,8 +725,11 @@ pub fn cbt(env: &Env, case: &Case, dirs: &CaseDirs, image_bytes: u64, index: Cbt
         }
         CbtIndex::Cold => {}
     }
+    recv.push("recv".into());
+    if index == CbtIndex::InPlace {
+        recv.push("--inplace".into());
+    }
     recv.extend([
-        "recv".into(),
         "--listen".into(),
         link.listen_addr(ports::CBT),
         out.display().to_string(),
@@ -731,6 +759,7 @@ pub fn cbt(env: &Env, case: &Case, dirs: &CaseDirs, image_bytes: u64, index: Cbt
             })
     });
     res.index_warmup = warmup;
+    res.basis_copy_s = basis_copy_s;
     res.index_reused = cache_before
         .map(|before| !before.is_empty() && dir_state(&dirs.cache).is_ok_and(|after| after == before));
     let _ = fs::remove_file(&out);
