@@ -9,158 +9,15 @@
 mod common;
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::proc::{allocated, daemon, noise_image, wait_allocated, write_secret, Proc};
 use common::{json_f64, json_u64, nonzero_blocks, TestEnv, XorShift, MIB};
 use serde_json::Value;
-
-/// A `cbt` process running in the background, its stderr collected.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    what: String,
-}
-
-impl Proc {
-    fn spawn(env: &TestEnv, args: &[OsString]) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cbt"));
-        cmd.arg("--cache")
-            .arg(env.cache_dir())
-            .args(args)
-            .current_dir(env.root())
-            .env_remove("CBT_LOG")
-            .env_remove("CBT_SECRET_FILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start cbt");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let what = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
-        Proc { child, log, what }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until stderr contains `needle`.
-    #[track_caller]
-    fn wait_log(&mut self, needle: &str, limit: Duration) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "cbt {} exited ({status}) before printing {needle:?}:\n{}",
-                    self.what,
-                    self.log()
-                );
-            }
-            assert!(
-                start.elapsed() < limit,
-                "cbt {}: no {needle:?} after {limit:?}:\n{}",
-                self.what,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The address announced by `serve` or `recv --listen`.
-    #[track_caller]
-    fn addr(&mut self) -> String {
-        self.wait_log("cbt: listening on ", Duration::from_secs(30));
-        let log = self.log();
-        let line = log
-            .lines()
-            .find(|l| l.starts_with("cbt: listening on "))
-            .unwrap_or_default();
-        line.trim_start_matches("cbt: listening on ").trim().to_string()
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.pid()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {sig} failed");
-    }
-
-    /// Waits for the process (at most `limit`); its status, stdout and stderr.
-    #[track_caller]
-    fn finish(mut self, limit: Duration) -> (ExitStatus, String, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!("cbt {} did not finish in {limit:?}:\n{}", self.what, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = String::new();
-        if let Some(mut s) = self.child.stdout.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        // Let the stderr thread catch up with the last lines.
-        std::thread::sleep(Duration::from_millis(50));
-        (status, out, self.log())
-    }
-
-    /// Waits for success and parses the JSON summary on stdout.
-    #[track_caller]
-    fn json(self) -> Value {
-        let what = self.what.clone();
-        let (status, out, err) = self.finish(Duration::from_secs(120));
-        assert!(
-            status.success(),
-            "cbt {what} failed: {status}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-        );
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("cbt {what}: not JSON ({e}):\n{out}"))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Starts `cbt serve` on a free port with these extra arguments.
-fn daemon(env: &TestEnv, data: &Path, extra: &[OsString]) -> (Proc, String) {
-    let mut a = args!["serve", "--listen", "127.0.0.1:0", "--data", data].to_vec();
-    a.extend_from_slice(extra);
-    let mut p = Proc::spawn(env, &a);
-    let addr = p.addr();
-    (p, addr)
-}
 
 /// Runs `cbt ARGS --json` to completion and returns its summary.
 #[track_caller]
@@ -207,28 +64,6 @@ fn ext4_image(env: &TestEnv, rel: &str, extra: Option<u64>) -> PathBuf {
         common::write_tree(&tree, seed, 30);
     }
     env.ext4(&tree, rel, 64)
-}
-
-/// A raw image of `mib` MiB of incompressible data (with a zero MiB every 8).
-fn noise_image(env: &TestEnv, rel: &str, mib: u64, seed: u64) -> PathBuf {
-    let path = env.path(rel);
-    let mut rng = XorShift::new(seed);
-    let mut f = std::fs::File::create(&path).unwrap();
-    for m in 0..mib {
-        let chunk = if m % 8 == 7 {
-            vec![0u8; MIB as usize]
-        } else {
-            rng.bytes(MIB as usize)
-        };
-        f.write_all(&chunk).unwrap();
-    }
-    path
-}
-
-fn write_secret(env: &TestEnv, rel: &str, secret: &str) -> PathBuf {
-    let p = env.path(rel);
-    std::fs::write(&p, format!("{secret}\n")).unwrap();
-    p
 }
 
 #[test]
@@ -550,25 +385,6 @@ fn two_transfers_at_once() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&c).unwrap());
     assert!(!d.log().contains("busy"));
     d.signal("-TERM");
-}
-
-/// Bytes actually allocated to a file (a sparse partial output grows as
-/// blocks arrive).
-fn allocated(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
-}
-
-#[track_caller]
-fn wait_allocated(path: &Path, bytes: u64, limit: Duration) {
-    let start = Instant::now();
-    while allocated(path) < bytes {
-        assert!(
-            start.elapsed() < limit,
-            "{} did not reach {bytes} bytes",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

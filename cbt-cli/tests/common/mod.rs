@@ -25,6 +25,8 @@ macro_rules! args {
     };
 }
 
+pub mod proc;
+
 /// The block size cbt uses by default (the tests rely on it).
 pub const BLOCK: u64 = 4096;
 /// One MiB.
