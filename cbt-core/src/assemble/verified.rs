@@ -118,6 +118,69 @@ impl<'a> Checked<'a> {
         c
     }
 
+    /// Fills `buf` block by block from candidate places and accepts each
+    /// block whose bytes hash to its expected digest: for block `i`,
+    /// `read(i, k, bytes)` puts the `k`-th candidate's bytes into `bytes`
+    /// (k = 0, 1, ...) and returns false when there is none left. Each
+    /// candidate read is hashed once, here. Returns the check and, per
+    /// block, which candidate matched. Blocks expected as `None` are not
+    /// read; expected zero blocks are accepted when they read as zeros.
+    #[allow(clippy::too_many_arguments)]
+    pub fn probe(
+        first_index: u64,
+        offset: u64,
+        buf: &'a mut [u8],
+        lens: &[u32],
+        expected: &[Option<Digest>],
+        zeros: &mut ZeroDigests,
+        mut read: impl FnMut(usize, usize, &mut [u8]) -> bool,
+    ) -> (Checked<'a>, Vec<Option<usize>>) {
+        let n = lens.len();
+        let mut digests = Vec::with_capacity(n);
+        let mut zero = Vec::with_capacity(n);
+        let mut good = Vec::with_capacity(n);
+        let mut matched = vec![None; n];
+        let mut pos = 0usize;
+        for (i, &len) in lens.iter().enumerate() {
+            let end = pos + len as usize;
+            let Some(block) = buf.get_mut(pos..end) else {
+                break;
+            };
+            let mut found = None;
+            if let Some(want) = expected.get(i).copied().flatten() {
+                for k in 0.. {
+                    if !read(i, k, block) {
+                        break;
+                    }
+                    let z = is_zero(block);
+                    let d = if z { zeros.get(len) } else { Digest::of(block) };
+                    if d == want {
+                        found = Some((d, z));
+                        matched[i] = Some(k);
+                        break;
+                    }
+                }
+            }
+            // Not accepted: whatever the buffer holds there is never written.
+            let (d, z, ok) = found.map_or((Digest([0; 32]), false, false), |(d, z)| (d, z, true));
+            digests.push(d);
+            zero.push(z);
+            good.push(ok);
+            pos = end;
+        }
+        let data: &'a [u8] = buf;
+        let checked = Checked {
+            first_index,
+            offset,
+            data,
+            lens: lens.to_vec(),
+            digests,
+            good,
+            zero,
+        };
+        (checked, matched)
+    }
+
     fn hash(
         first_index: u64,
         offset: u64,
@@ -254,6 +317,35 @@ mod tests {
         assert!(none.runs().is_empty() && none.good().iter().all(|g| !g));
         let all = Checked::together(0, 0, &data, &[8; 4], |ds| ds == d, &mut zeros);
         assert_eq!(all.runs().len(), 2);
+
+        // Probing: block 0 matches at its second candidate, block 1 never,
+        // block 3 is not looked for; each candidate is hashed as read.
+        let mut buf = vec![0u8; 32];
+        let expected = [Some(d[0]), Some(d[1]), Some(d[2]), None];
+        let (p, which) = Checked::probe(
+            5,
+            40,
+            &mut buf,
+            &[8; 4],
+            &expected,
+            &mut zeros,
+            |i, k, bytes| match (i, k) {
+                (0, 1) | (2, 0) => {
+                    bytes.copy_from_slice(&data[i * 8..i * 8 + 8]);
+                    true
+                }
+                (0, 0) | (1, 0..=2) => {
+                    bytes.fill(9);
+                    true
+                }
+                _ => false,
+            },
+        );
+        assert_eq!(p.good(), [true, false, true, false]);
+        assert_eq!(which, [Some(1), None, Some(0), None]);
+        assert_eq!(p.runs().len(), 1, "block 2 is zero: a hole, not a run");
+        assert_eq!(p.runs()[0].data(), &data[..8]);
+        assert_eq!((p.runs()[0].first_index(), p.runs()[0].offset()), (5, 40));
         // Too little data: the missing blocks are never accepted.
         let short = Checked::each(0, 0, &data[..12], &[8; 4], Expected::Digests(&d), &mut zeros);
         assert_eq!(short.good(), [true]);

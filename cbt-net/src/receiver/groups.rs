@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// Where a block found locally came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// The output being updated in place, at the block's own offset.
+    SamePlace,
+    /// Where its group was predicted to be.
+    Predicted,
+    /// Anywhere in the index.
+    Indexed,
+}
+
 impl Engine {
     /// Accepts one entry of the group stream (processed by [`Engine::drain`]).
     pub(super) fn on_entry(&mut self, entry: GroupEntry) -> Result<()> {
@@ -246,93 +257,104 @@ impl Engine {
             return Err(self.protocol(format!("digests of group {g} do not match its group digest")));
         }
         let blocks: Vec<BlockSpan> = self.shared.map.group_blocks_spans(&p.span).collect();
-        self.buf.resize(p.span.len as usize, 0);
-        let mut good = vec![false; blocks.len()];
-        let mut same_place = vec![false; blocks.len()];
+        // Where each block may be found locally, in order: in place, the
+        // output itself at this very offset; then where the group was
+        // predicted; then anywhere in the index.
+        let mut candidates: Vec<Vec<(Location, Found)>> = vec![Vec::new(); blocks.len()];
+        let mut expected: Vec<Option<Digest>> = vec![None; blocks.len()];
         let mut zero_blocks: Vec<(u64, u32)> = Vec::new();
-        let mut predicted_hits = 0u32;
-        let mut last_hit: Option<(u32, u64, u64)> = None;
-        let mut pos = 0usize;
         for (i, (b, d)) in blocks.iter().zip(&digests).enumerate() {
-            let range = pos..pos + b.len as usize;
-            pos += b.len as usize;
             if *d == self.zeros.get(b.len) {
                 self.stats.blocks_zero += 1;
                 zero_blocks.push((b.offset, b.len));
                 continue;
             }
-            // In place, first the output itself at this very offset.
+            expected[i] = Some(*d);
+            let c = &mut candidates[i];
             if let Some(out) = self.shared.out_image {
-                let loc = Location {
-                    image: out,
-                    offset: b.offset,
-                };
-                if self.shared.read_verified(loc, &mut self.buf[range.clone()], d) {
-                    good[i] = true;
-                    same_place[i] = true;
-                    continue;
-                }
+                c.push((
+                    Location {
+                        image: out,
+                        offset: b.offset,
+                    },
+                    Found::SamePlace,
+                ));
             }
-            // First where the group was predicted, then anywhere in the index.
             if let Some((img, off, local)) = &p.predicted {
                 if local[i] == *d {
-                    let loc = Location {
-                        image: *img,
-                        offset: off + (b.offset - p.span.offset),
-                    };
-                    if self.shared.read_verified(loc, &mut self.buf[range.clone()], d) {
-                        good[i] = true;
-                        predicted_hits += 1;
-                        continue;
-                    }
+                    let offset = off + (b.offset - p.span.offset);
+                    c.push((Location { image: *img, offset }, Found::Predicted));
                 }
             }
             if let Some(loc) = self.shared.index.lookup(d) {
-                if self.shared.read_verified(loc, &mut self.buf[range.clone()], d) {
-                    good[i] = true;
+                c.push((loc, Found::Indexed));
+            }
+        }
+        let lens: Vec<u32> = blocks.iter().map(|b| b.len).collect();
+        self.buf.resize(p.span.len as usize, 0);
+        let shared = &self.shared;
+        // Each candidate's bytes are hashed once, by the assembly's check.
+        let (checked, matched) = Checked::probe(
+            p.span.first_block,
+            p.span.offset,
+            &mut self.buf,
+            &lens,
+            &expected,
+            &mut self.zeros,
+            |i, k, bytes| {
+                let Some((loc, _)) = candidates[i].get(k) else {
+                    return false;
+                };
+                if !shared.read_at(*loc, bytes) {
+                    // Unreadable: zeros, which never match a non-zero digest.
+                    bytes.fill(0);
+                }
+                true
+            },
+        );
+        let mut same_place = vec![false; blocks.len()];
+        let mut predicted_hits = 0u32;
+        let mut last_hit: Option<(u32, u64, u64)> = None;
+        for (i, b) in blocks.iter().enumerate() {
+            let Some(d) = expected[i] else { continue };
+            let tried = matched[i].map_or(candidates[i].len(), |k| k + 1);
+            for (k, (loc, _)) in candidates[i].iter().enumerate().take(tried) {
+                if loc.image != OUT_IMAGE {
+                    let ok = matched[i] == Some(k);
+                    shared
+                        .index
+                        .note_seed_check(loc.image, u64::from(ok), u64::from(!ok));
+                }
+            }
+            match matched[i].map(|k| candidates[i][k]) {
+                Some((_, Found::SamePlace)) => same_place[i] = true,
+                Some((_, Found::Predicted)) => predicted_hits += 1,
+                Some((loc, Found::Indexed)) => {
                     last_hit = Some((
                         loc.image,
                         loc.offset + u64::from(b.len),
                         b.offset + u64::from(b.len),
                     ));
-                    continue;
                 }
-                self.rejected += 1;
+                None => {
+                    if candidates[i].iter().any(|(_, f)| *f == Found::Indexed) {
+                        self.rejected += 1;
+                    }
+                    let block = p.span.first_block + i as u64;
+                    self.awaiting.insert(
+                        block,
+                        Awaited {
+                            group: g,
+                            digest: Some(d),
+                            len: b.len,
+                        },
+                    );
+                    self.want.push_back(block);
+                    p.missing += 1;
+                }
             }
-            let block = p.span.first_block + i as u64;
-            self.awaiting.insert(
-                block,
-                Awaited {
-                    group: g,
-                    digest: Some(*d),
-                    len: b.len,
-                },
-            );
-            self.want.push_back(block);
-            p.missing += 1;
         }
-        self.stats.blocks_local += good.iter().filter(|g| **g).count() as u64;
-        // The seed reads above chose where each block comes from; the one
-        // check that lets bytes reach the output is this one.
-        let lens: Vec<u32> = blocks.iter().map(|b| b.len).collect();
-        let expected: Vec<Option<Digest>> = digests
-            .iter()
-            .zip(&good)
-            .map(|(d, ok)| ok.then_some(*d))
-            .collect();
-        let checked = Checked::each(
-            p.span.first_block,
-            p.span.offset,
-            &self.buf,
-            &lens,
-            Expected::Each(&expected),
-            &mut self.zeros,
-        );
-        if checked.good() != good.as_slice() {
-            return Err(Error::Config(format!(
-                "a seed changed while group {g} was read from it"
-            )));
-        }
+        self.stats.blocks_local += matched.iter().filter(|m| m.is_some()).count() as u64;
         self.shared.assembly()?.place(&checked, &same_place)?;
         for (offset, len) in zero_blocks {
             self.shared.assembly()?.zero(offset, len)?;
