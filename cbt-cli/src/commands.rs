@@ -163,6 +163,11 @@ pub fn copy(
     let mut index_options = config.index.clone();
     // The source stands for a remote image: it must not seed itself.
     index_options.exclude = canonical(&spec.path).into_iter().collect();
+    // Updated in place, the output is compared block by block as the copy
+    // goes; indexing it too would read and hash it a second time.
+    if options.in_place {
+        index_options.exclude.extend(canonical(dst));
+    }
     let index = Index::build(seeds, &index_options).context("building the seed index")?;
     let layout = Layout::detect(image.as_ref(), config.index.block_size)?;
     let mut source = ImageBlockSource::new(Arc::clone(&image));
