@@ -49,3 +49,17 @@ fn defects_are_described() {
     let e = open_err("qcow2-truncated-100b.qcow2");
     assert!(e.contains("truncated") || e.contains("header"), "{e}");
 }
+
+/// Found by the `guest_image` fuzz target: a superblock whose block count
+/// (high half set without the 64-bit feature) makes 1.6e9 groups. ext4-view
+/// would allocate 24 GiB for their descriptors and abort the process; the
+/// description must fail with an error naming the image instead.
+#[test]
+fn absurd_ext4_group_count_is_an_error_not_an_abort() {
+    let name = "ext4-superblock-1.6e9-groups.raw";
+    let image = open_image(&ImageSpec::file(fixture(name))).unwrap();
+    match cbt_core::describe_image(image, &cbt_core::DescribeOptions::packages_only()) {
+        Ok(d) => assert!(d.filesystems.iter().all(|f| !f.root), "{d:?}"),
+        Err(e) => assert!(e.to_string().contains(name), "{e}"),
+    }
+}
