@@ -63,3 +63,16 @@ fn absurd_ext4_group_count_is_an_error_not_an_abort() {
         Err(e) => assert!(e.to_string().contains(name), "{e}"),
     }
 }
+
+/// Found by the `guest_image` fuzz target: a symlink inode claiming a
+/// 188 GB target. ext4-view allocates a target's whole size before reading
+/// it; the description must fail (or skip the link) instead of aborting.
+#[test]
+fn absurd_ext4_symlink_size_is_an_error_not_an_abort() {
+    let name = "ext4-fuzz-crash-2-oom.raw";
+    let image = open_image(&ImageSpec::file(fixture(name))).unwrap();
+    match cbt_core::describe_image(image, &cbt_core::DescribeOptions::packages_only()) {
+        Ok(d) => assert!(!d.filesystems.is_empty(), "{d:?}"),
+        Err(e) => assert!(e.to_string().contains(name), "{e}"),
+    }
+}

@@ -22,6 +22,8 @@ use crate::image::Image;
 
 /// Most symlinks followed while resolving one path (Linux allows 40).
 const MAX_SYMLINKS: usize = 40;
+/// Linux's PATH_MAX: no valid symlink target is longer.
+const MAX_LINK_TARGET: u64 = 4096;
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +347,19 @@ impl GuestFs for Ext4Fs {
     }
 
     fn read_link(&self, path: &[u8]) -> Result<Vec<u8>> {
+        // ext4-view reads a long symlink's target whole, allocating the
+        // inode's size first: a damaged inode would abort the process.
+        let len = self
+            .fs
+            .symlink_metadata(path)
+            .map_err(|e| self.fail(path, e))?
+            .len();
+        if len > MAX_LINK_TARGET {
+            return Err(self.error(
+                path,
+                format!("symlink target of {len} bytes is longer than {MAX_LINK_TARGET}"),
+            ));
+        }
         self.fs
             .read_link(path)
             .map(|p| p.as_ref().to_vec())
