@@ -12,8 +12,8 @@ use std::hint::black_box;
 use bytes::{Bytes, BytesMut};
 use cbt_benches::random_bytes;
 use cbt_core::Digest;
-use cbt_net::compress::{Compression, Compressor, Decompressor};
-use cbt_net::frame::{decode, Decoded, Encoding, Frame};
+use cbt_net::compress::{Compression, Compressor, Decompressor, WINDOW_LOG};
+use cbt_net::frame::{decode, BlockRange, Decoded, Encoding, Frame};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const BLOCK: usize = 4096;
@@ -63,8 +63,11 @@ fn frames(c: &mut Criterion) {
     let block_frames: Vec<Frame> = blocks
         .iter()
         .enumerate()
-        .map(|(i, data)| Frame::Block {
-            index: i as u64,
+        .map(|(i, data)| Frame::Blocks {
+            ranges: vec![BlockRange {
+                first: i as u64,
+                count: 1,
+            }],
             encoding: Encoding::Raw,
             data: data.clone(),
         })
@@ -127,36 +130,47 @@ fn frames(c: &mut Criterion) {
     g.finish();
 }
 
+/// The blocks as the sender sends them: pieces of 64 blocks (256 KiB) of
+/// one stream, at a fixed level so that runs compare.
+fn pieces(blocks: &[Bytes]) -> Vec<(Encoding, Bytes)> {
+    let mut z = Compressor::new(Compression::Zstd(3), WINDOW_LOG).expect("compressor");
+    blocks
+        .chunks(PIECE_BLOCKS)
+        .map(|piece| {
+            for b in piece {
+                z.push(black_box(b));
+            }
+            z.finish().expect("a piece")
+        })
+        .collect()
+}
+
+const PIECE_BLOCKS: usize = 64;
+
 fn compression(c: &mut Criterion) {
     for (name, blocks) in [("random", random_blocks()), ("text", text_blocks())] {
-        let mut g = c.benchmark_group(format!("zstd_stream_4k_{name}"));
+        let mut g = c.benchmark_group(format!("zstd_stream_pieces_{name}"));
         g.throughput(Throughput::Bytes((BLOCKS * BLOCK) as u64));
         // A fresh stream per iteration: a stream fed the same blocks again
         // would find them in its window and compress unrealistically fast.
         g.bench_function("compress", |b| {
-            b.iter_batched(
-                || Compressor::new(Compression::default()).expect("compressor"),
-                |mut z| {
-                    blocks
-                        .iter()
-                        .map(|data| z.encode(black_box(data)).1.len())
-                        .sum::<usize>()
-                },
-                criterion::BatchSize::SmallInput,
-            )
+            b.iter(|| pieces(&blocks).iter().map(|(_, d)| d.len()).sum::<usize>())
         });
         // One pass of the stream, decoded in order by a fresh decompressor.
         g.bench_function("decompress", |b| {
             b.iter_batched(
                 || {
-                    let mut z = Compressor::new(Compression::default()).expect("compressor");
-                    let pieces: Vec<(Encoding, Bytes)> = blocks.iter().map(|d| z.encode(d)).collect();
-                    (pieces, Decompressor::new().expect("decompressor"))
+                    (
+                        pieces(&blocks),
+                        Decompressor::new(WINDOW_LOG).expect("decompressor"),
+                    )
                 },
                 |(pieces, mut d)| {
-                    let mut out = Vec::with_capacity(BLOCK);
-                    for (enc, data) in &pieces {
-                        let got = d.decode(*enc, data, BLOCK, &mut out).expect("decode");
+                    let mut out = Vec::with_capacity(BLOCK * PIECE_BLOCKS);
+                    for ((enc, data), plain) in pieces.iter().zip(blocks.chunks(PIECE_BLOCKS)) {
+                        let got = d
+                            .decode(*enc, data, plain.len() * BLOCK, &mut out)
+                            .expect("decode");
                         black_box(got);
                     }
                 },

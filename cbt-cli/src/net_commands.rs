@@ -163,7 +163,7 @@ impl TlsServerOpts {
 /// Options of a sending side.
 #[derive(Debug, Clone, Args)]
 pub struct SendOpts {
-    /// Compression of the blocks sent: none, zstd or zstd:LEVEL (1-19) [default: zstd].
+    /// Compression of the blocks sent: auto (level chosen from the measured link and CPU speed), none, zstd or zstd:LEVEL (1-19) [default: auto].
     #[arg(long, value_name = "METHOD")]
     pub compress: Option<String>,
     /// Limit the sending rate, in bytes per second (suffixes K, M, G: powers of 1024).

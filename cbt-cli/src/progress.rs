@@ -106,10 +106,11 @@ pub fn receiving(p: &ProgressSnapshot) -> Sample {
         total: p.image_bytes,
         done: p.bytes_done,
         detail: format!(
-            "local {}, received {}, wire {}",
+            "local {}, received {}, wire {}{}",
             HumanBytes(p.bytes_local),
             HumanBytes(p.bytes_moved),
-            HumanBytes(p.wire_received + p.wire_sent)
+            HumanBytes(p.wire_received + p.wire_sent),
+            compression(p)
         ),
     }
 }
@@ -126,11 +127,24 @@ pub fn sending(p: &ProgressSnapshot) -> Sample {
         total: p.image_bytes,
         done: p.bytes_done,
         detail: format!(
-            "at the peer {}, sent {}, wire {}",
+            "at the peer {}, sent {}, wire {}{}",
             HumanBytes(p.bytes_done.saturating_sub(p.bytes_moved)),
             HumanBytes(p.bytes_moved),
-            HumanBytes(p.wire_sent + p.wire_received)
+            HumanBytes(p.wire_sent + p.wire_received),
+            compression(p)
         ),
+    }
+}
+
+/// ", zstd:9 2.31x": the level in use (sender) and the ratio so far.
+fn compression(p: &ProgressSnapshot) -> String {
+    if p.compressed_bytes == 0 {
+        return String::new();
+    }
+    let ratio = p.uncompressed_bytes as f64 / p.compressed_bytes as f64;
+    match p.level {
+        0 => format!(", {ratio:.2}x"),
+        l => format!(", zstd:{l} {ratio:.2}x"),
     }
 }
 

@@ -14,7 +14,7 @@
 //! tls_cert = "/etc/cbt/cert.pem"
 //! tls_key = "/etc/cbt/key.pem"
 //! format = "raw"                # or "qcow2"
-//! compress = "zstd:3"           # or "none"
+//! compress = "auto"             # or "none", "zstd:LEVEL"
 //! bwlimit = "50M"               # bytes per second, per pull
 //! max_partial_bytes = 68719476736  # partial outputs kept for resumes, in all
 //! partial_max_age = 86400       # seconds; older partial outputs are removed
@@ -55,7 +55,7 @@ pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
 /// Seconds a new connection has to authenticate, by default.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: u64 = 5;
 /// Compression of blocks sent, by default.
-pub const DEFAULT_COMPRESS: &str = "zstd";
+pub const DEFAULT_COMPRESS: &str = "auto";
 
 /// The TOML file, as written (every key optional).
 #[derive(Debug, Default, Deserialize)]
@@ -173,7 +173,7 @@ pub struct ServeSettings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Format of pushed images.
     pub format: OutputFormat,
-    /// Compression of blocks sent (`none`, `zstd`, `zstd:LEVEL`).
+    /// Compression of blocks sent (`auto`, `none`, `zstd`, `zstd:LEVEL`).
     pub compress: String,
     /// Rate limit per pull, as given (`50M`).
     pub bwlimit: Option<String>,

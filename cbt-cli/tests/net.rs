@@ -299,7 +299,7 @@ fn malformed_frames_get_an_error_and_the_daemon_keeps_serving() {
     let src = noise_image(&env, "src.img", 4, 9);
     let data = env.dir("data");
     let (mut d, addr) = daemon(&env, &data, &[]);
-    let preamble = b"CBTNET\r\n\x00\x02\x00\x00";
+    let preamble = b"CBTNET\r\n\x00\x03\x00\x00";
 
     // A client that connected and says nothing stays open meanwhile.
     let idle = TcpStream::connect(&addr).unwrap();

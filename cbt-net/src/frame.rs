@@ -20,7 +20,7 @@ use cbt_core::{Digest, Region};
 /// First bytes of every connection, in both directions.
 pub const MAGIC: [u8; 8] = *b"CBTNET\r\n";
 /// Protocol version spoken by this implementation.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Bytes of the preamble: magic, version, reserved.
 pub const PREAMBLE_LEN: usize = 12;
 /// Bytes of a frame header: payload length and type.
@@ -35,6 +35,8 @@ pub const MAX_STRING: usize = 4096;
 pub const MAX_GROUP_BLOCKS: usize = 1024;
 /// Length of nonces and proofs in the handshake.
 pub const NONCE_LEN: usize = 32;
+/// Most block ranges one BLOCKS frame may carry.
+pub const MAX_PIECE_RANGES: usize = 4096;
 
 /// What the connecting side wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,9 @@ pub struct Begin {
     pub regions: Vec<Region>,
     /// A name of the source for messages.
     pub label: String,
+    /// log2 of the compression window the sender would like (0: it will
+    /// not compress); the receiver grants at most its own limit in READY.
+    pub window_log: u8,
 }
 
 /// The receiver's totals, sent to the sender when the image is published.
@@ -148,6 +153,9 @@ pub enum Frame {
     Ready {
         /// Data groups the sender may have in flight beyond the credit.
         window: u32,
+        /// log2 of the compression window granted: at most the BEGIN's,
+        /// and what the receiver's decoder will accept.
+        window_log: u8,
     },
     /// Sender → receiver: the next entries of the group stream.
     Groups {
@@ -178,13 +186,14 @@ pub enum Frame {
         /// Runs of block indices.
         ranges: Vec<BlockRange>,
     },
-    /// Sender → receiver: one block's content.
-    Block {
-        /// Block index.
-        index: u64,
+    /// Sender → receiver: the content of the blocks of `ranges`, in order,
+    /// as one piece (see `compress`).
+    Blocks {
+        /// The blocks carried.
+        ranges: Vec<BlockRange>,
         /// How `data` is encoded.
         encoding: Encoding,
-        /// The (possibly compressed) bytes.
+        /// The (possibly compressed) bytes of all of them.
         data: Bytes,
     },
     /// Receiver → sender: this many data groups are complete, in order.
@@ -473,15 +482,20 @@ fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 });
             }
             let label = p.string()?;
+            let window_log = p.u8()?;
             Frame::Begin(Begin {
                 image_len,
                 block_size,
                 group_blocks,
                 regions,
                 label,
+                window_log,
             })
         }
-        ty::READY => Frame::Ready { window: p.u32()? },
+        ty::READY => Frame::Ready {
+            window: p.u32()?,
+            window_log: p.u8()?,
+        },
         ty::GROUPS => {
             // Each entry takes at least 9 bytes, so the payload bounds the count.
             let mut entries = Vec::with_capacity(p.remaining() / 9);
@@ -543,7 +557,19 @@ fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
             Frame::NeedBlocks { ranges }
         }
         ty::BLOCK => {
-            let index = p.u64()?;
+            let count = usize::from(p.u16()?);
+            if count == 0 || count > MAX_PIECE_RANGES || count * 12 > p.remaining() {
+                return Err(p.err("range count out of bounds"));
+            }
+            let mut ranges = Vec::with_capacity(count);
+            for _ in 0..count {
+                let first = p.u64()?;
+                let count = p.u32()?;
+                if count == 0 || first.checked_add(u64::from(count)).is_none() {
+                    return Err(p.err("invalid block range"));
+                }
+                ranges.push(BlockRange { first, count });
+            }
             let encoding = match p.u8()? {
                 0 => Encoding::Raw,
                 1 => Encoding::Zstd,
@@ -554,8 +580,8 @@ fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
             if data.is_empty() {
                 return Err(p.err("empty block"));
             }
-            Frame::Block {
-                index,
+            Frame::Blocks {
+                ranges,
                 encoding,
                 data,
             }
@@ -594,7 +620,7 @@ impl Frame {
             Frame::NeedDigests { .. } => ty::NEED_DIGESTS,
             Frame::Digests { .. } => ty::DIGESTS,
             Frame::NeedBlocks { .. } => ty::NEED_BLOCKS,
-            Frame::Block { .. } => ty::BLOCK,
+            Frame::Blocks { .. } => ty::BLOCK,
             Frame::Credit { .. } => ty::CREDIT,
             Frame::Done(_) => ty::DONE,
         }
@@ -674,8 +700,12 @@ impl Frame {
                     dst.put_u64(r.base);
                 }
                 put_string(dst, &b.label)?;
+                dst.put_u8(b.window_log);
             }
-            Frame::Ready { window } => dst.put_u32(*window),
+            Frame::Ready { window, window_log } => {
+                dst.put_u32(*window);
+                dst.put_u8(*window_log);
+            }
             Frame::Groups { entries } => {
                 for e in entries {
                     match e {
@@ -703,12 +733,22 @@ impl Frame {
                 dst.put_u64(r.first);
                 dst.put_u32(r.count);
             }),
-            Frame::Block {
-                index,
+            Frame::Blocks {
+                ranges,
                 encoding,
                 data,
             } => {
-                dst.put_u64(*index);
+                if ranges.is_empty() || ranges.len() > MAX_PIECE_RANGES {
+                    return Err(FrameError::Malformed {
+                        frame: "BLOCK",
+                        reason: "range count out of bounds",
+                    });
+                }
+                dst.put_u16(ranges.len() as u16);
+                for r in ranges {
+                    dst.put_u64(r.first);
+                    dst.put_u32(r.count);
+                }
                 dst.put_u8(*encoding as u8);
                 dst.put_slice(data);
             }
@@ -763,8 +803,12 @@ mod tests {
                     },
                 ],
                 label: "disk.qcow2".into(),
+                window_log: 27,
             }),
-            Frame::Ready { window: 512 },
+            Frame::Ready {
+                window: 512,
+                window_log: 23,
+            },
             Frame::Groups {
                 entries: vec![GroupEntry::Data(Digest([3; 32])), GroupEntry::Zeros(1_000_000)],
             },
@@ -782,10 +826,18 @@ mod tests {
             Frame::NeedBlocks {
                 ranges: vec![BlockRange { first: 10, count: 3 }],
             },
-            Frame::Block {
-                index: 42,
+            Frame::Blocks {
+                ranges: vec![BlockRange { first: 42, count: 1 }],
                 encoding: Encoding::Zstd,
                 data: Bytes::from_static(b"abc"),
+            },
+            Frame::Blocks {
+                ranges: vec![
+                    BlockRange { first: 7, count: 3 },
+                    BlockRange { first: 90, count: 64 },
+                ],
+                encoding: Encoding::ZstdStream,
+                data: Bytes::from_static(b"xyz"),
             },
             Frame::Credit { completed: 99 },
             Frame::Done(DoneStats {
@@ -856,9 +908,24 @@ mod tests {
             (ty::GROUPS, vec![2]),                                         // unknown entry
             (ty::NEED_DIGESTS, vec![0; 7]),
             (ty::DIGESTS, vec![0; 8 + 31]),
-            (ty::NEED_BLOCKS, vec![0; 12]),                  // zero count
-            (ty::BLOCK, vec![0; 9]),                         // empty block
-            (ty::BLOCK, vec![0, 0, 0, 0, 0, 0, 0, 0, 9, 1]), // unknown encoding
+            (ty::NEED_BLOCKS, vec![0; 12]), // zero count
+            (ty::BLOCK, vec![0; 3]),        // no ranges
+            (
+                ty::BLOCK,
+                [0, 1].into_iter().chain([0; 12]).chain([0, 1]).collect(),
+            ), // zero count
+            (
+                ty::BLOCK,
+                [0, 1].into_iter().chain([0; 11]).chain([1, 0]).collect(),
+            ), // no data
+            (
+                ty::BLOCK,
+                [0, 1].into_iter().chain([0; 11]).chain([1, 9, 1]).collect(),
+            ), // unknown encoding
+            (
+                ty::BLOCK,
+                [0x10, 1].into_iter().chain([0; 11]).chain([1, 0, 1]).collect(),
+            ), // too many ranges
             // BEGIN claiming a billion regions in a small payload.
             (ty::BEGIN, [&[0u8; 12][..], &[0, 64], &[0x40, 0, 0, 0]].concat()),
         ];
@@ -888,8 +955,8 @@ mod tests {
     #[test]
     fn encoder_refuses_oversized_payloads() {
         let mut buf = BytesMut::new();
-        let f = Frame::Block {
-            index: 0,
+        let f = Frame::Blocks {
+            ranges: vec![BlockRange { first: 0, count: 1 }],
             encoding: Encoding::Raw,
             data: Bytes::from(vec![1u8; MAX_PAYLOAD]),
         };

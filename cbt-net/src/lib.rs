@@ -97,6 +97,14 @@ pub struct TransferReport {
     /// only; shared, not written, on XFS with reflink and btrfs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_cloned: Option<u64>,
+    /// Plain bytes of the blocks that crossed the network.
+    pub uncompressed_bytes: u64,
+    /// The bytes they took on the wire (frame headers aside).
+    pub compressed_bytes: u64,
+    /// Plain bytes per encoding: `zstd:N` for each level used, `raw`
+    /// (sender only: the receiver cannot tell levels apart).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub levels: std::collections::BTreeMap<String, u64>,
 }
 
 impl TransferReport {
@@ -134,6 +142,24 @@ impl TransferReport {
             image_digest: digest.to_hex(),
             bytes_written: None,
             bytes_cloned: None,
+            uncompressed_bytes: 0,
+            compressed_bytes: 0,
+            levels: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Adds what compression did.
+    pub(crate) fn with_compression(mut self, stats: &compress::CompressionStats) -> Self {
+        self.uncompressed_bytes = stats.uncompressed_bytes;
+        self.compressed_bytes = stats.compressed_bytes;
+        self.levels = stats
+            .levels
+            .iter()
+            .map(|(level, bytes)| match level {
+                0 => ("raw".to_string(), *bytes),
+                l => (format!("zstd:{l}"), *bytes),
+            })
+            .collect();
+        self
     }
 }

@@ -48,6 +48,12 @@ pub struct Progress {
     pub wire_sent: AtomicU64,
     /// Bytes this side read from the socket.
     pub wire_received: AtomicU64,
+    /// Plain bytes of the blocks sent or received in pieces.
+    pub uncompressed_bytes: AtomicU64,
+    /// What those pieces took on the wire.
+    pub compressed_bytes: AtomicU64,
+    /// The zstd level the sender uses now (0: none; sender only).
+    pub level: AtomicU64,
 }
 
 /// A consistent-enough copy of [`Progress`].
@@ -67,6 +73,12 @@ pub struct ProgressSnapshot {
     pub wire_sent: u64,
     /// See [`Progress::wire_received`].
     pub wire_received: u64,
+    /// See [`Progress::uncompressed_bytes`].
+    pub uncompressed_bytes: u64,
+    /// See [`Progress::compressed_bytes`].
+    pub compressed_bytes: u64,
+    /// See [`Progress::level`].
+    pub level: u64,
 }
 
 impl Progress {
@@ -81,6 +93,9 @@ impl Progress {
             bytes_moved: self.bytes_moved.load(Ordering::Relaxed),
             wire_sent: self.wire_sent.load(Ordering::Relaxed),
             wire_received: self.wire_received.load(Ordering::Relaxed),
+            uncompressed_bytes: self.uncompressed_bytes.load(Ordering::Relaxed),
+            compressed_bytes: self.compressed_bytes.load(Ordering::Relaxed),
+            level: self.level.load(Ordering::Relaxed),
         }
     }
 

@@ -23,10 +23,12 @@ use cbt_core::{hash_image, BlockRecord, Digest, HashOptions, HashSummary, Image,
 use tokio::sync::mpsc;
 
 use crate::blockmap::{group_digest, BlockMap};
-use crate::compress::{Compression, Compressor};
+use crate::compress::{
+    Compression, CompressionStats, Compressor, LONG_WINDOW_LOG, MAX_PIECE_BYTES, PIECE_BYTES,
+};
 use crate::connection::Link;
 use crate::error::{Error, Result};
-use crate::frame::{Begin, BlockRange, DoneStats, Frame, GroupEntry};
+use crate::frame::{Begin, BlockRange, DoneStats, Frame, GroupEntry, MAX_PIECE_RANGES};
 use crate::progress::{Phase, Progress};
 use crate::TransferReport;
 
@@ -90,7 +92,7 @@ pub async fn send(mut link: Link, image: Arc<dyn Image>, options: &SendOptions) 
     let label = image.label();
     let result = run(&mut link, image, options).await;
     match result {
-        Ok((layout, stats, digest)) => {
+        Ok((layout, stats, digest, compression)) => {
             link.close(Duration::from_secs(10)).await;
             Ok(TransferReport::new(
                 "sender",
@@ -102,7 +104,8 @@ pub async fn send(mut link: Link, image: Arc<dyn Image>, options: &SendOptions) 
                 &counters,
                 started.elapsed().as_secs_f64(),
                 digest,
-            ))
+            )
+            .with_compression(&compression))
         }
         Err(e) => {
             let e = match e {
@@ -129,7 +132,7 @@ async fn run(
     link: &mut Link,
     image: Arc<dyn Image>,
     options: &SendOptions,
-) -> Result<(Layout, DoneStats, Digest)> {
+) -> Result<(Layout, DoneStats, Digest, CompressionStats)> {
     let peer = link.peer.clone();
     let bs = options.block_size;
     let img = Arc::clone(&image);
@@ -150,6 +153,10 @@ async fn run(
             group_blocks: GROUP_BLOCKS,
             regions: layout.regions().to_vec(),
             label: image.label(),
+            window_log: match options.compression {
+                Compression::None => 0,
+                _ => LONG_WINDOW_LOG as u8,
+            },
         }))
         .await
         .map_err(|_| closed())?;
@@ -165,28 +172,16 @@ async fn run(
             .map_err(|e| Error::Config(format!("cannot start the hasher thread: {e}")))?;
     }
 
-    // Serve block requests on their own thread.
-    let (req_tx, req_rx) = crossbeam_channel::unbounded::<BlockRange>();
-    let (fail_tx, mut failures) = mpsc::unbounded_channel::<Error>();
-    let served = Arc::new(Served::default());
-    let queued = Arc::new(AtomicU64::new(0));
-    let block_server = {
-        let (image, map, out) = (Arc::clone(&image), map.clone(), link.outgoing.clone());
-        let (served, queued, compression) = (Arc::clone(&served), Arc::clone(&queued), options.compression);
-        thread::Builder::new()
-            .name("cbt-send-blocks".into())
-            .spawn(move || {
-                if let Err(e) =
-                    serve_blocks(image.as_ref(), &map, compression, &req_rx, &out, &served, &queued)
-                {
-                    let _ = fail_tx.send(e);
-                }
-            })
-            .map_err(|e| Error::Config(format!("cannot start the block thread: {e}")))?
-    };
-
-    let window = match link.incoming.recv().await {
-        Some(Ok(Frame::Ready { window })) => window.clamp(1, MAX_WINDOW),
+    let (window, window_log) = match link.incoming.recv().await {
+        Some(Ok(Frame::Ready { window, window_log })) => {
+            if u32::from(window_log) > crate::compress::MAX_WINDOW_LOG {
+                return Err(Error::protocol(
+                    &peer,
+                    format!("compression window 2^{window_log} granted"),
+                ));
+            }
+            (window.clamp(1, MAX_WINDOW), u32::from(window_log))
+        }
         Some(Ok(Frame::Error { message })) => return Err(Error::Remote { peer, message }),
         Some(Ok(f)) => {
             return Err(Error::protocol(
@@ -197,7 +192,42 @@ async fn run(
         Some(Err(e)) => return Err(e),
         None => return Err(closed()),
     };
-    tracing::debug!(%peer, window, "receiver ready");
+    tracing::debug!(%peer, window, window_log, "receiver ready");
+    // Serve block requests on their own thread.
+    let (req_tx, req_rx) = crossbeam_channel::unbounded::<BlockRange>();
+    let (fail_tx, mut failures) = mpsc::unbounded_channel::<Error>();
+    let served = Arc::new(Served::default());
+    let queued = Arc::new(AtomicU64::new(0));
+    let block_server = {
+        let (image, map, out) = (Arc::clone(&image), map.clone(), link.outgoing.clone());
+        let (served, queued, compression) = (Arc::clone(&served), Arc::clone(&queued), options.compression);
+        let progress = progress.clone();
+        thread::Builder::new()
+            .name("cbt-send-blocks".into())
+            .spawn(move || {
+                let mut compressor = match Compressor::new(compression, window_log) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = fail_tx.send(Error::Config(format!("cannot start the compressor: {e}")));
+                        return CompressionStats::default();
+                    }
+                };
+                let server = BlockServer {
+                    image: image.as_ref(),
+                    map: &map,
+                    out: &out,
+                    served: &served,
+                    queued: &queued,
+                    progress: progress.as_deref(),
+                };
+                if let Err(e) = server.run(&mut compressor, &req_rx) {
+                    let _ = fail_tx.send(e);
+                }
+                compressor.stats().clone()
+            })
+            .map_err(|e| Error::Config(format!("cannot start the block thread: {e}")))?
+    };
+
     if let Some(p) = &progress {
         p.set_phase(Phase::Transferring);
     }
@@ -310,7 +340,11 @@ async fn run(
         }
     };
     drop(req_tx);
-    let _ = tokio::task::spawn_blocking(move || block_server.join()).await;
+    let compression = tokio::task::spawn_blocking(move || block_server.join())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
     let digest = summary
         .map(|s| s.image_digest)
         .ok_or_else(|| Error::protocol(&peer, "DONE before END"))?;
@@ -319,9 +353,10 @@ async fn run(
         blocks = served.blocks.load(Ordering::Relaxed),
         bytes = served.bytes.load(Ordering::Relaxed),
         wire = served.wire_bytes.load(Ordering::Relaxed),
+        levels = ?compression.levels,
         "blocks served"
     );
-    Ok((layout, stats, digest))
+    Ok((layout, stats, digest, compression))
 }
 
 /// The hasher thread: hashes the image and hands over one message per group.
@@ -374,21 +409,69 @@ fn hash_groups(image: &dyn Image, layout: &Layout, threads: usize, out: mpsc::Se
     let _ = out.blocking_send(msg);
 }
 
-/// The block server thread: reads requested blocks (contiguous ones with
-/// one read), compresses them and queues BLOCK frames.
-fn serve_blocks(
-    image: &dyn Image,
-    map: &BlockMap,
-    compression: Compression,
-    requests: &crossbeam_channel::Receiver<BlockRange>,
-    out: &mpsc::Sender<Frame>,
-    served: &Served,
-    queued: &AtomicU64,
-) -> Result<()> {
-    let mut compressor = Compressor::new(compression)
-        .map_err(|e| Error::Config(format!("cannot start the compressor: {e}")))?;
-    let mut buf = Vec::with_capacity(READ_CHUNK);
-    for range in requests {
+/// The block server thread: reads the requested blocks (contiguous ones
+/// with one read) and sends them in pieces of the compressed stream.
+struct BlockServer<'a> {
+    image: &'a dyn Image,
+    map: &'a BlockMap,
+    out: &'a mpsc::Sender<Frame>,
+    served: &'a Served,
+    queued: &'a AtomicU64,
+    progress: Option<&'a Progress>,
+}
+
+/// The blocks of the piece being built.
+#[derive(Default)]
+struct Piece {
+    ranges: Vec<BlockRange>,
+    blocks: u64,
+}
+
+impl BlockServer<'_> {
+    fn run(
+        &self,
+        compressor: &mut Compressor,
+        requests: &crossbeam_channel::Receiver<BlockRange>,
+    ) -> Result<()> {
+        let mut buf = Vec::with_capacity(READ_CHUNK);
+        let mut piece = Piece::default();
+        loop {
+            // A piece goes out when nothing more is waiting to join it, so
+            // the link never idles behind a half-built piece.
+            let range = match requests.try_recv() {
+                Ok(r) => r,
+                Err(crossbeam_channel::TryRecvError::Empty) => {
+                    if !self.flush(compressor, &mut piece) {
+                        return Ok(());
+                    }
+                    let waiting = Instant::now();
+                    match requests.recv() {
+                        Ok(r) => {
+                            compressor.waited(waiting.elapsed());
+                            r
+                        }
+                        Err(_) => return Ok(()),
+                    }
+                }
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+            };
+            if !self.serve(range, compressor, &mut piece, &mut buf)? {
+                return Ok(());
+            }
+        }
+        self.flush(compressor, &mut piece);
+        Ok(())
+    }
+
+    /// Reads and compresses the blocks of `range`; false once the link is gone.
+    fn serve(
+        &self,
+        range: BlockRange,
+        compressor: &mut Compressor,
+        piece: &mut Piece,
+        buf: &mut Vec<u8>,
+    ) -> Result<bool> {
+        let map = self.map;
         let end = range.first + u64::from(range.count);
         let mut i = range.first;
         while i < end {
@@ -404,29 +487,60 @@ fn serve_blocks(
                 j += 1;
             }
             buf.resize(bytes, 0);
-            image.read_at(&mut buf, first.offset)?;
+            self.image.read_at(buf, first.offset)?;
             let mut pos = 0usize;
             for index in i..j {
                 let len = map.span(index).map_or(0, |s| s.len as usize);
-                let (encoding, data) = compressor.encode(&buf[pos..pos + len]);
+                let full =
+                    compressor.piece_len() + len > MAX_PIECE_BYTES || piece.ranges.len() >= MAX_PIECE_RANGES;
+                if full && !self.flush(compressor, piece) {
+                    return Ok(false);
+                }
+                compressor.push(&buf[pos..pos + len]);
                 pos += len;
-                served.blocks.fetch_add(1, Ordering::Relaxed);
-                served.bytes.fetch_add(len as u64, Ordering::Relaxed);
-                served.wire_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                if out
-                    .blocking_send(Frame::Block {
-                        index,
-                        encoding,
-                        data,
-                    })
-                    .is_err()
-                {
-                    return Ok(());
+                piece.blocks += 1;
+                match piece.ranges.last_mut() {
+                    Some(r) if r.first + u64::from(r.count) == index => r.count += 1,
+                    _ => piece.ranges.push(BlockRange {
+                        first: index,
+                        count: 1,
+                    }),
+                }
+                self.served.blocks.fetch_add(1, Ordering::Relaxed);
+                self.served.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                if compressor.piece_len() >= PIECE_BYTES && !self.flush(compressor, piece) {
+                    return Ok(false);
                 }
             }
-            queued.fetch_sub(j - i, Ordering::Relaxed);
             i = j;
         }
+        Ok(true)
     }
-    Ok(())
+
+    /// Sends the piece built so far, if any; false once the link is gone.
+    fn flush(&self, compressor: &mut Compressor, piece: &mut Piece) -> bool {
+        let Some((encoding, data)) = compressor.finish() else {
+            return true;
+        };
+        self.served
+            .wire_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(p) = self.progress {
+            let stats = compressor.stats();
+            Progress::set(&p.compressed_bytes, stats.compressed_bytes);
+            Progress::set(&p.uncompressed_bytes, stats.uncompressed_bytes);
+            Progress::set(&p.level, compressor.level() as u64);
+        }
+        let blocks = std::mem::take(&mut piece.blocks);
+        let frame = Frame::Blocks {
+            ranges: std::mem::take(&mut piece.ranges),
+            encoding,
+            data,
+        };
+        if self.out.blocking_send(frame).is_err() {
+            return false;
+        }
+        self.queued.fetch_sub(blocks, Ordering::Relaxed);
+        true
+    }
 }

@@ -3,26 +3,68 @@
 use super::*;
 
 impl Engine {
-    /// A block from the sender.
-    pub(super) fn on_block(&mut self, index: u64, encoding: Encoding, data: &[u8]) -> Result<()> {
-        let Some(a) = self.awaiting.remove(&index) else {
-            return Err(self.protocol(format!("block {index} was not asked for")));
-        };
-        let Some(len) = self.outstanding.remove(&index) else {
-            return Err(self.protocol(format!("block {index} was not asked for yet")));
-        };
-        self.outstanding_bytes -= u64::from(len);
-        self.pace.received(index, len, self.outstanding_bytes == 0);
+    /// A BLOCKS frame: a piece holding the blocks of `ranges`, in order.
+    pub(super) fn on_blocks(&mut self, ranges: &[BlockRange], encoding: Encoding, data: &[u8]) -> Result<()> {
+        let blocks = self.take_piece(ranges)?;
+        let total: usize = blocks.iter().map(|(_, a)| a.len as usize).sum();
+        let mut out = std::mem::take(&mut self.piece_buf);
+        let plain = self
+            .decompressor
+            .decode(encoding, data, total, &mut out)
+            .map_err(|e| self.protocol(format!("blocks from {}: {e}", ranges[0].first)))?;
+        self.compression.uncompressed_bytes += total as u64;
+        self.compression.compressed_bytes += data.len() as u64;
+        if let Some(p) = &self.progress {
+            Progress::set(&p.uncompressed_bytes, self.compression.uncompressed_bytes);
+            Progress::set(&p.compressed_bytes, self.compression.compressed_bytes);
+        }
+        let mut at = 0usize;
+        for (index, a) in blocks {
+            let len = a.len as usize;
+            self.on_block(index, a, &plain[at..at + len])?;
+            at += len;
+        }
+        self.piece_buf = out;
+        Ok(())
+    }
+
+    /// The blocks a piece carries, each of which must have been asked for
+    /// and not received yet; they are no longer outstanding.
+    pub(super) fn take_piece(&mut self, ranges: &[BlockRange]) -> Result<Vec<(u64, Awaited)>> {
+        let mut blocks = Vec::new();
+        let mut bytes = 0usize;
+        for r in ranges {
+            for index in r.first..r.first.saturating_add(u64::from(r.count)) {
+                let (Some(a), Some(len)) = (self.awaiting.remove(&index), self.outstanding.remove(&index))
+                else {
+                    return Err(self.protocol(format!("block {index} was not asked for")));
+                };
+                bytes += len as usize;
+                if bytes > MAX_PIECE_BYTES {
+                    return Err(self.protocol(format!("a piece of more than {MAX_PIECE_BYTES} bytes")));
+                }
+                self.outstanding_bytes -= u64::from(len);
+                self.pace.received(index, len, self.outstanding_bytes == 0);
+                blocks.push((index, a));
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// Block `index`, awaited as `a`, arrived holding `data`.
+    fn on_block(&mut self, index: u64, a: Awaited, data: &[u8]) -> Result<()> {
         let span = self
             .shared
             .map
             .span(index)
             .ok_or_else(|| self.protocol("block index out of range"))?;
-        let mut out = std::mem::take(&mut self.block_buf);
-        let data = self
-            .decompressor
-            .decode(encoding, data, a.len as usize, &mut out)
-            .map_err(|e| self.protocol(format!("block {index}: {e}")))?;
+        if data.len() != a.len as usize {
+            return Err(self.protocol(format!(
+                "block {index} of {} bytes, expected {}",
+                data.len(),
+                a.len
+            )));
+        }
         if is_zero(data) {
             self.stats.blocks_zero += 1;
         } else {
@@ -92,7 +134,6 @@ impl Engine {
                 p.whole = None;
             }
         }
-        self.block_buf = out;
         let complete = p.missing == 0 && p.resolved;
         if complete {
             self.complete(a.group)?;

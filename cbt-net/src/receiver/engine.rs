@@ -69,6 +69,8 @@ pub(super) struct Engine {
     /// the predictors are busy; the rest of the groups wait in `deferred`).
     pub(super) max_predicting: u64,
     pub(super) decompressor: Decompressor,
+    /// log2 of the compression window granted in READY.
+    pub(super) window_log: u32,
     pub(super) zeros: ZeroDigests,
     pub(super) window_groups: u32,
     /// Next group of the stream.
@@ -109,9 +111,12 @@ pub(super) struct Engine {
     pub(super) need_digests: Vec<u64>,
     pub(super) end: Option<(Digest, u64)>,
     pub(super) stats: DoneStats,
+    /// Bytes of the pieces received, plain and on the wire.
+    pub(super) compression: crate::compress::CompressionStats,
     pub(super) rejected: u64,
     pub(super) buf: Vec<u8>,
-    pub(super) block_buf: Vec<u8>,
+    /// The last piece decoded (its buffer is reused).
+    pub(super) piece_buf: Vec<u8>,
 }
 
 impl Engine {
@@ -122,6 +127,7 @@ impl Engine {
         shutdown: Shutdown,
         options: &ReceiveOptions,
         block_size: u32,
+        window_log: u32,
     ) -> Result<Self> {
         let threads = thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -151,7 +157,8 @@ impl Engine {
             predictors,
             predicting: 0,
             max_predicting: (threads * 4) as u64,
-            decompressor: Decompressor::new().map_err(|e| Error::Config(format!("zstd: {e}")))?,
+            decompressor: Decompressor::new(window_log).map_err(|e| Error::Config(format!("zstd: {e}")))?,
+            window_log,
             zeros: ZeroDigests::default(),
             window_groups: options.window_groups.max(1),
             head_group: 0,
@@ -175,9 +182,10 @@ impl Engine {
             need_digests: Vec::new(),
             end: None,
             stats: DoneStats::default(),
+            compression: Default::default(),
             rejected: 0,
             buf: Vec::new(),
-            block_buf: Vec::new(),
+            piece_buf: Vec::new(),
         })
     }
 
@@ -235,6 +243,7 @@ impl Engine {
     pub(super) fn run(&mut self) -> Result<Digest> {
         self.send(Frame::Ready {
             window: self.window_groups,
+            window_log: self.window_log as u8,
         })?;
         loop {
             if let Some((_, groups)) = self.end {
@@ -267,11 +276,11 @@ impl Engine {
                     self.on_digests(group, digests)?;
                     self.drain()?;
                 }
-                Frame::Block {
-                    index,
+                Frame::Blocks {
+                    ranges,
                     encoding,
                     data,
-                } => self.on_block(index, encoding, &data)?,
+                } => self.on_blocks(&ranges, encoding, &data)?,
                 Frame::End { image_digest, groups } => {
                     if groups != self.shared.map.groups() || self.head_group != groups || self.end.is_some() {
                         return Err(self.protocol(format!(

@@ -53,7 +53,7 @@ use cbt_core::{
 use tokio::sync::mpsc;
 
 use crate::blockmap::{group_digest, BlockMap, GroupSpan};
-use crate::compress::Decompressor;
+use crate::compress::{Decompressor, MAX_PIECE_BYTES};
 use crate::connection::{Counters, Link, Shutdown};
 use crate::error::{Error, Result};
 use crate::frame::{Begin, BlockRange, DoneStats, Encoding, Frame, GroupEntry};
@@ -125,6 +125,9 @@ pub struct ReceiveOptions {
     /// Update the output in place when it exists, writing only the blocks
     /// that differ (`--inplace`).
     pub in_place: bool,
+    /// log2 of the largest compression window granted to the sender: the
+    /// decoder's memory (see `compress`).
+    pub max_window_log: u32,
 }
 
 impl ReceiveOptions {
@@ -136,6 +139,7 @@ impl ReceiveOptions {
             seeds: Vec::new(),
             index: IndexOptions::default(),
             window_groups: 1024,
+            max_window_log: crate::compress::LONG_WINDOW_LOG,
             window_bytes: 32 << 20,
             progress: None,
             partials: None,
@@ -209,7 +213,7 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
         Err(e) => Err(e),
     };
     match result {
-        Ok(((layout, stats, digest, output, bytes_written), label)) => {
+        Ok(((layout, stats, digest, output, bytes_written, compression), label)) => {
             link.close(Duration::from_secs(10)).await;
             let mut report = TransferReport::new(
                 "receiver",
@@ -221,7 +225,8 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
                 &counters,
                 started.elapsed().as_secs_f64(),
                 digest,
-            );
+            )
+            .with_compression(&compression);
             report.bytes_written = Some(bytes_written.0);
             report.bytes_cloned = Some(bytes_written.1);
             Ok(report)
@@ -238,7 +243,14 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
     }
 }
 
-type EngineResult = (Layout, DoneStats, Digest, PathBuf, (u64, u64));
+type EngineResult = (
+    Layout,
+    DoneStats,
+    Digest,
+    PathBuf,
+    (u64, u64),
+    crate::compress::CompressionStats,
+);
 
 /// The engine's connections to the rest of the receiver.
 struct Channels {
@@ -333,13 +345,27 @@ fn run_engine(
         out_image: out.as_ref().map(|_| OUT_IMAGE),
         out,
     };
-    let mut engine = Engine::new(peer, shared, channels, shutdown, &options, layout.block_size())?;
+    let window_log = u32::from(begin.window_log).min(
+        options
+            .max_window_log
+            .clamp(crate::compress::WINDOW_LOG, crate::compress::MAX_WINDOW_LOG),
+    );
+    let mut engine = Engine::new(
+        peer,
+        shared,
+        channels,
+        shutdown,
+        &options,
+        layout.block_size(),
+        window_log,
+    )?;
     let result = engine.run();
     engine.stop_predictors();
     let Engine {
         shared,
         stats,
         outgoing,
+        compression,
         ..
     } = engine;
     shared.index.refresh_changed_seeds();
@@ -353,7 +379,7 @@ fn run_engine(
             resume::cleanup(&options.output);
             // The sender waits for this before it reports success.
             let _ = outgoing.blocking_send(Frame::Done(stats));
-            Ok((layout, stats, digest, published, bytes_written))
+            Ok((layout, stats, digest, published, bytes_written, compression))
         }
         Err(e) => {
             if !(e.is_connection_loss() || matches!(e, Error::Remote { .. })) {

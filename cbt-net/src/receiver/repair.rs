@@ -49,8 +49,8 @@ impl BlockSource for Repair<'_> {
         while !expected.is_empty() {
             e.flush_requests().map_err(&wrap)?;
             let frame = e.recv_frame().map_err(&wrap)?;
-            let Frame::Block {
-                index,
+            let Frame::Blocks {
+                ranges,
                 encoding,
                 data,
             } = frame
@@ -58,21 +58,29 @@ impl BlockSource for Repair<'_> {
                 let reason = format!("unexpected {} frame during repair", frame.name());
                 return Err(wrap(e.protocol(reason)));
             };
-            let (Some(b), Some(_)) = (expected.remove(&index), e.awaiting.remove(&index)) else {
-                return Err(wrap(e.protocol(format!("block {index} was not asked for"))));
-            };
-            if let Some(len) = e.outstanding.remove(&index) {
-                e.outstanding_bytes -= u64::from(len);
-                e.pace.received(index, len, e.outstanding_bytes == 0);
-            }
-            let mut out = std::mem::take(&mut e.block_buf);
-            let data = e
+            let blocks = e.take_piece(&ranges).map_err(&wrap)?;
+            let total: usize = blocks.iter().map(|(_, a)| a.len as usize).sum();
+            let mut out = std::mem::take(&mut e.piece_buf);
+            let plain = e
                 .decompressor
-                .decode(encoding, &data, b.len as usize, &mut out)
-                .map_err(|r| wrap(Error::protocol(&e.peer, format!("block {index}: {r}"))))?;
-            e.stats.blocks_sent += 1;
-            deliver(b, data)?;
-            e.block_buf = out;
+                .decode(encoding, &data, total, &mut out)
+                .map_err(|r| {
+                    wrap(Error::protocol(
+                        &e.peer,
+                        format!("blocks from {}: {r}", ranges[0].first),
+                    ))
+                })?;
+            let mut at = 0usize;
+            for (index, a) in blocks {
+                let Some(b) = expected.remove(&index) else {
+                    return Err(wrap(e.protocol(format!("block {index} was not asked for"))));
+                };
+                let len = a.len as usize;
+                e.stats.blocks_sent += 1;
+                deliver(b, &plain[at..at + len])?;
+                at += len;
+            }
+            e.piece_buf = out;
         }
         Ok(())
     }
