@@ -76,3 +76,15 @@ fn absurd_ext4_symlink_size_is_an_error_not_an_abort() {
         Err(e) => assert!(e.to_string().contains(name), "{e}"),
     }
 }
+
+/// Found by the `guest_image` fuzz target (as a 946 MB peak, then aborting
+/// once the field was raised): a superblock with a 2 GiB block size, for
+/// which ext4-view allocates its block cache before reading anything.
+#[test]
+fn absurd_ext4_block_size_is_an_error_not_an_abort() {
+    let name = "ext4-superblock-2GiB-blocks.raw";
+    let image = open_image(&ImageSpec::file(fixture(name))).unwrap();
+    let e = cbt_core::describe_image(image, &cbt_core::DescribeOptions::packages_only()).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains(name) && msg.contains("block size"), "{msg}");
+}

@@ -278,6 +278,15 @@ fn check_group_count(image: &dyn Image, offset: u64, len: u64, label: &str) -> R
     if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
         return Ok(()); // not ext*: ext4-view says so
     }
+    // ext4-view caches several blocks up front: a 2 GiB block size would
+    // abort the process. ext4's largest block size is 64 KiB (log 6).
+    let log_block_size = u32_at(0x18);
+    if log_block_size > 6 {
+        return Err(Error::malformed(
+            label,
+            format!("ext4: block size 1024 << {log_block_size} is larger than ext4's 64 KiB"),
+        ));
+    }
     let blocks = u64::from(u32_at(0x150)) << 32 | u64::from(u32_at(0x4));
     let (first, per_group) = (u64::from(u32_at(0x14)), u64::from(u32_at(0x20)));
     let groups = match per_group {
