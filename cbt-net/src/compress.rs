@@ -19,8 +19,10 @@
 //! the idle core on a smaller stream, and on a fast one it drops to cheap
 //! levels before it would starve the link (as `zstd --adapt` does for
 //! files). A single-threaded zstd stream applies a new level only at a new
-//! frame, so a change ends the frame at the end of a piece (the history
-//! restarts; hence changes are rare).
+//! frame, so a change ends the frame at the end of a piece and the history
+//! restarts: hence hysteresis ([`next_level`]): it goes down only when the
+//! compressor would starve the link, up only for a gain of two levels or
+//! more, and not sooner than [`MIN_CHANGE_BYTES`] after the last change.
 //!
 //! **Window and long matches.** The sender asks for a window in BEGIN
 //! ([`LONG_WINDOW_LOG`], 128 MiB, with zstd's long-distance matching) and
@@ -114,6 +116,12 @@ pub const ADAPT_BYTES: u64 = 4 << 20;
 const ADAPT_TIME: Duration = Duration::from_secs(1);
 /// The share of time `auto` lets the compressor be busy.
 pub const TARGET_BUSY: f64 = 0.6;
+/// Busier than this, the compressor is what the link waits for: `auto`
+/// lowers its level at once.
+pub const STARVING_BUSY: f64 = 0.85;
+/// Plain bytes between two level changes of `auto` when going up (each
+/// change restarts the frame and its history).
+pub const MIN_CHANGE_BYTES: u64 = 16 << 20;
 /// A wait for work longer than this is the pipeline idling (the receiver
 /// has nothing to ask), not the link pacing requests: it does not count
 /// as time the compressor could have used.
@@ -171,6 +179,8 @@ pub struct Compressor {
     /// The level the next frame starts with, once `auto` chose another.
     next_level: Option<i32>,
     adapt: Option<Adapt>,
+    /// Plain bytes compressed since `auto` last changed its level.
+    since_change: u64,
     /// Plain bytes of the current piece (kept so that a piece whose
     /// compression fails can go raw).
     plain: Vec<u8>,
@@ -212,6 +222,7 @@ impl Compressor {
             level,
             next_level: None,
             adapt,
+            since_change: 0,
             plain: Vec::with_capacity(PIECE_BYTES + (64 << 10)),
             packed: Vec::new(),
             bypass: false,
@@ -336,9 +347,9 @@ impl Compressor {
         self.adapt = None;
     }
 
-    /// `auto`: every [`ADAPT_BYTES`] (or [`ADAPT_TIME`]), picks the highest
-    /// level expected to keep the compressor busy at most [`TARGET_BUSY`]
-    /// of the time at the rate blocks were asked for.
+    /// `auto`: every [`ADAPT_BYTES`] (or [`ADAPT_TIME`]), measures the
+    /// current level and decides with [`next_level`]; a change waits at
+    /// least [`MIN_CHANGE_BYTES`] after the last one (it restarts the frame).
     fn adapt_level(&mut self) {
         let Some(a) = self.adapt.as_mut() else { return };
         let wall = a.since.elapsed().saturating_sub(a.idle);
@@ -346,13 +357,14 @@ impl Compressor {
             return;
         }
         let measured = std::mem::replace(a, Adapt::new());
+        self.since_change = self.since_change.saturating_add(measured.plain);
         if measured.plain == 0 || measured.busy.is_zero() || wall.is_zero() {
             return;
         }
         let speed = measured.plain as f64 / measured.busy.as_secs_f64();
         let demand = measured.plain as f64 / wall.as_secs_f64();
-        let choice = choose_level(self.level, speed, demand);
-        if choice != self.level {
+        let choice = next_level(self.level, speed, demand);
+        if choice != self.level && (self.since_change >= MIN_CHANGE_BYTES || choice < self.level) {
             tracing::debug!(
                 from = self.level,
                 to = choice,
@@ -361,19 +373,35 @@ impl Compressor {
                 "compression level"
             );
             self.next_level = Some(choice);
+            self.since_change = 0;
         }
+    }
+}
+
+/// `auto`'s decision, with hysteresis: a level change restarts the zstd
+/// frame (its history is lost), so it only goes down when the compressor
+/// at `level` is busy more than [`STARVING_BUSY`] of the time (the link
+/// would idle behind it), and only goes up when [`choose_level`] finds a
+/// level at least two above; otherwise it stays.
+pub fn next_level(level: i32, speed: f64, demand: f64) -> i32 {
+    let busy = demand / speed;
+    let choice = choose_level(level, speed, demand);
+    if busy > STARVING_BUSY || choice >= level + 2 {
+        choice
+    } else {
+        level
     }
 }
 
 /// The highest level whose expected speed (from `speed`, measured at
 /// `level`) keeps the compressor busy at most [`TARGET_BUSY`] of the time
-/// at `demand` plain bytes per second. Moves at most two levels up at
+/// at `demand` plain bytes per second. Moves at most three levels up at
 /// once (a level's speed is a guess until it has been measured), any
 /// number down.
 pub fn choose_level(level: i32, speed: f64, demand: f64) -> i32 {
     let fits = |l: i32| speed * relative_speed(l) / relative_speed(level) * TARGET_BUSY >= demand;
     let mut best = 1;
-    for l in 1..=(level + 2).min(MAX_LEVEL) {
+    for l in 1..=(level + 3).min(MAX_LEVEL) {
         if fits(l) {
             best = l;
         }
@@ -760,8 +788,8 @@ mod tests {
 
     #[test]
     fn auto_levels_follow_the_measured_speeds() {
-        // A compressor far faster than the demand climbs, two levels a time.
-        assert_eq!(choose_level(3, 300e6, 1e6), 5);
+        // A compressor far faster than the demand climbs, three levels a time.
+        assert_eq!(choose_level(3, 300e6, 1e6), 6);
         assert_eq!(choose_level(17, 50e6, 1e6), 19);
         // One that cannot keep up drops as far as needed.
         assert_eq!(choose_level(9, 10e6, 10e6), 6);
@@ -769,5 +797,18 @@ mod tests {
         // Busy 60% of the time is where it stays.
         assert_eq!(choose_level(6, 100e6, 59e6), 6);
         assert!(choose_level(6, 100e6, 61e6) < 6);
+    }
+
+    #[test]
+    fn auto_changes_level_only_for_a_clear_gain() {
+        // One level up is not worth a new frame...
+        assert_eq!(choose_level(3, 100e6, 40e6), 4);
+        assert_eq!(next_level(3, 100e6, 40e6), 3);
+        // ...two are.
+        assert_eq!(next_level(3, 300e6, 1e6), 6);
+        // Busy 70%: above the target, but the link is not waiting yet.
+        assert_eq!(next_level(6, 100e6, 70e6), 6);
+        // Busy 90%: the link would idle, so down at once.
+        assert!(next_level(6, 100e6, 90e6) < 6);
     }
 }

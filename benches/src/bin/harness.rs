@@ -366,6 +366,19 @@ fn debian_cases(dir: &Path) -> Result<Vec<Case>, String> {
             note: "qcow2 with an internal snapshot (of web); full copy and rsync send the whole file, cbt the current state".into(),
         },
     ];
+    // Added by layout 3 of the script: an older cache has no such image.
+    let user = p(&format!("{r1}-user.raw"));
+    if user.exists() {
+        cases.push(Case {
+            name: format!("{r1} user ← web"),
+            group: "debian".into(),
+            target: user,
+            seeds: vec![p(&format!("{r1}-web.raw"))],
+            delta_nominal: None,
+            companions: vec![],
+            note: "3 GiB: web plus ~400 MB of mixed user data (documents, logs, a SQLite database, media-like random files, duplicated backups)".into(),
+        });
+    }
     if !r2.is_empty() {
         cases.push(Case {
             name: format!("{r2} min ← {r1} min"),
