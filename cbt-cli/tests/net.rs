@@ -299,7 +299,9 @@ fn malformed_frames_get_an_error_and_the_daemon_keeps_serving() {
     let src = noise_image(&env, "src.img", 4, 9);
     let data = env.dir("data");
     let (mut d, addr) = daemon(&env, &data, &[]);
-    let preamble = b"CBTNET\r\n\x00\x03\x00\x00";
+    let mut preamble = [0u8; cbt_net::frame::PREAMBLE_LEN];
+    preamble[..8].copy_from_slice(&cbt_net::frame::MAGIC);
+    preamble[8..10].copy_from_slice(&cbt_net::frame::VERSION.to_be_bytes());
 
     // A client that connected and says nothing stays open meanwhile.
     let idle = TcpStream::connect(&addr).unwrap();

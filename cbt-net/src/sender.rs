@@ -271,6 +271,15 @@ async fn run(
                         link.outgoing.send(Frame::Digests { group: g, digests }).await.map_err(|_| closed())?;
                     }
                 }
+                Some(Ok(Frame::NeedKeys { groups: wanted })) => {
+                    for g in wanted {
+                        let Ok(i) = pending.binary_search_by_key(&g, |(gi, _)| *gi) else {
+                            return Err(Error::protocol(&peer, format!("keys asked for group {g}, which is not in flight")));
+                        };
+                        let keys = pending[i].1.iter().map(key_of).collect();
+                        link.outgoing.send(Frame::Keys { group: g, keys }).await.map_err(|_| closed())?;
+                    }
+                }
                 Some(Ok(Frame::NeedBlocks { ranges })) => {
                     for r in ranges {
                         if r.first.checked_add(u64::from(r.count)).is_none_or(|end| end > map.blocks()) {
@@ -542,5 +551,25 @@ impl BlockServer<'_> {
         }
         self.queued.fetch_sub(blocks, Ordering::Relaxed);
         true
+    }
+}
+
+/// The key of a block in KEYS: the first 8 bytes of its digest.
+#[cfg(not(test))]
+fn key_of(d: &Digest) -> u64 {
+    d.short()
+}
+
+/// Tests make the sender lie about one key (as a collision would):
+/// (the key to replace, the key sent instead).
+#[cfg(test)]
+pub(crate) static SWAP_KEY: std::sync::Mutex<Option<(u64, u64)>> = std::sync::Mutex::new(None);
+
+#[cfg(test)]
+fn key_of(d: &Digest) -> u64 {
+    let key = d.short();
+    match *SWAP_KEY.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        Some((from, to)) if from == key => to,
+        _ => key,
     }
 }

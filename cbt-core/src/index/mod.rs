@@ -380,7 +380,10 @@ impl Index {
         self.lookup_key(digest.short())
     }
 
-    pub(crate) fn lookup_key(&self, key: u64) -> Option<Location> {
+    /// Where a block whose digest has this short key ([`Digest::short`])
+    /// can be read, if any. Only a full hash of what is read there (checked
+    /// against a full digest or a group digest) proves it is the block.
+    pub fn lookup_key(&self, key: u64) -> Option<Location> {
         let shard = &self.shards[(key >> (64 - SHARD_BITS)) as usize];
         shard
             .binary_search_by_key(&key, |e| e.key)

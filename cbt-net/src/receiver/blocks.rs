@@ -105,33 +105,7 @@ impl Engine {
             whole.data[at..at + data.len()].copy_from_slice(data);
             whole.received[(index - p.span.first_block) as usize] = true;
             if p.missing == 0 {
-                let lens: Vec<u32> = self
-                    .shared
-                    .map
-                    .group_blocks_spans(&p.span)
-                    .map(|b| b.len)
-                    .collect();
-                let expected = p.digest;
-                let checked = Checked::together(
-                    p.span.first_block,
-                    p.span.offset,
-                    &whole.data,
-                    &lens,
-                    |digests| group_digest(digests) == expected,
-                    &mut self.zeros,
-                );
-                if !checked.good().first().copied().unwrap_or(false) {
-                    return Err(Error::protocol(
-                        &self.peer,
-                        format!(
-                            "the blocks of group {} do not match its group digest (did the source image change?)",
-                            a.group
-                        ),
-                    ));
-                }
-                self.shared.assembly()?.place(&checked, &[])?;
-                p.resolved = true;
-                p.whole = None;
+                return self.check_whole(a.group);
             }
         }
         let complete = p.missing == 0 && p.resolved;
@@ -166,6 +140,14 @@ impl Engine {
     /// Sends the digest requests gathered and as many block requests as the
     /// byte window allows.
     pub(super) fn flush_requests(&mut self) -> Result<()> {
+        if !self.need_keys.is_empty() {
+            let groups = std::mem::take(&mut self.need_keys);
+            for chunk in groups.chunks(MAX_RANGES_PER_FRAME) {
+                self.send(Frame::NeedKeys {
+                    groups: chunk.to_vec(),
+                })?;
+            }
+        }
         if !self.need_digests.is_empty() {
             let groups = std::mem::take(&mut self.need_digests);
             for chunk in groups.chunks(MAX_RANGES_PER_FRAME) {

@@ -22,6 +22,10 @@ pub(super) struct Pending {
     /// Whole-group fetch: the blocks received so far, held until the group
     /// digest over all of them can be checked.
     pub(super) whole: Option<WholeGroup>,
+    /// Its block keys were asked for (NEED_KEYS): the blocks found through
+    /// them are held in `whole` with the rest until the group digest
+    /// proves them, and a mismatch falls back to full digests.
+    pub(super) keyed: bool,
     pub(super) resolved: bool,
     pub(super) missing: u32,
 }
@@ -32,6 +36,9 @@ pub(super) struct Pending {
 pub(super) struct WholeGroup {
     pub(super) data: Vec<u8>,
     pub(super) received: Vec<bool>,
+    /// Blocks found locally through their keys, and zero blocks among them.
+    pub(super) local: u64,
+    pub(super) zero: u64,
 }
 
 impl WholeGroup {
@@ -39,6 +46,8 @@ impl WholeGroup {
         WholeGroup {
             data: Vec::new(),
             received: vec![false; blocks as usize],
+            local: 0,
+            zero: 0,
         }
     }
 }
@@ -109,6 +118,10 @@ pub(super) struct Engine {
     /// How many bytes of blocks to keep requested.
     pub(super) pace: Pace,
     pub(super) need_digests: Vec<u64>,
+    pub(super) need_keys: Vec<u64>,
+    /// Bytes of groups resolved through keys and held (at most
+    /// `keys::MAX_KEYED_BYTES`; beyond it groups ask for full digests).
+    pub(super) keyed_bytes: u64,
     pub(super) end: Option<(Digest, u64)>,
     pub(super) stats: DoneStats,
     /// Bytes of the pieces received, plain and on the wire.
@@ -180,6 +193,8 @@ impl Engine {
             outstanding_bytes: 0,
             pace: Pace::new(options.window_bytes.max(u64::from(cbt_core::MAX_BLOCK_SIZE) * 2)),
             need_digests: Vec::new(),
+            need_keys: Vec::new(),
+            keyed_bytes: 0,
             end: None,
             stats: DoneStats::default(),
             compression: Default::default(),
@@ -274,6 +289,10 @@ impl Engine {
                 }
                 Frame::Digests { group, digests } => {
                     self.on_digests(group, digests)?;
+                    self.drain()?;
+                }
+                Frame::Keys { group, keys } => {
+                    self.on_keys(group, keys)?;
                     self.drain()?;
                 }
                 Frame::Blocks {

@@ -177,11 +177,12 @@ impl Engine {
             digest,
             predicted,
             whole: None,
+            keyed: false,
             resolved: false,
             missing: 0,
         };
         match fetch {
-            Fetch::Digests => self.need_digests.push(g),
+            Fetch::Digests => p.keyed = self.ask_for_keys(g, &span),
             Fetch::Whole => {
                 p.whole = Some(WholeGroup::new(span.blocks));
                 p.missing = span.blocks;
@@ -220,6 +221,7 @@ impl Engine {
             return;
         }
         let mut withdrawn: HashSet<u64> = HashSet::new();
+        let mut reask = Vec::new();
         for g in std::mem::take(&mut self.whole_queued) {
             let Some(p) = self.pending.get_mut(&g) else {
                 continue;
@@ -237,10 +239,16 @@ impl Engine {
             }
             p.whole = None;
             p.missing = 0;
-            self.need_digests.push(g);
+            reask.push((g, p.span));
         }
         if !withdrawn.is_empty() {
             self.want.retain(|b| !withdrawn.contains(b));
+        }
+        for (g, span) in reask {
+            let keyed = self.ask_for_keys(g, &span);
+            if let Some(p) = self.pending.get_mut(&g) {
+                p.keyed = keyed;
+            }
         }
     }
 

@@ -5,9 +5,11 @@
 //! each data group it reads the predicted bytes, hashes their blocks and
 //! compares the group digest; a match is written at once (the group digest
 //! covers full 32-byte block digests, so this check is as strong as a
-//! per-block one). Otherwise it asks for that group's block digests
-//! (NEED_DIGESTS), looks every block up in the [`Index`] (re-hashing what it
-//! reads), and asks for the blocks it still lacks (NEED_BLOCKS). Groups that
+//! per-block one). Otherwise it asks for that group's block keys (NEED_KEYS:
+//! 8 bytes per block instead of a 32-byte digest; see `keys`) or, in place,
+//! its block digests (NEED_DIGESTS), looks every block up in the [`Index`]
+//! (re-hashing what it reads), and asks for the blocks it still lacks
+//! (NEED_BLOCKS). Groups that
 //! keep finding nothing locally are fetched whole, without digests. Requests
 //! are pipelined: many groups in flight, block requests bounded in bytes,
 //! credit returned as data groups complete.
@@ -15,7 +17,8 @@
 //! Every block reaches the output through the assembly engine
 //! ([`cbt_core::Assembly`]): checked once ([`Checked`]: against its own
 //! digest, or with the rest of its group against the group digest; blocks
-//! of a group fetched whole are held until the whole group checks out),
+//! of a group fetched whole or found through keys are held until the whole
+//! group checks out),
 //! written with its digest recorded in the manifest. At the end the
 //! manifest must reproduce the source's image digest (with
 //! `verify_readback`, the output is also re-read and mismatching blocks are
@@ -34,7 +37,8 @@
 //!
 //! The folder: this file (options, [`receive`], building the index and the
 //! assembly, the end of a transfer), `engine` (protocol state and main
-//! loop), `groups` (group entries, predictions, digests), `blocks` (blocks,
+//! loop), `groups` (group entries, predictions, digests), `keys` (groups
+//! resolved through keys, held groups), `blocks` (blocks,
 //! credit, requests), `predict` (predictor threads), `window` (the block
 //! window), `shared` (what the engine and predictors share), `repair`
 //! (refetching for `--verify-readback`).
@@ -65,6 +69,7 @@ use crate::TransferReport;
 mod blocks;
 mod engine;
 mod groups;
+mod keys;
 mod predict;
 mod repair;
 mod shared;

@@ -20,7 +20,7 @@ use cbt_core::{Digest, Region};
 /// First bytes of every connection, in both directions.
 pub const MAGIC: [u8; 8] = *b"CBTNET\r\n";
 /// Protocol version spoken by this implementation.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Bytes of the preamble: magic, version, reserved.
 pub const PREAMBLE_LEN: usize = 12;
 /// Bytes of a frame header: payload length and type.
@@ -181,6 +181,20 @@ pub enum Frame {
         /// One digest per block (zero blocks: the digest of their zeros).
         digests: Vec<Digest>,
     },
+    /// Receiver → sender: send the block keys of these groups (the first
+    /// 8 bytes of each block digest: enough to find a block in the index;
+    /// the group digest proves the blocks found).
+    NeedKeys {
+        /// Group indices.
+        groups: Vec<u64>,
+    },
+    /// Sender → receiver: the block keys of one group.
+    Keys {
+        /// Group index.
+        group: u64,
+        /// One key per block ([`Digest::short`]).
+        keys: Vec<u64>,
+    },
     /// Receiver → sender: send these blocks.
     NeedBlocks {
         /// Runs of block indices.
@@ -222,6 +236,8 @@ mod ty {
     pub const BLOCK: u8 = 0x17;
     pub const CREDIT: u8 = 0x18;
     pub const DONE: u8 = 0x19;
+    pub const NEED_KEYS: u8 = 0x1a;
+    pub const KEYS: u8 = 0x1b;
 }
 
 /// Why bytes from a peer are not a valid frame.
@@ -298,6 +314,8 @@ fn type_name(t: u8) -> Option<&'static str> {
         ty::END => "END",
         ty::NEED_DIGESTS => "NEED_DIGESTS",
         ty::DIGESTS => "DIGESTS",
+        ty::NEED_KEYS => "NEED_KEYS",
+        ty::KEYS => "KEYS",
         ty::NEED_BLOCKS => "NEED_BLOCKS",
         ty::BLOCK => "BLOCK",
         ty::CREDIT => "CREDIT",
@@ -529,6 +547,28 @@ fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
             }
             Frame::NeedDigests { groups }
         }
+        ty::NEED_KEYS => {
+            if p.remaining() == 0 || p.remaining() % 8 != 0 {
+                return Err(p.err("payload is not a list of group indices"));
+            }
+            let mut groups = Vec::with_capacity(p.remaining() / 8);
+            while p.remaining() > 0 {
+                groups.push(p.u64()?);
+            }
+            Frame::NeedKeys { groups }
+        }
+        ty::KEYS => {
+            let group = p.u64()?;
+            let n = p.remaining();
+            if n == 0 || n % 8 != 0 || n / 8 > MAX_GROUP_BLOCKS {
+                return Err(p.err("payload is not a list of block keys"));
+            }
+            let mut keys = Vec::with_capacity(n / 8);
+            while p.remaining() > 0 {
+                keys.push(p.u64()?);
+            }
+            Frame::Keys { group, keys }
+        }
         ty::DIGESTS => {
             let group = p.u64()?;
             let n = p.remaining();
@@ -619,6 +659,8 @@ impl Frame {
             Frame::End { .. } => ty::END,
             Frame::NeedDigests { .. } => ty::NEED_DIGESTS,
             Frame::Digests { .. } => ty::DIGESTS,
+            Frame::NeedKeys { .. } => ty::NEED_KEYS,
+            Frame::Keys { .. } => ty::KEYS,
             Frame::NeedBlocks { .. } => ty::NEED_BLOCKS,
             Frame::Blocks { .. } => ty::BLOCK,
             Frame::Credit { .. } => ty::CREDIT,
@@ -724,7 +766,13 @@ impl Frame {
                 dst.put_slice(&image_digest.0);
                 dst.put_u64(*groups);
             }
-            Frame::NeedDigests { groups } => groups.iter().for_each(|g| dst.put_u64(*g)),
+            Frame::NeedDigests { groups } | Frame::NeedKeys { groups } => {
+                groups.iter().for_each(|g| dst.put_u64(*g))
+            }
+            Frame::Keys { group, keys } => {
+                dst.put_u64(*group);
+                keys.iter().for_each(|k| dst.put_u64(*k));
+            }
             Frame::Digests { group, digests } => {
                 dst.put_u64(*group);
                 digests.iter().for_each(|d| dst.put_slice(&d.0));
@@ -765,229 +813,4 @@ impl Frame {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn samples() -> Vec<Frame> {
-        vec![
-            Frame::Hello {
-                mode: Mode::Push,
-                name: "vm1.img".into(),
-                nonce: [7; 32],
-            },
-            Frame::Challenge {
-                nonce: [9; 32],
-                auth: true,
-            },
-            Frame::Auth { proof: Some([1; 32]) },
-            Frame::Auth { proof: None },
-            Frame::Accept { proof: None },
-            Frame::Error {
-                message: "no such image".into(),
-            },
-            Frame::Keepalive,
-            Frame::Begin(Begin {
-                image_len: 1 << 30,
-                block_size: 4096,
-                group_blocks: 64,
-                regions: vec![
-                    Region {
-                        start: 0,
-                        end: 1 << 20,
-                        base: 0,
-                    },
-                    Region {
-                        start: 1 << 20,
-                        end: 1 << 30,
-                        base: 1 << 20,
-                    },
-                ],
-                label: "disk.qcow2".into(),
-                window_log: 27,
-            }),
-            Frame::Ready {
-                window: 512,
-                window_log: 23,
-            },
-            Frame::Groups {
-                entries: vec![GroupEntry::Data(Digest([3; 32])), GroupEntry::Zeros(1_000_000)],
-            },
-            Frame::End {
-                image_digest: Digest([4; 32]),
-                groups: 17,
-            },
-            Frame::NeedDigests {
-                groups: vec![1, 5, 9],
-            },
-            Frame::Digests {
-                group: 5,
-                digests: vec![Digest([5; 32]); 64],
-            },
-            Frame::NeedBlocks {
-                ranges: vec![BlockRange { first: 10, count: 3 }],
-            },
-            Frame::Blocks {
-                ranges: vec![BlockRange { first: 42, count: 1 }],
-                encoding: Encoding::Zstd,
-                data: Bytes::from_static(b"abc"),
-            },
-            Frame::Blocks {
-                ranges: vec![
-                    BlockRange { first: 7, count: 3 },
-                    BlockRange { first: 90, count: 64 },
-                ],
-                encoding: Encoding::ZstdStream,
-                data: Bytes::from_static(b"xyz"),
-            },
-            Frame::Credit { completed: 99 },
-            Frame::Done(DoneStats {
-                blocks_zero: 1,
-                blocks_local: 2,
-                blocks_sent: 3,
-                blocks_repaired: 0,
-            }),
-        ]
-    }
-
-    #[test]
-    fn round_trip_every_frame_type() {
-        let mut buf = BytesMut::new();
-        for f in samples() {
-            f.encode(&mut buf).unwrap();
-        }
-        for want in samples() {
-            match decode(&mut buf).unwrap() {
-                Decoded::Frame(got) => assert_eq!(got, want),
-                Decoded::Incomplete(_) => panic!("incomplete"),
-            }
-        }
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn every_prefix_is_incomplete_and_leaves_the_buffer_alone() {
-        for f in samples() {
-            let mut whole = BytesMut::new();
-            f.encode(&mut whole).unwrap();
-            for cut in 0..whole.len() {
-                let mut part = BytesMut::from(&whole[..cut]);
-                match decode(&mut part) {
-                    Ok(Decoded::Incomplete(n)) => assert!(n > cut),
-                    other => panic!("{} cut at {cut}: {other:?}", f.name()),
-                }
-                assert_eq!(part.len(), cut);
-            }
-        }
-    }
-
-    #[test]
-    fn oversized_is_refused_from_the_header_alone() {
-        let mut buf = BytesMut::new();
-        buf.put_u32(MAX_PAYLOAD as u32 + 1);
-        buf.put_u8(ty::BLOCK);
-        assert!(matches!(decode(&mut buf), Err(FrameError::Oversized { .. })));
-        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, ty::BLOCK][..]);
-        assert!(matches!(decode(&mut buf), Err(FrameError::Oversized { .. })));
-    }
-
-    #[test]
-    fn unknown_type_is_an_error() {
-        let mut buf = BytesMut::from(&[0, 0, 0, 0, 0x7f][..]);
-        assert_eq!(decode(&mut buf), Err(FrameError::UnknownType(0x7f)));
-    }
-
-    #[test]
-    fn malformed_payloads_are_errors() {
-        let cases: Vec<(u8, Vec<u8>)> = vec![
-            (ty::HELLO, vec![3]),                                          // unknown mode
-            (ty::HELLO, vec![1, 0xff, 0xff]),                              // string longer than the limit
-            (ty::CHALLENGE, vec![0; 33].into_iter().chain([2]).collect()), // bad flag
-            (ty::KEEPALIVE, vec![0]),                                      // trailing byte
-            (ty::GROUPS, vec![]),                                          // no entries
-            (ty::GROUPS, vec![1, 0, 0, 0, 0, 0, 0, 0, 0]),                 // empty zero run
-            (ty::GROUPS, vec![2]),                                         // unknown entry
-            (ty::NEED_DIGESTS, vec![0; 7]),
-            (ty::DIGESTS, vec![0; 8 + 31]),
-            (ty::NEED_BLOCKS, vec![0; 12]), // zero count
-            (ty::BLOCK, vec![0; 3]),        // no ranges
-            (
-                ty::BLOCK,
-                [0, 1].into_iter().chain([0; 12]).chain([0, 1]).collect(),
-            ), // zero count
-            (
-                ty::BLOCK,
-                [0, 1].into_iter().chain([0; 11]).chain([1, 0]).collect(),
-            ), // no data
-            (
-                ty::BLOCK,
-                [0, 1].into_iter().chain([0; 11]).chain([1, 9, 1]).collect(),
-            ), // unknown encoding
-            (
-                ty::BLOCK,
-                [0x10, 1].into_iter().chain([0; 11]).chain([1, 0, 1]).collect(),
-            ), // too many ranges
-            // BEGIN claiming a billion regions in a small payload.
-            (ty::BEGIN, [&[0u8; 12][..], &[0, 64], &[0x40, 0, 0, 0]].concat()),
-        ];
-        for (t, payload) in cases {
-            let mut buf = BytesMut::new();
-            buf.put_u32(payload.len() as u32);
-            buf.put_u8(t);
-            buf.put_slice(&payload);
-            assert!(
-                matches!(decode(&mut buf), Err(FrameError::Malformed { .. })),
-                "type {t:#x} {payload:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn preamble_checks_magic_and_version() {
-        assert!(check_preamble(&preamble()).is_ok());
-        let mut p = preamble();
-        p[0] = b'X';
-        assert_eq!(check_preamble(&p), Err(FrameError::BadMagic));
-        let mut p = preamble();
-        p[9] = 1;
-        assert_eq!(check_preamble(&p), Err(FrameError::Version(1)));
-    }
-
-    #[test]
-    fn encoder_refuses_oversized_payloads() {
-        let mut buf = BytesMut::new();
-        let f = Frame::Blocks {
-            ranges: vec![BlockRange { first: 0, count: 1 }],
-            encoding: Encoding::Raw,
-            data: Bytes::from(vec![1u8; MAX_PAYLOAD]),
-        };
-        assert!(f.encode(&mut buf).is_err());
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn garbage_never_panics() {
-        // A cheap, deterministic stand-in for the fuzz target.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..20_000 {
-            let n = (x % 64) as usize;
-            let mut bytes = Vec::with_capacity(n + 5);
-            for _ in 0..n + 5 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                bytes.push(x as u8);
-            }
-            // Keep lengths small and types plausible so parsing is reached.
-            bytes[0] = 0;
-            bytes[1] = 0;
-            bytes[2] = 0;
-            bytes[3] = (n as u8).min(bytes[3]);
-            bytes[4] = [
-                0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18,
-                0x19,
-            ][bytes[4] as usize % 16];
-            let mut buf = BytesMut::from(&bytes[..]);
-            while let Ok(Decoded::Frame(_)) = decode(&mut buf) {}
-        }
-    }
-}
+mod tests;
