@@ -2,11 +2,13 @@
 //! work starts.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use cbt_core::{check_block_size, IndexOptions, OutputFormat};
+use cbt_core::{check_block_size, IndexOptions, OutputFormat, SeedProvider};
+use cbt_teleport::PackageCaches;
 
 /// cbt: content-based block transfer for virtual machine disk images.
 #[derive(Debug, Parser)]
@@ -234,8 +236,11 @@ impl From<FormatArg> for OutputFormat {
 /// Settings shared by every command, checked and resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Index settings (block size, cache, extensions, threads).
+    /// Index settings (block size, cache, extensions, threads, and the
+    /// package caches as extra seeds).
     pub index: IndexOptions,
+    /// The `--package-cache` directories (already in `index.extra_seeds`).
+    pub package_caches: Vec<PathBuf>,
     /// Worker threads (0: one per core).
     pub threads: usize,
     /// Re-read outputs before publishing them.
@@ -268,15 +273,25 @@ impl CommonOpts {
             cache_dir,
             threads: self.threads,
             exclude: Vec::new(),
-            package_caches: self.package_cache.clone(),
+            extra_seeds: package_seeds(&self.package_cache),
             stop: None,
         };
         Ok(Config {
             index,
+            package_caches: self.package_cache.clone(),
             threads: self.threads,
             verify_readback: self.verify_readback,
         })
     }
+}
+
+/// The index's extra seeds for package-cache directories: none, or one
+/// [`PackageCaches`] holding them all.
+pub fn package_seeds(dirs: &[PathBuf]) -> Vec<Arc<dyn SeedProvider>> {
+    if dirs.is_empty() {
+        return Vec::new();
+    }
+    vec![Arc::new(PackageCaches::new(dirs.to_vec()))]
 }
 
 fn default_cache_dir() -> Option<PathBuf> {

@@ -48,7 +48,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             json,
         } => {
             let spec = ImageSpec { path: src, snapshot };
-            if !config.index.package_caches.is_empty() {
+            if !config.package_caches.is_empty() {
                 return crate::describe_commands::estimate(&config, &spec, &against, json);
             }
             let image = open_image(&spec)?;

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use cbt_core::{
-    describe_dir, describe_image, estimate_with_packages, open_image, teleport_plan, DescribeOptions,
-    Description, EntryKind, ImageSpec, Index, TeleportOptions, TeleportPlan,
+use cbt_core::{open_image, ImageSpec, Index};
+use cbt_teleport::{
+    describe_dir, describe_image, estimate_with_packages, teleport_plan, DescribeOptions, Description,
+    EntryKind, TeleportOptions, TeleportPlan,
 };
 
 use crate::cli::Config;

@@ -1,5 +1,6 @@
-//! The `cbt` command-line tool: parses options, calls `cbt-core`, prints
-//! results for people or as JSON.
+//! The `cbt` command-line tool: parses options, calls the libraries
+//! (`cbt-core`, `cbt-teleport`, `cbt-net`), prints results for people or
+//! as JSON.
 
 mod cli;
 mod commands;

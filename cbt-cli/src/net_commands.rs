@@ -90,7 +90,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
                 secret_file: net.secret_file,
                 max_connections,
                 idle_timeout: net.idle_timeout,
-                package_cache: config.index.package_caches.clone(),
+                package_cache: config.package_caches.clone(),
                 tls_cert: tls_server.tls_cert,
                 tls_key: tls_server.tls_key,
                 format,
@@ -316,7 +316,7 @@ pub fn serve(config: &Config, s: ServeSettings) -> anyhow::Result<()> {
     options.receive.format = s.format;
     options.receive.verify_readback = config.verify_readback;
     options.receive.index = config.index.clone();
-    options.receive.index.package_caches = s.package_cache;
+    options.receive.index.extra_seeds = crate::cli::package_seeds(&s.package_cache);
     options.tls = client.tls_server;
     if options.secret.is_none() {
         tracing::warn!("no secret file: any client that can connect may push and pull");

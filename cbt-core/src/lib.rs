@@ -10,7 +10,9 @@
 //! - [`hash_image`]: the hashing pipeline (reader → hasher pool → in-order
 //!   output) producing a [`BlockRecord`] per block;
 //! - [`Index`]: every block of every image and snapshot at the destination,
-//!   with a persistent per-image digest cache;
+//!   with a persistent per-image digest cache, plus the blocks of extra
+//!   seed sources plugged in through [`SeedProvider`] (the package caches
+//!   of the `cbt-teleport` crate);
 //! - [`assemble`]: the one assembly engine: the output (at a temporary
 //!   path), the single check of every block ([`Checked`] → [`VerifiedRun`],
 //!   the only thing its writer accepts), the manifest of checked digests,
@@ -28,9 +30,9 @@ mod partition;
 pub use digest::{digests_of, is_zero, Digest};
 pub use error::{Error, Result};
 pub use image::{
-    detect_format, list_snapshots, open_image, parse_header, parse_snapshot_table, read_snapshot_table,
-    Extent, ExtentScope, Image, ImageFormat, ImageSpec, Qcow2Header, Qcow2Image, RawImage, SnapshotImage,
-    SnapshotInfo, QCOW2_MAGIC,
+    backing_chain, detect_format, list_snapshots, open_image, parse_header, parse_snapshot_table,
+    read_snapshot_table, Extent, ExtentScope, Image, ImageFormat, ImageSpec, Qcow2Header, Qcow2Image,
+    RawImage, SnapshotImage, SnapshotInfo, QCOW2_MAGIC,
 };
 pub use partition::{parse_partitions, read_partitions, Partition};
 mod layout;
@@ -44,7 +46,7 @@ pub use pipeline::{
 };
 mod index;
 
-pub use index::{Index, IndexOptions, IndexStats, IndexedImage, Location};
+pub use index::{Index, IndexOptions, IndexStats, IndexedImage, Location, PreparedSeeds, SeedProvider};
 mod output;
 mod reconstruct;
 mod safe_fs;
@@ -61,20 +63,6 @@ pub use assemble::{Assembly, AssemblyOptions, Checked, Expected, VerifiedRun};
 mod estimate;
 
 pub use estimate::{estimate, Commonality, Estimate};
-mod debcache;
-mod inspect;
-
-pub use debcache::{
-    estimate_with_packages, index_name, prepare_package_blobs, read_deb, read_index, BlobSource, DebControl,
-    DebInfo, DebLimits, FileSink, IndexCompression, IndexInfo, IndexLimits, IndexName, Measure, PackageBlob,
-    PackageBlobs, PackageCacheShare, PackageEstimate, SkippedSource, SourceBlocks,
-};
-pub use inspect::{
-    deb822, describe_dir, describe_fs, describe_image, dpkg, teleport_plan, CandidateScore, DescribeOptions,
-    Description, EntryKind, FilesystemInfo, GuestFs, HostDirFs, KeyFile, Manifest, ManifestEntry, OsRelease,
-    Package, PackageChange, Rejected, Repository, SymlinkEntry, TeleportCost, TeleportOptions, TeleportPlan,
-    TransferCost,
-};
 
 // The README's library example is compiled and run as a doc test.
 #[doc = include_str!("../../README.md")]

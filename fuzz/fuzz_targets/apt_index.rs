@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use cbt_core::{read_index, IndexCompression, IndexLimits};
+use cbt_teleport::{read_index, IndexCompression, IndexLimits};
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: IndexLimits = IndexLimits { max_bytes: 1 << 20 };

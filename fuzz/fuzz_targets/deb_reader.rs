@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use cbt_core::{read_deb, DebLimits};
+use cbt_teleport::{read_deb, DebLimits};
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: DebLimits = DebLimits {

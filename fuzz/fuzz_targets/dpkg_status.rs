@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use cbt_core::{deb822, dpkg};
+use cbt_teleport::{deb822, dpkg};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

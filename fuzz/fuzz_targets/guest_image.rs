@@ -16,7 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cbt_core::{describe_image, DescribeOptions, Extent, ExtentScope, Image};
+use cbt_core::{Extent, ExtentScope, Image};
+use cbt_teleport::{describe_image, DescribeOptions};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug)]

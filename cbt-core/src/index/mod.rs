@@ -10,6 +10,7 @@
 
 mod cache;
 mod discover;
+mod seeds;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +19,6 @@ use std::thread;
 
 use serde::Serialize;
 
-use crate::debcache::{prepare_package_blobs, PackageBlobs};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{open_image, ExtentScope, Image, ImageSpec};
@@ -27,6 +27,7 @@ use crate::pipeline::{hash_image, BlockKind, HashOptions};
 
 use cache::{DigestCache, FileStamp, ImageDigests};
 use discover::{discover, Candidate};
+pub use seeds::{PreparedSeeds, SeedProvider};
 
 const SHARD_BITS: u32 = 12;
 const SHARDS: usize = 1 << SHARD_BITS;
@@ -48,10 +49,9 @@ pub struct IndexOptions {
     pub threads: usize,
     /// Canonical paths never to index (e.g. the image being copied).
     pub exclude: Vec<PathBuf>,
-    /// Directories of `.deb` package archives whose files also seed
-    /// blocks, as do the apt index files there (see
-    /// [`crate::prepare_package_blobs`]).
-    pub package_caches: Vec<PathBuf>,
+    /// Extra seed sources (package caches, ...), prepared when the index
+    /// is built and indexed as raw images along with the roots.
+    pub extra_seeds: Vec<Arc<dyn SeedProvider>>,
     /// Stop building (with [`Error::Stopped`]) once this becomes true: the
     /// receiver sets it the moment its peer goes away.
     pub stop: Option<Arc<AtomicBool>>,
@@ -65,7 +65,7 @@ impl Default for IndexOptions {
             cache_dir: None,
             threads: 0,
             exclude: Vec::new(),
-            package_caches: Vec::new(),
+            extra_seeds: Vec::new(),
             stop: None,
         }
     }
@@ -172,8 +172,9 @@ pub struct Index {
     stats: IndexStats,
     /// Per image: its digests, kept only when asked for (estimates).
     per_image: Option<Vec<Vec<u64>>>,
-    /// The padded blobs of the package caches, indexed as extra raw images.
-    package_blobs: Option<PackageBlobs>,
+    /// The prepared extra seeds, indexed as raw images; kept alive while
+    /// their files may be read.
+    extra_seeds: Vec<Box<dyn PreparedSeeds>>,
     /// Per image: blocks re-read from it that matched or did not match.
     checks: Vec<SeedChecks>,
     /// Per image: its digest cache identity, when its digests are cached.
@@ -215,17 +216,13 @@ impl Index {
 
     fn build_inner(roots: &[PathBuf], options: &IndexOptions, keep_per_image: bool) -> Result<Index> {
         check_block_size(options.block_size)?;
-        let package_blobs = match options.package_caches.as_slice() {
-            [] => None,
-            dirs => Some(prepare_package_blobs(
-                dirs,
-                options.cache_dir.as_deref(),
-                options.block_size,
-                options.threads,
-            )?),
-        };
+        let extra_seeds = options
+            .extra_seeds
+            .iter()
+            .map(|p| p.prepare(options.block_size, options.cache_dir.as_deref(), options.threads))
+            .collect::<Result<Vec<_>>>()?;
         let mut roots = roots.to_vec();
-        roots.extend(package_blobs.iter().flat_map(|b| b.roots()));
+        roots.extend(extra_seeds.iter().flat_map(|s| s.roots()));
         let candidates = discover(&roots, &options.raw_extensions, &options.exclude)?;
         if candidates.len() >= 1 << IMAGE_BITS {
             return Err(Error::Config(format!(
@@ -350,7 +347,7 @@ impl Index {
             shards,
             stats,
             per_image,
-            package_blobs,
+            extra_seeds,
         })
     }
 
@@ -369,9 +366,10 @@ impl Index {
         &self.stats
     }
 
-    /// The package-cache blobs among the images, if package caches were given.
-    pub fn package_blobs(&self) -> Option<&PackageBlobs> {
-        self.package_blobs.as_ref()
+    /// The extra seeds prepared for this index, one per
+    /// [`IndexOptions::extra_seeds`] entry, in the same order.
+    pub fn extra_seeds(&self) -> &[Box<dyn PreparedSeeds>] {
+        &self.extra_seeds
     }
 
     /// Where a block with this digest can be read, if any image holds one

@@ -17,8 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::image::Image;
+use cbt_core::{Error, Image, Result};
 
 /// Most symlinks followed while resolving one path (Linux allows 40).
 const MAX_SYMLINKS: usize = 40;

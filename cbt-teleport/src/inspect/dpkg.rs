@@ -12,8 +12,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::deb822;
-use crate::error::{Error, Result};
+use cbt_core::{Error, Result};
+
+use crate::deb822;
 
 /// Largest status file read (real ones are a few MiB).
 pub const MAX_STATUS_BYTES: u64 = 256 << 20;

@@ -8,12 +8,11 @@ use std::thread;
 
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::estimate::{Commonality, Estimate};
-use crate::image::{Image, ImageSpec};
-use crate::index::Index;
-use crate::layout::Layout;
-use crate::pipeline::{hash_image, BlockKind, HashOptions};
+use cbt_core::{
+    hash_image, BlockKind, Commonality, Estimate, HashOptions, Image, ImageSpec, Index, Layout, Result,
+};
+
+use super::PackageBlobs;
 
 /// The non-zero blocks of a source image, by short digest, and its totals.
 #[derive(Debug, Clone)]
@@ -151,7 +150,7 @@ pub struct PackageCacheShare {
     pub bytes_missing: u64,
 }
 
-/// Like [`crate::estimate`], for an index built with package caches (and
+/// Like [`cbt_core::estimate`], for an index built with package caches (and
 /// [`Index::build_with_per_image`]): the blobs are reported together as
 /// `package_cache`, the other images one by one.
 pub fn estimate_with_packages(
@@ -162,11 +161,8 @@ pub fn estimate_with_packages(
 ) -> Result<PackageEstimate> {
     let src = SourceBlocks::hash(source, index.block_size(), threads)?;
     let images = index.images();
-    let is_blob = |i: usize| {
-        index
-            .package_blobs()
-            .is_some_and(|b| b.contains(&images[i].spec.path))
-    };
+    let blobs = PackageBlobs::of(index);
+    let is_blob = |i: usize| blobs.is_some_and(|b| b.contains(&images[i].spec.path));
     let union = src
         .measure(&|k| index.lookup_key(k).is_some(), u64::MAX)
         .unwrap_or_default();
@@ -209,7 +205,6 @@ pub fn estimate_with_packages(
             .then_with(|| a.path.cmp(&b.path))
     });
     let pc = src.commonality(None, packages);
-    let blobs = index.package_blobs();
     Ok(PackageEstimate {
         estimate: Estimate {
             source: spec.to_string(),

@@ -30,16 +30,16 @@ use std::thread;
 
 use serde::Serialize;
 
-use super::{describe_image, DescribeOptions, Description, Repository};
-use crate::debcache::{merged_keys, SourceBlocks};
-use crate::error::Result;
-use crate::image::{backing_chain, open_image, ImageSpec};
-use crate::index::{Index, IndexOptions};
+use cbt_core::{backing_chain, open_image, ImageSpec, Index, IndexOptions, Result};
+
+use crate::debcache::{merged_keys, PackageBlobs, SourceBlocks};
+use crate::inspect::{describe_image, DescribeOptions, Description, EntryKind, Repository};
 
 /// How to plan.
 #[derive(Debug, Clone)]
 pub struct TeleportOptions {
-    /// Index settings (block size, cache, package caches, threads).
+    /// Index settings (block size, cache, extra seeds such as
+    /// [`PackageCaches`](crate::PackageCaches), threads).
     pub index: IndexOptions,
     /// Threads for hashing and ranking (0: one per core).
     pub threads: usize,
@@ -170,7 +170,7 @@ pub fn teleport_plan(
     let user_data_files = manifest
         .files
         .iter()
-        .filter(|f| f.kind != super::EntryKind::PackageState)
+        .filter(|f| f.kind != EntryKind::PackageState)
         .count();
 
     let mut index_options = options.index.clone();
@@ -213,11 +213,8 @@ pub fn teleport_plan(
 
     // Inspect every indexed image view; keep those like the source.
     let images = index.images();
-    let is_blob = |i: usize| {
-        index
-            .package_blobs()
-            .is_some_and(|b| b.contains(&images[i].spec.path))
-    };
+    let blobs = PackageBlobs::of(&index);
+    let is_blob = |i: usize| blobs.is_some_and(|b| b.contains(&images[i].spec.path));
     let mut matching: Vec<(usize, Description)> = Vec::new();
     for (i, img) in images.iter().enumerate() {
         if is_blob(i) {
@@ -336,8 +333,7 @@ pub fn teleport_plan(
     };
     plan.best = Some(best.image.clone());
     let (mut install, remove) = diff_packages(&source_packages, &package_map(best_desc));
-    let cached: BTreeSet<(String, String, String)> = index
-        .package_blobs()
+    let cached: BTreeSet<(String, String, String)> = blobs
         .map(|b| {
             b.blobs
                 .iter()

@@ -13,8 +13,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::inspect::deb822;
+use cbt_core::{Error, Result};
+
+use crate::deb822;
 
 /// The `ar` global header.
 const AR_MAGIC: &[u8; 8] = b"!<arch>\n";

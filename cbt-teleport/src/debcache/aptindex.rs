@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use cbt_core::{Error, Result};
 
 use super::deb::{decompressor, Counting};
 
@@ -80,7 +80,7 @@ pub struct IndexName<'a> {
 /// apt-cacher-ng's `.head` files are not index files here.
 ///
 /// ```
-/// use cbt_core::{index_name, IndexCompression};
+/// use cbt_teleport::{index_name, IndexCompression};
 /// let n = index_name(b"Packages.xz").unwrap();
 /// assert_eq!((n.base, n.compression), (&b"Packages"[..], IndexCompression::Xz));
 /// assert!(index_name(b"deb.debian.org_debian_dists_bookworm_main_i18n_Translation-pt_BR").is_some());

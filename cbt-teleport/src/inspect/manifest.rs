@@ -15,9 +15,10 @@ use std::io::Read;
 use md5::Digest as _;
 use serde::Serialize;
 
+use cbt_core::{Error, Result};
+
 use super::dpkg::{self, Diversion, Package};
 use super::guestfs::{guest_name, join, read_file, GuestFs, Kind, Resolver};
-use crate::error::{Error, Result};
 
 /// Largest per-package info file read (`.list`, `.md5sums`).
 const MAX_INFO_FILE: u64 = 64 << 20;

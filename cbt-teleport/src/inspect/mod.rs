@@ -12,35 +12,26 @@
 //! described with what was found (its filesystems and warnings); a damaged
 //! filesystem or package database is an error naming the file.
 //!
-//! [`teleport_plan`] builds on it: the best local candidate for rebuilding
-//! a guest from packages plus its user data, against a plain transfer.
+//! Teleport planning (`crate::plan`) builds on it.
 
 mod apt;
-pub mod deb822;
 pub mod dpkg;
 mod guestfs;
 mod manifest;
 mod osrelease;
-mod teleport;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::image::Image;
-use crate::partition::read_partitions;
+use cbt_core::{read_partitions, Error, Image, Result};
 
 pub use apt::Repository;
 pub use dpkg::Package;
 pub use guestfs::{GuestFs, HostDirFs};
 pub use manifest::{EntryKind, Manifest, ManifestEntry, SymlinkEntry};
 pub use osrelease::OsRelease;
-pub use teleport::{
-    teleport_plan, CandidateScore, PackageChange, Rejected, TeleportCost, TeleportOptions, TeleportPlan,
-    TransferCost,
-};
 
 use guestfs::{guest_name, read_file, Ext4Fs, Kind, Resolver};
 
