@@ -39,6 +39,8 @@ pub(super) struct WholeGroup {
     /// Blocks found locally through their keys, and zero blocks among them.
     pub(super) local: u64,
     pub(super) zero: u64,
+    /// Bytes of it counted in `Engine::keyed_bytes`.
+    pub(super) reserved: u64,
 }
 
 impl WholeGroup {
@@ -48,6 +50,7 @@ impl WholeGroup {
             received: vec![false; blocks as usize],
             local: 0,
             zero: 0,
+            reserved: 0,
         }
     }
 }
@@ -119,7 +122,7 @@ pub(super) struct Engine {
     pub(super) pace: Pace,
     pub(super) need_digests: Vec<u64>,
     pub(super) need_keys: Vec<u64>,
-    /// Bytes of groups resolved through keys and held (at most
+    /// Bytes of groups holding blocks found through keys (at most
     /// `keys::MAX_KEYED_BYTES`; beyond it groups ask for full digests).
     pub(super) keyed_bytes: u64,
     pub(super) end: Option<(Digest, u64)>,

@@ -8,8 +8,10 @@
 //! for without digests) fill one buffer, and only when the group digest
 //! over all of them checks out is anything written. A mismatch (a key
 //! shared by two different blocks) is not an error: the group falls back
-//! to its full digests (NEED_DIGESTS), once. The bytes held are bounded by
-//! [`MAX_KEYED_BYTES`]; past it, groups ask for full digests.
+//! to its full digests (NEED_DIGESTS), once. Groups holding blocks found
+//! locally take at most [`MAX_KEYED_BYTES`]; past it, a group asks for its
+//! full digests instead. A group with nothing found locally is held only
+//! as its blocks arrive, as a group fetched whole is.
 
 use super::*;
 
@@ -19,12 +21,10 @@ pub(super) const MAX_KEYED_BYTES: u64 = 32 << 20;
 impl Engine {
     /// Whether a group about to ask what its blocks are should ask for
     /// keys: not in place (there, a block already at its own offset is
-    /// kept without being rewritten, which needs its full digest), and
-    /// while the bytes held for keyed groups stay bounded.
-    pub(super) fn ask_for_keys(&mut self, g: u64, span: &GroupSpan) -> bool {
-        let keyed = self.shared.out_image.is_none() && self.keyed_bytes + span.len <= MAX_KEYED_BYTES;
+    /// kept without being rewritten, which needs its full digest).
+    pub(super) fn ask_for_keys(&mut self, g: u64) -> bool {
+        let keyed = self.shared.out_image.is_none();
         if keyed {
-            self.keyed_bytes += span.len;
             self.need_keys.push(g);
         } else {
             self.need_digests.push(g);
@@ -43,6 +43,7 @@ impl Engine {
         let blocks: Vec<BlockSpan> = self.shared.map.group_blocks_spans(&p.span).collect();
         let mut whole = WholeGroup::new(p.span.blocks);
         whole.data.resize(p.span.len as usize, 0);
+        let mut awaited: Vec<(u64, u32)> = Vec::new();
         let mut predicted_hits = 0u32;
         let mut last_hit: Option<(u32, u64, u64)> = None;
         let mut at = 0usize;
@@ -96,13 +97,31 @@ impl Engine {
                 continue;
             }
             block.fill(0);
-            let index = p.span.first_block + i as u64;
+            awaited.push((p.span.first_block + i as u64, b.len));
+        }
+        if whole.local > 0 {
+            // Blocks found locally are held until the group checks out:
+            // bounded. Past the bound, the group asks for full digests.
+            if self.keyed_bytes + p.span.len > MAX_KEYED_BYTES {
+                p.keyed = false;
+                self.need_digests.push(g);
+                self.pending.insert(g, p);
+                return Ok(());
+            }
+            whole.reserved = p.span.len;
+            self.keyed_bytes += p.span.len;
+        } else if !awaited.is_empty() {
+            // Nothing local: held only as its blocks arrive, like a group
+            // fetched whole (bounded by the block window).
+            whole.data = Vec::new();
+        }
+        for (index, len) in awaited {
             self.awaiting.insert(
                 index,
                 Awaited {
                     group: g,
                     digest: None,
-                    len: b.len,
+                    len,
                 },
             );
             self.want.push_back(index);
@@ -162,9 +181,9 @@ impl Engine {
             &mut self.zeros,
         );
         let good = checked.good().first().copied().unwrap_or(false);
+        self.keyed_bytes = self.keyed_bytes.saturating_sub(whole.reserved);
         if p.keyed {
             p.keyed = false;
-            self.keyed_bytes = self.keyed_bytes.saturating_sub(p.span.len);
             if !good {
                 // Two different blocks share a key: resolve the group
                 // through its full digests (the blocks received are lost).
