@@ -22,8 +22,8 @@
 //! frame, so a change ends the frame at the end of a piece and the history
 //! restarts: hence hysteresis ([`next_level`]): it goes down only when the
 //! compressor would starve the link, up only for a gain of two levels or
-//! more and only early in the stream ([`RISE_WINDOW_BYTES`]), and at most
-//! [`MAX_LEVEL_CHANGES`] times.
+//! more, only early in the stream ([`RISE_WINDOW_BYTES`]) and at most
+//! [`MAX_LEVEL_RISES`] times.
 //!
 //! **Window and long matches.** The sender asks for a window in BEGIN
 //! ([`LONG_WINDOW_LOG`], 128 MiB, with zstd's long-distance matching) and
@@ -132,8 +132,10 @@ pub const STARVING_BUSY: f64 = 0.85;
 /// changes after 64 MiB cost 10 MB, more than the higher levels saved.
 /// Early, little history is lost.
 pub const RISE_WINDOW_BYTES: u64 = 32 << 20;
-/// The most level changes `auto` makes on one connection.
-pub const MAX_LEVEL_CHANGES: u32 = 3;
+/// The most times `auto` raises its level on one connection (it lowers it
+/// whenever the compressor would starve the link: early measurements,
+/// before the link fills, overstate the time there is to compress).
+pub const MAX_LEVEL_RISES: u32 = 2;
 /// A wait for work longer than this is the pipeline idling (the receiver
 /// has nothing to ask), not the link pacing requests: it does not count
 /// as time the compressor could have used.
@@ -192,8 +194,8 @@ pub struct Compressor {
     next_level: Option<i32>,
     adapt: Option<Adapt>,
     /// Plain bytes compressed since `auto` last changed its level.
-    /// Level changes made by `auto` so far.
-    level_changes: u32,
+    /// Times `auto` raised its level so far.
+    level_rises: u32,
     /// Plain bytes of the current piece (kept so that a piece whose
     /// compression fails can go raw).
     plain: Vec<u8>,
@@ -235,7 +237,7 @@ impl Compressor {
             level,
             next_level: None,
             adapt,
-            level_changes: 0,
+            level_rises: 0,
             plain: Vec::with_capacity(PIECE_BYTES + (64 << 10)),
             packed: Vec::new(),
             bypass: false,
@@ -363,7 +365,7 @@ impl Compressor {
     /// `auto`: every [`ADAPT_BYTES`] (or [`ADAPT_TIME`]), measures the
     /// current level and decides with [`next_level`]; a change waits at
     /// rises only within [`RISE_WINDOW_BYTES`] (a change restarts the frame),
-    /// and there are at most [`MAX_LEVEL_CHANGES`].
+    /// at most [`MAX_LEVEL_RISES`] times; it goes down whenever needed.
     fn adapt_level(&mut self) {
         let Some(a) = self.adapt.as_mut() else { return };
         let wall = a.since.elapsed().saturating_sub(a.idle);
@@ -377,9 +379,9 @@ impl Compressor {
         let speed = measured.plain as f64 / measured.busy.as_secs_f64();
         let demand = measured.plain as f64 / wall.as_secs_f64();
         let choice = next_level(self.level, speed, demand);
-        let may_rise = self.stats.uncompressed_bytes < RISE_WINDOW_BYTES;
-        if choice != self.level && self.level_changes < MAX_LEVEL_CHANGES && (may_rise || choice < self.level)
-        {
+        let may_rise =
+            self.stats.uncompressed_bytes < RISE_WINDOW_BYTES && self.level_rises < MAX_LEVEL_RISES;
+        if choice < self.level || (choice > self.level && may_rise) {
             tracing::debug!(
                 from = self.level,
                 to = choice,
@@ -388,7 +390,7 @@ impl Compressor {
                 "compression level"
             );
             self.next_level = Some(choice);
-            self.level_changes += 1;
+            self.level_rises += u32::from(choice > self.level);
         }
     }
 }
