@@ -257,6 +257,39 @@ impl Engine {
         }
     }
 
+    /// What looking a group's blocks up found (through digests or keys)
+    /// steers what comes next: the streak of misses, the probe, and the
+    /// cursor. `last_hit`: (image, end of the last block found in the
+    /// index there, its end in the source).
+    pub(super) fn after_lookup(
+        &mut self,
+        g: u64,
+        other_hits: bool,
+        predicted_hits: u32,
+        last_hit: Option<(u32, u64, u64)>,
+    ) {
+        let hits = other_hits || predicted_hits > 0 || last_hit.is_some();
+        if hits {
+            self.miss_streak = 0;
+            self.whole_count = 0;
+            self.hopeful = true;
+            self.reconsider_whole();
+        } else {
+            self.miss_streak += 1;
+        }
+        if self.probe == Some(g) {
+            self.probe = None;
+            self.hopeful = hits;
+        }
+        // Follow the data: if the prediction found nothing but the index
+        // did, predict the next groups from the last block found.
+        if predicted_hits == 0 {
+            if let Some((img, loc_end, src_end)) = last_hit {
+                self.cursor = Some((img, loc_end + (self.next_offset() - src_end)));
+            }
+        }
+    }
+
     /// The block digests of a group whose prediction failed.
     pub(super) fn on_digests(&mut self, g: u64, digests: Vec<Digest>) -> Result<()> {
         let Some(mut p) = self.pending.remove(&g) else {
@@ -373,26 +406,7 @@ impl Engine {
             self.shared.assembly()?.zero(offset, len)?;
         }
 
-        let hits = predicted_hits > 0 || same_place.contains(&true) || last_hit.is_some();
-        if hits {
-            self.miss_streak = 0;
-            self.whole_count = 0;
-            self.hopeful = true;
-            self.reconsider_whole();
-        } else {
-            self.miss_streak += 1;
-        }
-        if self.probe == Some(g) {
-            self.probe = None;
-            self.hopeful = hits;
-        }
-        // Follow the data: if the prediction found nothing but the index
-        // did, predict the next groups from the last block found.
-        if predicted_hits == 0 {
-            if let Some((img, loc_end, src_end)) = last_hit {
-                self.cursor = Some((img, loc_end + (self.next_offset() - src_end)));
-            }
-        }
+        self.after_lookup(g, same_place.contains(&true), predicted_hits, last_hit);
         p.resolved = true;
         let missing = p.missing;
         self.pending.insert(g, p);

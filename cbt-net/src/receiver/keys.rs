@@ -128,24 +128,7 @@ impl Engine {
             p.missing += 1;
         }
 
-        let hits = predicted_hits > 0 || last_hit.is_some();
-        if hits {
-            self.miss_streak = 0;
-            self.whole_count = 0;
-            self.hopeful = true;
-            self.reconsider_whole();
-        } else {
-            self.miss_streak += 1;
-        }
-        if self.probe == Some(g) {
-            self.probe = None;
-            self.hopeful = hits;
-        }
-        if predicted_hits == 0 {
-            if let Some((img, loc_end, src_end)) = last_hit {
-                self.cursor = Some((img, loc_end + (self.next_offset() - src_end)));
-            }
-        }
+        self.after_lookup(g, false, predicted_hits, last_hit);
         p.whole = Some(whole);
         let missing = p.missing;
         self.pending.insert(g, p);
