@@ -71,6 +71,14 @@ pub enum TeleportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch the exact versions of SRC's installed packages from apt
+    /// mirrors into the package cache (--package-cache DIR, given once):
+    /// reads SRC offline, resolves its packages against each mirror's
+    /// indexes (first mirror wins), downloads what DIR lacks and checks
+    /// every .deb against the index's size and SHA256. Versions no mirror
+    /// has are reported and exit 0; an unreachable mirror or a failed
+    /// download is an error (non-zero exit, after the report).
+    Fetch(crate::mirror_commands::FetchArgs),
 }
 
 /// Parses a link rate into bytes per second.
@@ -284,6 +292,7 @@ pub fn teleport(config: &Config, args: TeleportArgs) -> anyhow::Result<()> {
                 print_plan(&plan)
             }
         }
+        TeleportCommand::Fetch(args) => crate::mirror_commands::fetch(config, args),
     }
 }
 
@@ -435,7 +444,7 @@ fn canonical(p: &Path) -> Option<PathBuf> {
     p.canonicalize().ok()
 }
 
-fn println_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn println_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     let mut out = crate::stdout::stdout();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;

@@ -20,10 +20,17 @@ pub enum Exit {
 }
 
 impl Exit {
-    /// Classifies an error chain by its first `cbt_core::Error`.
+    /// Classifies an error chain by its first `cbt_core::Error` (also one
+    /// inside a mirror error).
     pub fn of(err: &anyhow::Error) -> Exit {
         for cause in err.chain() {
-            if let Some(e) = cause.downcast_ref::<cbt_core::Error>() {
+            let core = match cause.downcast_ref::<cbt_teleport::MirrorError>() {
+                Some(cbt_teleport::MirrorError::Local(e)) => Some(e),
+                Some(cbt_teleport::MirrorError::Config(_)) => return Exit::Usage,
+                Some(_) => return Exit::Failure,
+                None => cause.downcast_ref::<cbt_core::Error>(),
+            };
+            if let Some(e) = core {
                 return match e {
                     cbt_core::Error::Malformed { .. }
                     | cbt_core::Error::Unsupported { .. }

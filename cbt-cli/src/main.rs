@@ -7,6 +7,7 @@ mod commands;
 mod demo;
 mod describe_commands;
 mod exit_codes;
+mod mirror_commands;
 mod net_commands;
 mod progress;
 mod serve_config;

@@ -13,17 +13,22 @@
 //!   [`estimate_with_packages`];
 //! - the plan ([`teleport_plan`]): rebuild the guest from the closest local
 //!   image plus packages and its user data, or send its blocks, whichever
-//!   costs less.
+//!   costs less;
+//! - apt mirrors ([`mirror`]): fetch a guest's exact package versions into
+//!   a package cache ([`Mirror`], [`fetch_packages`]).
 //!
 //! Modules, leaves first: [`deb822`] (the `Field: value` parser), `inspect`
 //! (guest inspection), `debcache` (package caches as seeds), `plan` (uses
-//! both). Errors are the engine's [`cbt_core::Error`]: every one names the
-//! file concerned, and the CLI maps them to exit codes in one place.
+//! both), [`mirror`] (uses `deb822` and the inspection types). Errors are
+//! the engine's [`cbt_core::Error`]: every one names the file concerned,
+//! and the CLI maps them to exit codes in one place; the mirror client,
+//! whose errors name URLs, has its own [`MirrorError`].
 #![forbid(unsafe_code)]
 
 pub mod deb822;
 mod debcache;
 mod inspect;
+pub mod mirror;
 mod plan;
 
 pub use debcache::{
@@ -34,6 +39,10 @@ pub use debcache::{
 pub use inspect::{
     describe_dir, describe_fs, describe_image, dpkg, DescribeOptions, Description, EntryKind, FilesystemInfo,
     GuestFs, HostDirFs, KeyFile, Manifest, ManifestEntry, OsRelease, Package, Repository, SymlinkEntry,
+};
+pub use mirror::{
+    fetch_packages, guest_dists, index_architectures, packages_to_fetch, Dist, FetchOptions, FetchReport,
+    Mirror, MirrorError, MirrorLimits, MirrorOptions, PackageId,
 };
 pub use plan::{
     teleport_plan, CandidateScore, PackageChange, Rejected, TeleportCost, TeleportOptions, TeleportPlan,

@@ -1,0 +1,421 @@
+//! The apt index files of a mirror, parsed from bytes already fetched (so
+//! they can be unit-tested without a network): the SHA256 section of a
+//! `Release` file, and the stanzas of a `Packages` file turned into a map
+//! (package, version, architecture) → where the `.deb` is, its size and
+//! its SHA256.
+//!
+//! Nothing read here is trusted: paths must be relative without `..`,
+//! `.deb` paths must lie under `pool/`, sizes are bounded, and a stanza
+//! that fails a check is skipped and counted (the rest of the index stays
+//! usable); a `Release` or `Packages` file that is not deb822 at all is an
+//! error.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::deb822;
+
+use super::PackageId;
+
+/// A SHA256 digest, checked to be 32 bytes when parsed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl Sha256Digest {
+    /// Parses 64 hexadecimal digits.
+    pub fn from_hex(s: &str) -> Option<Sha256Digest> {
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Some(Sha256Digest(out))
+    }
+
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Sha256Digest {
+        Sha256Digest(Sha256::digest(data).into())
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Digest({self})")
+    }
+}
+
+impl Serialize for Sha256Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One file a `Release` file lists (path relative to `dists/<suite>/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseFile {
+    /// Relative path, checked by [`check_relative_path`].
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its SHA256.
+    pub sha256: Sha256Digest,
+}
+
+/// Parses a `Release` file and returns the files of its `SHA256` section.
+/// A Release without that section is an error (apt itself refuses to use
+/// MD5-only Releases).
+pub fn parse_release(data: &[u8]) -> Result<Vec<ReleaseFile>, String> {
+    let paragraphs = deb822::parse(data, &|n| n.eq_ignore_ascii_case("SHA256")).map_err(|e| e.to_string())?;
+    let section = paragraphs
+        .iter()
+        .find_map(|p| p.get("SHA256"))
+        .ok_or("no SHA256 section (apt does not trust MD5-only Release files either)")?;
+    let text = String::from_utf8_lossy(section);
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        let [hash, size, path] = words.as_slice() else {
+            return Err(format!("SHA256 line {line:?} is not 'digest size path'"));
+        };
+        let sha256 =
+            Sha256Digest::from_hex(hash).ok_or_else(|| format!("SHA256 line {line:?}: bad digest"))?;
+        let size = size
+            .parse::<u64>()
+            .map_err(|_| format!("SHA256 line {line:?}: bad size"))?;
+        check_relative_path(path).map_err(|e| format!("SHA256 line {line:?}: {e}"))?;
+        out.push(ReleaseFile {
+            path: path.to_string(),
+            size,
+            sha256,
+        });
+    }
+    Ok(out)
+}
+
+/// How a `Packages` index is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexCodec {
+    /// `Packages.xz`.
+    Xz,
+    /// `Packages.gz`.
+    Gzip,
+    /// Plain `Packages`.
+    Plain,
+}
+
+/// The `Packages` files of `component`/`arch` that `release` lists, in the
+/// order to try them: xz, gzip, plain (mirrors often list a plain file
+/// they do not carry).
+pub fn packages_candidates<'r>(
+    release: &'r [ReleaseFile],
+    component: &str,
+    arch: &str,
+) -> Vec<(&'r ReleaseFile, IndexCodec)> {
+    let stem = format!("{component}/binary-{arch}/Packages");
+    let mut out = Vec::new();
+    for (suffix, codec) in [
+        (".xz", IndexCodec::Xz),
+        (".gz", IndexCodec::Gzip),
+        ("", IndexCodec::Plain),
+    ] {
+        let want = format!("{stem}{suffix}");
+        if let Some(f) = release.iter().find(|f| f.path == want) {
+            out.push((f, codec));
+        }
+    }
+    out
+}
+
+/// Decompresses an index, refusing more than `limit` bytes of output.
+pub fn decompress(data: &[u8], codec: IndexCodec, limit: u64) -> Result<Vec<u8>, String> {
+    let reader: Box<dyn Read + '_> = match codec {
+        IndexCodec::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(data)),
+        IndexCodec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+        IndexCodec::Plain => {
+            if data.len() as u64 > limit {
+                return Err(format!("more than {limit} bytes"));
+            }
+            return Ok(data.to_vec());
+        }
+    };
+    let mut out = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot decompress: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(format!("more than {limit} bytes once decompressed"));
+    }
+    Ok(out)
+}
+
+/// Where a package's `.deb` lies on a mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolEntry {
+    /// Path relative to the mirror's base URL (`pool/...`), checked by
+    /// [`check_pool_path`].
+    pub filename: String,
+    /// Size in bytes (at most the limit it was parsed with).
+    pub size: u64,
+    /// SHA256 of the `.deb`.
+    pub sha256: Sha256Digest,
+}
+
+/// Stanzas of a `Packages` file that were not taken, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SkippedStanzas {
+    /// Missing Package, Version, Architecture, Filename or Size.
+    pub incomplete: usize,
+    /// No (valid) SHA256: the download could not be checked.
+    pub no_sha256: usize,
+    /// A Filename that is absolute, has `..`, or is not under `pool/`.
+    pub bad_filename: usize,
+    /// A Size above the `.deb` limit.
+    pub oversize: usize,
+}
+
+impl SkippedStanzas {
+    /// All stanzas skipped.
+    pub fn total(&self) -> usize {
+        self.incomplete + self.no_sha256 + self.bad_filename + self.oversize
+    }
+}
+
+/// Parses a (decompressed) `Packages` file into `into`; the first stanza
+/// for a (name, version, architecture) wins. `max_deb` bounds `Size`.
+pub fn parse_packages(
+    data: &[u8],
+    max_deb: u64,
+    into: &mut HashMap<PackageId, PoolEntry>,
+    skipped: &mut SkippedStanzas,
+) -> Result<(), String> {
+    const KEEP: [&str; 6] = ["Package", "Version", "Architecture", "Filename", "Size", "SHA256"];
+    let paragraphs = deb822::parse(data, &|n| KEEP.iter().any(|k| k.eq_ignore_ascii_case(n)))
+        .map_err(|e| e.to_string())?;
+    for p in paragraphs {
+        let (Some(name), Some(version), Some(architecture), Some(filename), Some(size)) = (
+            p.text("Package"),
+            p.text("Version"),
+            p.text("Architecture"),
+            p.text("Filename"),
+            p.text("Size"),
+        ) else {
+            skipped.incomplete += 1;
+            continue;
+        };
+        let Ok(size) = size.parse::<u64>() else {
+            skipped.incomplete += 1;
+            continue;
+        };
+        let Some(sha256) = p.text("SHA256").and_then(|h| Sha256Digest::from_hex(&h)) else {
+            skipped.no_sha256 += 1;
+            continue;
+        };
+        if check_pool_path(&filename).is_err() {
+            skipped.bad_filename += 1;
+            continue;
+        }
+        if size > max_deb {
+            skipped.oversize += 1;
+            continue;
+        }
+        let id = PackageId {
+            name,
+            version,
+            architecture,
+        };
+        into.entry(id).or_insert(PoolEntry {
+            filename,
+            size,
+            sha256,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a path read from an index: relative, no empty, `.` or `..`
+/// component, only characters that need no escaping in a URL path.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.starts_with('/') {
+        return Err(format!("{path:?} is not a relative path"));
+    }
+    if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(format!("{path:?} has an empty, '.' or '..' component"));
+    }
+    if let Some(c) = path.chars().find(|&c| !is_path_char(c)) {
+        return Err(format!("{path:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// Checks a `Filename` from a Packages file: a relative path under `pool/`.
+pub fn check_pool_path(path: &str) -> Result<(), String> {
+    check_relative_path(path)?;
+    if !path.starts_with("pool/") {
+        return Err(format!("{path:?} is not under pool/"));
+    }
+    Ok(())
+}
+
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~+%:@,=/".contains(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn release() -> Vec<u8> {
+        format!(
+            "Origin: Test\nSuite: stable\nMD5Sum:\n 00000000000000000000000000000000 10 main/binary-amd64/Packages\nSHA256:\n {D1}   1234 main/binary-amd64/Packages\n {D2}    99 main/binary-amd64/Packages.xz\n {D1} 5 contrib/binary-amd64/Packages.gz\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn release_sha256_section_and_candidates() {
+        let r = parse_release(&release()).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].size, 1234);
+        assert_eq!(r[1].sha256.to_string(), D2);
+        let c = packages_candidates(&r, "main", "amd64");
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].1, IndexCodec::Xz);
+        assert_eq!(c[1].0.path, "main/binary-amd64/Packages");
+        assert_eq!(packages_candidates(&r, "contrib", "amd64")[0].1, IndexCodec::Gzip);
+        assert!(packages_candidates(&r, "main", "i386").is_empty());
+    }
+
+    #[test]
+    fn release_errors() {
+        assert!(parse_release(b"Origin: x\nMD5Sum:\n 00 1 a\n")
+            .unwrap_err()
+            .contains("SHA256"));
+        let bad_digest = b"SHA256:\n 1234 1 main/x\n";
+        assert!(parse_release(bad_digest).unwrap_err().contains("digest"));
+        let escape = format!("SHA256:\n {D1} 1 ../../etc/passwd\n");
+        assert!(parse_release(escape.as_bytes()).unwrap_err().contains(".."));
+        let absolute = format!("SHA256:\n {D1} 1 /etc/passwd\n");
+        assert!(parse_release(absolute.as_bytes()).is_err());
+        let size = format!("SHA256:\n {D1} -1 main/x\n");
+        assert!(parse_release(size.as_bytes()).unwrap_err().contains("size"));
+        assert!(parse_release(b"not deb822\n").is_err());
+    }
+
+    fn stanza(name: &str, version: &str, arch: &str, filename: &str, size: u64) -> String {
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: {arch}\nFilename: {filename}\nSize: {size}\nSHA256: {D1}\nDescription: x\n long\n\n"
+        )
+    }
+
+    #[test]
+    fn packages_map_and_skips() {
+        let mut text = stanza(
+            "hello",
+            "1:2.0-1",
+            "amd64",
+            "pool/main/h/hello/hello_2.0-1_amd64.deb",
+            100,
+        );
+        text += &stanza("tool", "0.5", "all", "pool/main/t/tool/tool_0.5_all.deb", 10);
+        text += &stanza("evil", "1", "amd64", "../x", 10);
+        text += &stanza("evil2", "1", "amd64", "/etc/passwd", 10);
+        text += &stanza("evil3", "1", "amd64", "dists/x.deb", 10);
+        text += &stanza("evil4", "1", "amd64", "pool/../../x.deb", 10);
+        text += &stanza("huge", "1", "amd64", "pool/h.deb", 1 << 40);
+        text += "Package: nosha\nVersion: 1\nArchitecture: all\nFilename: pool/n.deb\nSize: 1\n\n";
+        text += "Package: nosize\nVersion: 1\nArchitecture: all\nFilename: pool/n.deb\nSHA256: x\n\n";
+        // A duplicate: the first one wins.
+        text += &stanza("tool", "0.5", "all", "pool/other/tool_0.5_all.deb", 10);
+        let mut map = HashMap::new();
+        let mut skipped = SkippedStanzas::default();
+        parse_packages(text.as_bytes(), 2 << 30, &mut map, &mut skipped).unwrap();
+        assert_eq!(map.len(), 2);
+        let hello = &map[&PackageId::new("hello", "1:2.0-1", "amd64")];
+        assert_eq!(hello.size, 100);
+        assert_eq!(
+            map[&PackageId::new("tool", "0.5", "all")].filename,
+            "pool/main/t/tool/tool_0.5_all.deb"
+        );
+        assert_eq!(
+            skipped,
+            SkippedStanzas {
+                incomplete: 1,
+                no_sha256: 1,
+                bad_filename: 4,
+                oversize: 1
+            }
+        );
+        assert!(parse_packages(b"garbage\n", 1, &mut map, &mut skipped).is_err());
+    }
+
+    #[test]
+    fn pool_paths() {
+        assert!(check_pool_path("pool/main/a/a_1%3a2_all.deb").is_ok());
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "pool/../x",
+            "pool//x",
+            "dists/x",
+            "pool/a b",
+            "pool/x?y",
+            "",
+        ] {
+            assert!(check_pool_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let data = vec![b'a'; 10_000];
+        let mut xz = Vec::new();
+        xz2::read::XzEncoder::new(&data[..], 6)
+            .read_to_end(&mut xz)
+            .unwrap();
+        assert_eq!(decompress(&xz, IndexCodec::Xz, 10_000).unwrap(), data);
+        assert!(decompress(&xz, IndexCodec::Xz, 9_999)
+            .unwrap_err()
+            .contains("more than"));
+        let mut gz = Vec::new();
+        flate2::read::GzEncoder::new(&data[..], flate2::Compression::fast())
+            .read_to_end(&mut gz)
+            .unwrap();
+        assert_eq!(decompress(&gz, IndexCodec::Gzip, 10_000).unwrap(), data);
+        assert!(decompress(&gz, IndexCodec::Gzip, 100).is_err());
+        assert!(decompress(&data, IndexCodec::Plain, 100).is_err());
+        assert!(decompress(b"not xz", IndexCodec::Xz, 100).is_err());
+    }
+
+    #[test]
+    fn digests() {
+        assert_eq!(
+            Sha256Digest::of(b"").to_string(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert!(Sha256Digest::from_hex(&"g".repeat(64)).is_none());
+        assert!(Sha256Digest::from_hex("00").is_none());
+        assert_eq!(Sha256Digest::from_hex(D1).unwrap().to_string(), D1);
+    }
+}

@@ -1,0 +1,205 @@
+//! What to fetch: a guest's installed packages as [`PackageId`]s, the
+//! suites and components of its apt sources, and the architectures whose
+//! indexes list them. Everything here comes from a guest image, so names
+//! are checked before they become file names or URL parts.
+
+use serde::Serialize;
+
+use crate::inspect::Description;
+
+/// A package as apt names it: (name, version, architecture).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PackageId {
+    /// Package name.
+    pub name: String,
+    /// Full version, with its epoch if any (`1:2.0-1`).
+    pub version: String,
+    /// Architecture (`amd64`, `all`, ...).
+    pub architecture: String,
+}
+
+impl PackageId {
+    /// Shorthand constructor.
+    pub fn new(name: &str, version: &str, architecture: &str) -> PackageId {
+        PackageId {
+            name: name.to_string(),
+            version: version.to_string(),
+            architecture: architecture.to_string(),
+        }
+    }
+
+    /// The file name apt gives the archive in its cache:
+    /// `name_version_arch.deb`, with `:` (the epoch) written `%3a`; `None`
+    /// if a part holds a character that has no place in a package name,
+    /// version or architecture (the values come from a guest image).
+    pub fn deb_file_name(&self) -> Option<String> {
+        let ok = |s: &str, extra: &str| {
+            !s.is_empty()
+                && s.len() <= 255
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".+-".contains(c) || extra.contains(c))
+        };
+        if !ok(&self.name, "") || !ok(&self.version, ":~") || !ok(&self.architecture, "") {
+            return None;
+        }
+        Some(format!(
+            "{}_{}_{}.deb",
+            self.name,
+            self.version.replace(':', "%3a"),
+            self.architecture
+        ))
+    }
+}
+
+impl std::fmt::Display for PackageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{} {}", self.name, self.architecture, self.version)
+    }
+}
+
+/// One suite of a mirror and the components wanted from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dist {
+    /// Suite or codename (`bookworm`, `stable`, `bookworm-updates`).
+    pub suite: String,
+    /// Components (`main`, `contrib`, ...).
+    pub components: Vec<String>,
+}
+
+/// The installed packages of a guest, as [`PackageId`]s (packages without
+/// an architecture are left out: no index can name them).
+pub fn packages_to_fetch(desc: &Description) -> Vec<PackageId> {
+    let mut out: Vec<PackageId> = desc
+        .installed()
+        .filter(|p| !p.architecture.is_empty())
+        .map(|p| PackageId::new(&p.name, &p.version, &p.architecture))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The suites (with their components, merged) of the guest's binary apt
+/// repositories (`deb` lines and `.sources` entries), in the order found.
+pub fn guest_dists(desc: &Description) -> Vec<Dist> {
+    let mut out: Vec<Dist> = Vec::new();
+    for r in desc.repositories.iter().filter(|r| r.kind == "deb") {
+        let i = match out.iter().position(|d| d.suite == r.suite) {
+            Some(i) => i,
+            None => {
+                out.push(Dist {
+                    suite: r.suite.clone(),
+                    components: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        for c in &r.components {
+            if !out[i].components.contains(c) {
+                out[i].components.push(c.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The architectures whose `binary-<arch>` indexes hold `wanted`: each
+/// architecture but `all`, else `native` (where `all` packages are listed).
+pub fn index_architectures(wanted: &[PackageId], native: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = native.map(String::from).into_iter().collect();
+    for p in wanted {
+        if p.architecture != "all" && !out.contains(&p.architecture) {
+            out.push(p.architecture.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::inspect::{Package, Repository};
+
+    #[test]
+    fn deb_file_names() {
+        assert_eq!(
+            PackageId::new("hello", "1:2.0-1", "amd64")
+                .deb_file_name()
+                .unwrap(),
+            "hello_1%3a2.0-1_amd64.deb"
+        );
+        assert_eq!(
+            PackageId::new("g++", "12.2~rc1", "all").deb_file_name().unwrap(),
+            "g++_12.2~rc1_all.deb"
+        );
+        for bad in [
+            PackageId::new("../x", "1", "amd64"),
+            PackageId::new("a/b", "1", "amd64"),
+            PackageId::new("a", "1 2", "amd64"),
+            PackageId::new("a", "1", ""),
+            PackageId::new("a", "1", "am:d64"),
+        ] {
+            assert!(bad.deb_file_name().is_none(), "{bad}");
+        }
+    }
+
+    fn pkg(name: &str, version: &str, arch: &str, state: &str) -> Package {
+        Package {
+            name: name.into(),
+            version: version.into(),
+            architecture: arch.into(),
+            state: state.into(),
+            installed_size: None,
+            multi_arch_same: false,
+            conffiles: Vec::new(),
+        }
+    }
+
+    fn repo(kind: &str, suite: &str, components: &[&str]) -> Repository {
+        Repository {
+            kind: kind.into(),
+            uri: "http://deb.debian.org/debian".into(),
+            suite: suite.into(),
+            components: components.iter().map(|c| c.to_string()).collect(),
+            options: BTreeMap::new(),
+            file: "/etc/apt/sources.list".into(),
+        }
+    }
+
+    #[test]
+    fn wanted_list_and_dists_from_a_description() {
+        let desc = Description {
+            packages: vec![
+                pkg("b", "1", "amd64", "installed"),
+                pkg("a", "1:2", "all", "installed"),
+                pkg("c", "1", "amd64", "config-files"),
+                pkg("d", "1", "", "installed"),
+                pkg("libx", "3", "i386", "installed"),
+            ],
+            repositories: vec![
+                repo("deb", "bookworm", &["main"]),
+                repo("deb-src", "bookworm", &["main", "non-free"]),
+                repo("deb", "bookworm", &["main", "contrib"]),
+                repo("deb", "bookworm-updates", &["main"]),
+            ],
+            ..Default::default()
+        };
+        let w = packages_to_fetch(&desc);
+        assert_eq!(
+            w,
+            [
+                PackageId::new("a", "1:2", "all"),
+                PackageId::new("b", "1", "amd64"),
+                PackageId::new("libx", "3", "i386"),
+            ]
+        );
+        let d = guest_dists(&desc);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].components, ["main", "contrib"]);
+        assert_eq!(d[1].suite, "bookworm-updates");
+        assert_eq!(index_architectures(&w, Some("amd64")), ["amd64", "i386"]);
+        assert_eq!(index_architectures(&w[..1], None), Vec::<String>::new());
+    }
+}
