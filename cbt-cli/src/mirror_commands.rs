@@ -226,6 +226,11 @@ fn print_report(mirrors: &[Mirror], r: &FetchReport) -> anyhow::Result<()> {
     writeln!(out, "already present: {}", r.already_present.len())?;
     writeln!(
         out,
+        "index files saved (Release, Packages; they seed the guest's apt lists): {}, {} bytes",
+        r.index_files, r.index_bytes
+    )?;
+    writeln!(
+        out,
         "missing from the mirrors (will be sent over the link): {}",
         r.missing.len()
     )?;

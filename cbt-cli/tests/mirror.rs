@@ -458,11 +458,39 @@ fn fetches_the_exact_packages_then_nothing() {
     }
     assert_eq!(v["fetched_bytes"].as_u64().unwrap(), total);
     assert!(s.cache_names().contains(&"hello_1%3a2.0-1_amd64.deb".to_string()));
-    assert_eq!(s.cache_names().len(), 3, "{:?}", s.cache_names());
+    let debs = s
+        .cache_names()
+        .into_iter()
+        .filter(|n| n.ends_with(".deb"))
+        .count();
+    assert_eq!(debs, 3, "{:?}", s.cache_names());
+    // The checked Release and Packages files are kept under apt's list
+    // names, byte for byte, so they seed the guest's own apt lists.
+    assert_eq!(v["index_files"].as_u64().unwrap(), 2, "{v}");
+    for (suffix, published) in [
+        ("_dists_stable_Release", "dists/stable/Release"),
+        (
+            "_dists_stable_main_binary-amd64_Packages.xz",
+            "dists/stable/main/binary-amd64/Packages.xz",
+        ),
+    ] {
+        let name = s
+            .cache_names()
+            .into_iter()
+            .find(|n| n.ends_with(suffix) && !n.starts_with('.'))
+            .unwrap_or_else(|| panic!("no *{suffix} in {:?}", s.cache_names()));
+        assert_eq!(
+            fs::read(s.cache.join(&name)).unwrap(),
+            fs::read(s.repo.join(published)).unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(s.cache_names().len(), 5, "{:?}", s.cache_names());
 
     // A second run finds everything in place.
     let v = s.cbt_json(&s.fetch_args(&["--jobs", "1"]));
     assert!(v["fetched"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(v["index_files"].as_u64().unwrap(), 0, "{v}");
     assert_eq!(
         ids(&v, "already_present"),
         ["hello 1:2.0-1 amd64", "libbar 3.1-2 amd64", "tool 0.5 all"]
@@ -500,8 +528,13 @@ fn a_corrupt_download_is_reported_and_not_kept() {
         "{reason}"
     );
     assert_eq!(ids(&v, "fetched"), ["hello 1:2.0-1 amd64", "tool 0.5 all"]);
+    let debs_and_temps: Vec<String> = s
+        .cache_names()
+        .into_iter()
+        .filter(|n| !n.contains("_dists_"))
+        .collect();
     assert_eq!(
-        s.cache_names(),
+        debs_and_temps,
         ["hello_1%3a2.0-1_amd64.deb", "tool_0.5_all.deb"],
         "the corrupt download and its temporary file are gone"
     );
@@ -519,7 +552,12 @@ fn a_corrupt_download_is_reported_and_not_kept() {
     let v = json_of(&out);
     let reason = v["failed"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("truncated"), "{reason}");
-    assert_eq!(s.cache_names().len(), 2);
+    let not_indexes = s
+        .cache_names()
+        .into_iter()
+        .filter(|n| !n.contains("_dists_"))
+        .count();
+    assert_eq!(not_indexes, 2, "{:?}", s.cache_names());
 }
 
 #[test]

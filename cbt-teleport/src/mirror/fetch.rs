@@ -79,6 +79,10 @@ pub struct FetchReport {
     pub missing: Vec<PackageId>,
     /// Packages whose download failed, with the reason. Sorted.
     pub failed: Vec<FailedPackage>,
+    /// Index files (Release, Packages) written to the cache, and their bytes.
+    pub index_files: usize,
+    /// Bytes of them.
+    pub index_bytes: u64,
     /// Wall-clock time, in seconds.
     pub seconds: f64,
 }
@@ -206,6 +210,15 @@ pub fn fetch_packages(
             Outcome::Failed(f) => report.failed.push(f),
         }
     }
+    for m in mirrors {
+        for (name, data) in m.index_files() {
+            if save_index(&dir, name, data)? {
+                any_fetched = true;
+                report.index_files += 1;
+                report.index_bytes += data.len() as u64;
+            }
+        }
+    }
     if any_fetched {
         dir.sync()?;
     }
@@ -215,6 +228,34 @@ pub fn fetch_packages(
     report.failed.sort_by(|a, b| a.id.cmp(&b.id));
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Writes a checked index file into the cache unless it is there with the
+/// same bytes (temporary file, fsync, rename). Returns whether it wrote.
+fn save_index(dir: &Dir, name: &str, data: &[u8]) -> Result<bool, MirrorError> {
+    if let Some(mut f) = dir.open_existing(name, false)? {
+        let mut have = Vec::new();
+        let same = f.metadata().is_ok_and(|m| m.len() == data.len() as u64)
+            && f.read_to_end(&mut have).is_ok()
+            && have == data;
+        if same {
+            return Ok(false);
+        }
+    }
+    let temp = format!(".{name}.cbt-partial");
+    let temp_path = dir.join(&temp);
+    let written = dir.create_replacing(&temp).and_then(|mut f| {
+        f.write_all(data)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io(&temp_path, "write", e))
+    });
+    match written.and_then(|()| dir.rename(&temp, name)) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            let _ = dir.remove(&temp);
+            Err(e.into())
+        }
+    }
 }
 
 fn run_job(dir: &Dir, job: &Job<'_>) -> Outcome {

@@ -180,6 +180,9 @@ pub struct Mirror {
     options: MirrorOptions,
     packages: HashMap<PackageId, PoolEntry>,
     indexes: Vec<String>,
+    /// The Release and Packages files as published, checked: apt-lists
+    /// file name (URL without scheme, `/` as `_`) and bytes.
+    index_files: Vec<(String, Vec<u8>)>,
     skipped: SkippedStanzas,
     warnings: Vec<String>,
 }
@@ -222,6 +225,7 @@ impl Mirror {
             options: *options,
             packages: HashMap::new(),
             indexes: Vec::new(),
+            index_files: Vec::new(),
             skipped: SkippedStanzas::default(),
             warnings: Vec::new(),
         };
@@ -312,7 +316,7 @@ impl Mirror {
                             reason,
                         }
                     })?;
-                    drop(data);
+                    self.index_files.push((lists_name(&url), data));
                     parse_packages(&text, limits.deb, &mut self.packages, &mut self.skipped).map_err(
                         |reason| MirrorError::Malformed {
                             url: url.clone(),
@@ -323,6 +327,14 @@ impl Mirror {
                     self.indexes.push(url);
                     loaded = true;
                     break;
+                }
+                if loaded
+                    && !self
+                        .index_files
+                        .iter()
+                        .any(|(n, _)| *n == lists_name(&release_url))
+                {
+                    self.index_files.push((lists_name(&release_url), release.clone()));
                 }
                 if !loaded {
                     self.warnings.push(format!(
@@ -337,6 +349,14 @@ impl Mirror {
     /// The base URL (without a trailing `/`).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The index files read and checked (Release, Packages), as apt names
+    /// them in its lists and with their bytes as published: saved in the
+    /// package cache, they seed the blocks of the guest's own copies in
+    /// `/var/lib/apt/lists`.
+    pub fn index_files(&self) -> &[(String, Vec<u8>)] {
+        &self.index_files
     }
 
     /// The Packages indexes loaded (URLs).
@@ -398,6 +418,7 @@ impl Mirror {
             options: *options,
             packages: HashMap::new(),
             indexes: Vec::new(),
+            index_files: Vec::new(),
             skipped: SkippedStanzas::default(),
             warnings: Vec::new(),
         }
@@ -405,6 +426,13 @@ impl Mirror {
 }
 
 /// Checks downloaded `data` against the size and digest it was listed with.
+/// apt's name for the list file of `url`: without the scheme, `/` as `_`
+/// (`deb.debian.org_debian_dists_bookworm_Release`).
+fn lists_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.replace('/', "_")
+}
+
 fn check_file(url: &str, data: &[u8], size: u64, sha256: &Sha256Digest) -> Result<(), MirrorError> {
     if data.len() as u64 != size {
         return Err(MirrorError::Mismatch {
