@@ -458,3 +458,35 @@ pub fn assert_no_output(dst: &Path) {
         partial.display()
     );
 }
+
+/// Runs `cbt ARGS --json` to completion and returns its summary.
+#[track_caller]
+pub fn cbt_json(env: &TestEnv, args: &[OsString]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json".into());
+    proc::Proc::spawn(env, &a).json()
+}
+
+/// Checks the summary has every field people and scripts rely on, and
+/// that the block counts add up.
+#[track_caller]
+pub fn check_summary(v: &Value) {
+    for key in [
+        "image_bytes",
+        "blocks_zero",
+        "blocks_local",
+        "blocks_sent",
+        "wire_bytes_sent",
+        "wire_bytes_received",
+    ] {
+        json_u64(v, key);
+    }
+    assert!(json_f64(v, "seconds") > 0.0);
+    assert!(json_f64(v, "observed_bandwidth") > 0.0);
+    assert_eq!(
+        json_u64(v, "blocks_zero") + json_u64(v, "blocks_local") + json_u64(v, "blocks_sent")
+            - json_u64(v, "blocks_repaired"),
+        json_u64(v, "blocks_total"),
+        "block counts do not add up:\n{v:#}"
+    );
+}
