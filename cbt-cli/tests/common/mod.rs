@@ -25,6 +25,7 @@ macro_rules! args {
     };
 }
 
+pub mod guest;
 pub mod proc;
 
 /// The block size cbt uses by default (the tests rely on it).
