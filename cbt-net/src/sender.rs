@@ -263,22 +263,10 @@ async fn run(
                     completed = c;
                 }
                 Some(Ok(Frame::NeedDigests { groups: wanted })) => {
-                    for g in wanted {
-                        let Ok(i) = pending.binary_search_by_key(&g, |(gi, _)| *gi) else {
-                            return Err(Error::protocol(&peer, format!("digests asked for group {g}, which is not in flight")));
-                        };
-                        let digests = pending[i].1.clone();
-                        link.outgoing.send(Frame::Digests { group: g, digests }).await.map_err(|_| closed())?;
-                    }
+                    answer_lookups(&link.outgoing, &peer, &pending, &wanted, Lookup::Digests).await?;
                 }
                 Some(Ok(Frame::NeedKeys { groups: wanted })) => {
-                    for g in wanted {
-                        let Ok(i) = pending.binary_search_by_key(&g, |(gi, _)| *gi) else {
-                            return Err(Error::protocol(&peer, format!("keys asked for group {g}, which is not in flight")));
-                        };
-                        let keys = pending[i].1.iter().map(key_of).collect();
-                        link.outgoing.send(Frame::Keys { group: g, keys }).await.map_err(|_| closed())?;
-                    }
+                    answer_lookups(&link.outgoing, &peer, &pending, &wanted, Lookup::Keys).await?;
                 }
                 Some(Ok(Frame::NeedBlocks { ranges })) => {
                     for r in ranges {
@@ -552,6 +540,48 @@ impl BlockServer<'_> {
         self.queued.fetch_sub(blocks, Ordering::Relaxed);
         true
     }
+}
+
+/// What a receiver asked to look a group's blocks up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    Digests,
+    Keys,
+}
+
+/// Answers NEED_DIGESTS or NEED_KEYS from the digests of the groups in
+/// flight (`pending`, sorted by group).
+async fn answer_lookups(
+    outgoing: &mpsc::Sender<Frame>,
+    peer: &str,
+    pending: &VecDeque<(u64, Vec<Digest>)>,
+    wanted: &[u64],
+    lookup: Lookup,
+) -> Result<()> {
+    for &g in wanted {
+        let Ok(i) = pending.binary_search_by_key(&g, |(gi, _)| *gi) else {
+            let what = if lookup == Lookup::Keys { "keys" } else { "digests" };
+            return Err(Error::protocol(
+                peer,
+                format!("{what} asked for group {g}, which is not in flight"),
+            ));
+        };
+        let digests = &pending[i].1;
+        let answer = match lookup {
+            Lookup::Digests => Frame::Digests {
+                group: g,
+                digests: digests.clone(),
+            },
+            Lookup::Keys => Frame::Keys {
+                group: g,
+                keys: digests.iter().map(key_of).collect(),
+            },
+        };
+        outgoing.send(answer).await.map_err(|_| Error::Closed {
+            peer: peer.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// The key of a block in KEYS: the first 8 bytes of its digest.
