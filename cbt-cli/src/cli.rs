@@ -155,6 +155,8 @@ pub enum Command {
         tls: crate::net_commands::TlsClientOpts,
         #[command(flatten)]
         tls_server: crate::net_commands::TlsServerOpts,
+        #[command(flatten)]
+        mirror: crate::teleport_commands::MirrorOpts,
         /// Update OUT in place when it exists (a raw image or a block
         /// device): only blocks that differ are written.
         #[arg(long)]
@@ -171,7 +173,8 @@ pub enum Command {
     Serve {
         /// TOML file with the daemon's settings (keys: listen, data, seeds,
         /// export, secret_file, max_connections, idle_timeout, package_cache,
-        /// tls_cert, tls_key, format, compress, bwlimit).
+        /// tls_cert, tls_key, format, compress, bwlimit, mirrors,
+        /// mirror_timeout, mirror_jobs, ...).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Address to listen on [default: 127.0.0.1:4730].
@@ -198,12 +201,17 @@ pub enum Command {
         net: crate::net_commands::NetOpts,
         #[command(flatten)]
         tls_server: crate::net_commands::TlsServerOpts,
+        #[command(flatten)]
+        mirror: crate::teleport_commands::MirrorOpts,
     },
     /// Describe the guest on an image offline: OS, packages, repositories,
     /// hostname and the user-data manifest.
     Describe(crate::describe_commands::DescribeArgs),
-    /// Plan a teleport: rebuild a guest from a similar local image plus
-    /// packages and its user data.
+    /// Teleport an image: `cbt teleport SRC HOST:PORT[/NAME]` pushes SRC,
+    /// `cbt teleport HOST:PORT/NAME OUT` pulls; the sender describes the
+    /// guest first and the receiver takes its packages from its package
+    /// caches and mirrors (--mirror), so that only the rest crosses the
+    /// link. Subcommands plan a rebuild or fill a package cache.
     Teleport(crate::describe_commands::TeleportArgs),
     /// Run a self-contained demonstration: generate two sample images,
     /// start a daemon on 127.0.0.1 holding the older one, push the newer one

@@ -36,11 +36,14 @@ pub struct DescribeArgs {
     pub json: bool,
 }
 
-/// `cbt teleport`.
+/// `cbt teleport`: a transfer (SRC DEST) or one of the subcommands.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct TeleportArgs {
     #[command(subcommand)]
-    pub command: TeleportCommand,
+    pub command: Option<TeleportCommand>,
+    #[command(flatten)]
+    pub transfer: crate::teleport_commands::TransferArgs,
 }
 
 /// The `teleport` subcommands.
@@ -266,14 +269,15 @@ fn print_description(d: &Description) -> anyhow::Result<()> {
 /// `cbt teleport ...`.
 pub fn teleport(config: &Config, args: TeleportArgs) -> anyhow::Result<()> {
     match args.command {
-        TeleportCommand::Plan {
+        None => crate::teleport_commands::teleport(config, args.transfer),
+        Some(TeleportCommand::Plan {
             src,
             snapshot,
             candidates,
             link,
             seconds_per_package,
             json,
-        } => {
+        }) => {
             if !(seconds_per_package >= 0.0 && seconds_per_package.is_finite()) {
                 bail!("--seconds-per-package must be a non-negative number");
             }
@@ -292,7 +296,7 @@ pub fn teleport(config: &Config, args: TeleportArgs) -> anyhow::Result<()> {
                 print_plan(&plan)
             }
         }
-        TeleportCommand::Fetch(args) => crate::mirror_commands::fetch(config, args),
+        Some(TeleportCommand::Fetch(args)) => crate::mirror_commands::fetch(config, args),
     }
 }
 

@@ -12,6 +12,7 @@ mod net_commands;
 mod progress;
 mod serve_config;
 mod stdout;
+mod teleport_commands;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -278,7 +278,7 @@ mod tests {
         let Command::Teleport(t) = o.command else {
             panic!("wrong command")
         };
-        let TeleportCommand::Fetch(args) = t.command else {
+        let Some(TeleportCommand::Fetch(args)) = t.command else {
             panic!("wrong subcommand")
         };
         let job = args.resolve(&config).unwrap();
@@ -307,7 +307,7 @@ mod tests {
             let Command::Teleport(t) = o.command else {
                 panic!("wrong command")
             };
-            let TeleportCommand::Fetch(args) = t.command else {
+            let Some(TeleportCommand::Fetch(args)) = t.command else {
                 panic!("wrong subcommand")
             };
             assert_eq!(args.resolve(&config).is_ok(), ok, "{extra:?}");

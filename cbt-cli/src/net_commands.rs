@@ -20,6 +20,7 @@ use cbt_net::{
 use crate::cli::{Command, Config};
 use crate::progress::{self, Bar};
 use crate::serve_config::{ServeFile, ServeFlags, ServeSettings, DEFAULT_COMPRESS, DEFAULT_IDLE_TIMEOUT};
+use crate::teleport_commands::CliTeleporter;
 
 /// Runs `cbt send`, `cbt recv` or `cbt serve`.
 pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
@@ -46,6 +47,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             net,
             tls,
             tls_server,
+            mirror,
             inplace,
             json,
         } => {
@@ -60,11 +62,12 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
                 None => Tls::Client(&tls),
             };
             let client = client_options(&net, None, tls)?;
+            let sources = mirror.sources(&config.package_caches)?;
             recv(
                 config,
                 &args,
                 listen.as_deref(),
-                seeds,
+                (seeds, sources),
                 (format.into(), inplace),
                 client,
                 json,
@@ -81,6 +84,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             send: s,
             net,
             tls_server,
+            mirror,
         } => {
             let flags = ServeFlags {
                 listen,
@@ -96,6 +100,9 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
                 format,
                 compress: s.compress,
                 bwlimit: s.bwlimit,
+                mirrors: mirror.mirrors,
+                mirror_timeout: mirror.mirror_timeout,
+                mirror_jobs: mirror.mirror_jobs,
             };
             let file = match &config_file {
                 Some(p) => Some((p.as_path(), ServeFile::load(p)?)),
@@ -222,7 +229,7 @@ pub fn recv(
     config: &Config,
     args: &[String],
     listen: Option<&str>,
-    seeds: Vec<PathBuf>,
+    (seeds, sources): (Vec<PathBuf>, cbt_teleport::PackageSources),
     (format, in_place): (OutputFormat, bool),
     client: ClientOptions,
     json: bool,
@@ -256,6 +263,11 @@ pub fn recv(
     options.index = config.index.clone();
     options.verify_readback = config.verify_readback;
     options.in_place = in_place;
+    options.teleporter = Some(Arc::new(CliTeleporter {
+        sources,
+        link_rate: None,
+        echo: None,
+    }));
     let counters = Arc::new(Progress::default());
     options.progress = Some(Arc::clone(&counters));
     let bar = Bar::start(progress::wanted(json), move || {
@@ -317,6 +329,20 @@ pub fn serve(config: &Config, s: ServeSettings) -> anyhow::Result<()> {
     options.receive.verify_readback = config.verify_readback;
     options.receive.index = config.index.clone();
     options.receive.index.extra_seeds = crate::cli::package_seeds(&s.package_cache);
+    if let (Some(first), false) = (s.package_cache.first(), s.mirrors.is_empty()) {
+        std::fs::create_dir_all(first)
+            .with_context(|| format!("cannot create the package cache {}", first.display()))?;
+    }
+    options.receive.teleporter = Some(Arc::new(CliTeleporter {
+        sources: crate::teleport_commands::package_sources(
+            s.mirrors.clone(),
+            &s.package_cache,
+            s.mirror_timeout,
+            s.mirror_jobs,
+        )?,
+        link_rate: None,
+        echo: None,
+    }));
     options.tls = client.tls_server;
     if options.secret.is_none() {
         tracing::warn!("no secret file: any client that can connect may push and pull");
@@ -334,7 +360,7 @@ pub fn serve(config: &Config, s: ServeSettings) -> anyhow::Result<()> {
     })
 }
 
-fn announce(listener: &tokio::net::TcpListener) {
+pub(crate) fn announce(listener: &tokio::net::TcpListener) {
     if let Ok(addr) = listener.local_addr() {
         // Scripts and tests read this line to learn the port.
         eprintln!("cbt: listening on {addr}");
@@ -351,7 +377,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs a transfer; the first SIGTERM or ctrl-c cancels it.
-fn run_with_signals<F, Fut>(f: F) -> anyhow::Result<TransferReport>
+pub(crate) fn run_with_signals<F, Fut>(f: F) -> anyhow::Result<TransferReport>
 where
     F: FnOnce(Shutdown) -> Fut,
     Fut: std::future::Future<Output = cbt_net::Result<TransferReport>>,
@@ -386,7 +412,7 @@ async fn signalled() {
 }
 
 /// Keeps engine errors recognisable for the exit code.
-fn net_error(e: cbt_net::Error) -> anyhow::Error {
+pub(crate) fn net_error(e: cbt_net::Error) -> anyhow::Error {
     match e {
         cbt_net::Error::Core(c) => c.into(),
         other => other.into(),
@@ -400,7 +426,11 @@ fn env_secret_file() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-fn client_options(net: &NetOpts, send: Option<&SendOpts>, tls: Tls<'_>) -> anyhow::Result<ClientOptions> {
+pub(crate) fn client_options(
+    net: &NetOpts,
+    send: Option<&SendOpts>,
+    tls: Tls<'_>,
+) -> anyhow::Result<ClientOptions> {
     let secret_file = net.secret_file.clone().or_else(env_secret_file);
     let secret = secret_file
         .as_deref()
@@ -451,7 +481,7 @@ fn client_options(net: &NetOpts, send: Option<&SendOpts>, tls: Tls<'_>) -> anyho
     })
 }
 
-fn send_options(config: &Config, compress: Option<&str>) -> anyhow::Result<SendOptions> {
+pub(crate) fn send_options(config: &Config, compress: Option<&str>) -> anyhow::Result<SendOptions> {
     let compression: Compression = compress
         .unwrap_or(DEFAULT_COMPRESS)
         .parse()
@@ -461,6 +491,8 @@ fn send_options(config: &Config, compress: Option<&str>) -> anyhow::Result<SendO
         threads: config.threads,
         compression,
         progress: None,
+        description: None,
+        on_teleport: None,
     })
 }
 
@@ -484,7 +516,7 @@ pub fn parse_rate(s: &str) -> anyhow::Result<u64> {
     Ok(rate as u64)
 }
 
-fn print_report(r: &TransferReport, json: bool) -> anyhow::Result<()> {
+pub(crate) fn print_report(r: &TransferReport, json: bool) -> anyhow::Result<()> {
     let mut out = crate::stdout::stdout();
     if json {
         #[derive(Serialize)]

@@ -21,6 +21,10 @@
 //! max_unauthenticated = 64      # connections still in their handshake
 //! handshake_timeout = 5         # seconds for a new connection to authenticate
 //! allow_inplace = true          # accept `cbt send --inplace` (update in place)
+//! mirrors = ["http://deb.debian.org/debian"]  # apt mirrors for teleported guests' packages,
+//!                               # fetched into the first package_cache
+//! mirror_timeout = 30           # seconds a mirror may stay silent
+//! mirror_jobs = 4               # package downloads at once
 //! ```
 //!
 //! Precedence: a flag given on the command line, then (for the secret) the
@@ -80,6 +84,9 @@ pub struct ServeFile {
     max_unauthenticated: Option<usize>,
     handshake_timeout: Option<u64>,
     allow_inplace: Option<bool>,
+    mirrors: Option<Vec<String>>,
+    mirror_timeout: Option<f64>,
+    mirror_jobs: Option<usize>,
 }
 
 impl ServeFile {
@@ -147,6 +154,9 @@ pub struct ServeFlags {
     pub format: Option<FormatArg>,
     pub compress: Option<String>,
     pub bwlimit: Option<String>,
+    pub mirrors: Vec<String>,
+    pub mirror_timeout: Option<f64>,
+    pub mirror_jobs: Option<usize>,
 }
 
 /// The daemon's settings, resolved: every default applied, every path
@@ -188,6 +198,12 @@ pub struct ServeSettings {
     pub handshake_timeout: u64,
     /// Accept pushes that update an existing image in place.
     pub allow_inplace: bool,
+    /// apt mirrors for teleported guests' packages.
+    pub mirrors: Vec<String>,
+    /// Seconds a mirror may stay silent.
+    pub mirror_timeout: f64,
+    /// Package downloads at once.
+    pub mirror_jobs: usize,
 }
 
 impl ServeSettings {
@@ -256,6 +272,13 @@ impl ServeSettings {
             max_unauthenticated: f.max_unauthenticated.unwrap_or(DEFAULT_MAX_UNAUTHENTICATED),
             handshake_timeout: f.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
             allow_inplace: f.allow_inplace.unwrap_or(true),
+            mirrors: if flags.mirrors.is_empty() {
+                f.mirrors.unwrap_or_default()
+            } else {
+                flags.mirrors
+            },
+            mirror_timeout: flags.mirror_timeout.or(f.mirror_timeout).unwrap_or(30.0),
+            mirror_jobs: flags.mirror_jobs.or(f.mirror_jobs).unwrap_or(4),
         };
         s.check()?;
         Ok(s)
@@ -270,7 +293,9 @@ impl ServeSettings {
                 bail!("{}: the export directory does not exist", e.display());
             }
         }
-        for s in self.seeds.iter().chain(&self.package_cache) {
+        // The first package cache is created when mirrors fill it.
+        let filled = usize::from(!self.mirrors.is_empty());
+        for s in self.seeds.iter().chain(self.package_cache.iter().skip(filled)) {
             if !s.exists() {
                 bail!("{}: seed root does not exist", s.display());
             }

@@ -1,10 +1,9 @@
 //! End-to-end tests of `cbt teleport fetch` against a real apt repository
-//! built at test time (`dpkg-deb --build`, `apt-ftparchive packages` and
-//! `release`) and served on 127.0.0.1 by a small HTTP/1.1 file server in
-//! this file, which can also corrupt one path or stall on another. The
-//! guest is an ext4 image whose dpkg status lists the repository's
-//! packages, plus one version the repository lacks and one package it
-//! does not have at all.
+//! built at test time and served on 127.0.0.1 (`common::aptrepo`: a small
+//! HTTP/1.1 file server that can also corrupt one path or stall on
+//! another). The guest is an ext4 image whose dpkg status lists the
+//! repository's packages, plus one version the repository lacks and one
+//! package it does not have at all.
 
 // Test code: a panic with its message is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -12,372 +11,16 @@
 #[macro_use]
 mod common;
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{assert_clean_failure, assert_success, tool, TestEnv};
-
-/// What the server does besides serving files.
-#[derive(Default)]
-struct Behaviour {
-    /// URL path → bytes served instead of the file.
-    corrupt: HashMap<String, Vec<u8>>,
-    /// URL paths answered with silence.
-    stall: HashSet<String>,
-    /// Request targets as received (absolute URLs when sent through a proxy).
-    seen: Vec<String>,
-}
-
-/// A std-only HTTP/1.1 file server: GET only, `Content-Length`, 404,
-/// `Connection: close`. URL `/debian/X` serves `root/X`.
-struct Server {
-    addr: String,
-    behaviour: Arc<Mutex<Behaviour>>,
-}
-
-impl Server {
-    fn start(root: &Path) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let behaviour = Arc::new(Mutex::new(Behaviour::default()));
-        let (root, b) = (root.to_path_buf(), Arc::clone(&behaviour));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (root, b) = (root.clone(), Arc::clone(&b));
-                std::thread::spawn(move || serve(stream, &root, &b));
-            }
-        });
-        Server { addr, behaviour }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/debian", self.addr)
-    }
-
-    fn corrupt(&self, path: &str, data: Vec<u8>) {
-        self.behaviour
-            .lock()
-            .unwrap()
-            .corrupt
-            .insert(path.to_string(), data);
-    }
-
-    fn stall(&self, path: &str) {
-        self.behaviour.lock().unwrap().stall.insert(path.to_string());
-    }
-
-    fn seen(&self) -> Vec<String> {
-        self.behaviour.lock().unwrap().seen.clone()
-    }
-}
-
-fn serve(mut stream: TcpStream, root: &Path, b: &Mutex<Behaviour>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    // A proxy client opens a tunnel first (CONNECT host:port), then sends
-    // its request through it: answer the CONNECT and read on.
-    let (method, target) = loop {
-        let mut request = String::new();
-        if reader.read_line(&mut request).is_err() {
-            return;
-        }
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line == "\r\n" || line == "\n" => break,
-                Ok(_) => {}
-            }
-        }
-        let mut words = request.split_whitespace();
-        let (method, target) = (
-            words.next().unwrap_or("").to_string(),
-            words.next().unwrap_or("").to_string(),
-        );
-        b.lock().unwrap().seen.push(format!("{method} {target}"));
-        if method != "CONNECT" {
-            break (method, target);
-        }
-        if stream
-            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            .is_err()
-        {
-            return;
-        }
-    };
-    let (method, target) = (method.as_str(), target.as_str());
-    // A proxy may also receive absolute URLs: serve them as if they were ours.
-    let path = match target.strip_prefix("http://") {
-        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None => target,
-    };
-    let respond = |stream: &mut TcpStream, status: &str, body: &[u8]| {
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body);
-    };
-    if method != "GET" {
-        return respond(&mut stream, "405 Method Not Allowed", b"");
-    }
-    let (corrupt, stall) = {
-        let b = b.lock().unwrap();
-        (b.corrupt.get(path).cloned(), b.stall.contains(path))
-    };
-    if stall {
-        std::thread::sleep(Duration::from_secs(30));
-        return;
-    }
-    if let Some(data) = corrupt {
-        return respond(&mut stream, "200 OK", &data);
-    }
-    let file = path
-        .strip_prefix("/debian/")
-        .filter(|rel| !rel.split('/').any(|c| c == ".." || c.is_empty()))
-        .map(|rel| root.join(rel));
-    match file.and_then(|f| fs::read(f).ok()) {
-        Some(data) => respond(&mut stream, "200 OK", &data),
-        None => respond(&mut stream, "404 Not Found", b"not found\n"),
-    }
-}
-
-/// One package of the repository.
-struct Deb {
-    name: &'static str,
-    version: &'static str,
-    arch: &'static str,
-    /// Its file under the repository root.
-    pool: String,
-}
-
-impl Deb {
-    /// The name `cbt teleport fetch` gives it in the cache.
-    fn cache_name(&self) -> String {
-        format!(
-            "{}_{}_{}.deb",
-            self.name,
-            self.version.replace(':', "%3a"),
-            self.arch
-        )
-    }
-}
-
-/// The main repository: three packages (one `Architecture: all`, one
-/// with an epoch).
-const MAIN_REPO: [(&str, &str, &str, usize); 3] = [
-    ("hello", "1:2.0-1", "amd64", 40_000),
-    ("tool", "0.5", "all", 9_000),
-    ("libbar", "3.1-2", "amd64", 20_000),
-];
-
-/// Builds an apt repository in `<env>/<rel>` holding `specs` (name,
-/// version, architecture, data bytes; `seed` varies the content), with
-/// Packages plain/xz/gz and Release.
-fn build_repo(
-    env: &TestEnv,
-    rel: &str,
-    specs: &[(&'static str, &'static str, &'static str, usize)],
-    seed: u64,
-) -> (PathBuf, Vec<Deb>) {
-    let repo = env.dir(rel);
-    let mut debs = Vec::new();
-    for (i, &(name, version, arch, len)) in specs.iter().enumerate() {
-        let src = env.dir(&format!("pkgsrc/{rel}/{name}"));
-        fs::create_dir_all(src.join("DEBIAN")).unwrap();
-        fs::write(
-            src.join("DEBIAN/control"),
-            format!(
-                "Package: {name}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: Test <t@example.invalid>\nDescription: test package\n"
-            ),
-        )
-        .unwrap();
-        fs::create_dir_all(src.join("usr/share").join(name)).unwrap();
-        fs::write(
-            src.join("usr/share").join(name).join("data"),
-            common::XorShift::new(seed + i as u64).bytes(len),
-        )
-        .unwrap();
-        // Debian's pool names leave the epoch out.
-        let file_version = version.split_once(':').map_or(version, |(_, v)| v);
-        let pool = format!("pool/main/{}/{name}/{name}_{file_version}_{arch}.deb", &name[..1]);
-        let deb = repo.join(&pool);
-        fs::create_dir_all(deb.parent().unwrap()).unwrap();
-        run_tool(
-            Command::new(tool("dpkg-deb", "dpkg"))
-                .args(["-Zxz", "--root-owner-group", "--build"])
-                .arg(&src)
-                .arg(&deb),
-            "dpkg-deb",
-        );
-        debs.push(Deb {
-            name,
-            version,
-            arch,
-            pool,
-        });
-    }
-    let bin = repo.join("dists/stable/main/binary-amd64");
-    fs::create_dir_all(&bin).unwrap();
-    let packages = run_tool(
-        Command::new(tool("apt-ftparchive", "apt-utils"))
-            .args(["packages", "pool"])
-            .current_dir(&repo),
-        "apt-ftparchive packages",
-    );
-    fs::write(bin.join("Packages"), &packages).unwrap();
-    run_tool(
-        Command::new(tool("xz", "xz-utils"))
-            .args(["-k", "-f"])
-            .arg(bin.join("Packages")),
-        "xz",
-    );
-    run_tool(
-        Command::new(tool("gzip", "gzip"))
-            .args(["-k", "-f"])
-            .arg(bin.join("Packages")),
-        "gzip",
-    );
-    let release = run_tool(
-        Command::new(tool("apt-ftparchive", "apt-utils"))
-            .args(["release", "dists/stable"])
-            .current_dir(&repo),
-        "apt-ftparchive release",
-    );
-    fs::write(repo.join("dists/stable/Release"), release).unwrap();
-    (repo, debs)
-}
-
-fn run_tool(cmd: &mut Command, what: &str) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert_success(&out, what, &[]);
-    out.stdout
-}
-
-/// An ext4 guest whose dpkg status lists the repository's packages, `dpkg`
-/// (not in the repository) and `libbar` at... the repository's version, and
-/// `newer` at a version the repository lacks.
-fn build_guest(env: &TestEnv, debs: &[Deb]) -> PathBuf {
-    let root = env.dir("guest");
-    for d in ["etc/apt", "usr/bin", "usr/lib", "var/lib/dpkg/info"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::write(
-        root.join("etc/os-release"),
-        "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12\"\n",
-    )
-    .unwrap();
-    fs::write(
-        root.join("etc/apt/sources.list"),
-        "deb http://deb.debian.org/debian stable main\n",
-    )
-    .unwrap();
-    let mut status = String::new();
-    let mut add = |name: &str, version: &str, arch: &str| {
-        status += &format!(
-            "Package: {name}\nStatus: install ok installed\nArchitecture: {arch}\nVersion: {version}\nDescription: x\n\n"
-        );
-    };
-    for d in debs {
-        add(d.name, d.version, d.arch);
-    }
-    add("dpkg", "1.21.22", "amd64");
-    add("newer", "9.9", "amd64");
-    fs::write(root.join("var/lib/dpkg/status"), status).unwrap();
-    env.ext4(&root, "guest.img", 16)
-}
-
-/// Repository, served, and guest image.
-struct Setup {
-    env: TestEnv,
-    repo: PathBuf,
-    debs: Vec<Deb>,
-    server: Server,
-    guest: PathBuf,
-    cache: PathBuf,
-}
-
-fn setup() -> Setup {
-    let env = TestEnv::new();
-    let (repo, debs) = build_repo(&env, "repo", &MAIN_REPO, 1);
-    let server = Server::start(&repo);
-    let guest = build_guest(&env, &debs);
-    let cache = env.root().join("debs");
-    Setup {
-        env,
-        repo,
-        debs,
-        server,
-        guest,
-        cache,
-    }
-}
-
-/// Proxy variables removed from every run (the tests talk to 127.0.0.1
-/// directly unless a test sets one).
-const PROXY_VARS: [&str; 8] = [
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-    "no_proxy",
-    "NO_PROXY",
-];
+use common::aptrepo::{build_repo, dead_mirror_url, json_of, setup, Server, Setup};
+use common::assert_success;
 
 impl Setup {
-    /// Runs `cbt --cache ... ARGS` without proxy variables, plus `vars`.
-    fn cbt_with(&self, args: &[OsString], vars: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cbt"));
-        cmd.arg("--cache")
-            .arg(self.env.cache_dir())
-            .args(args)
-            .current_dir(self.env.root())
-            .env_remove("CBT_LOG");
-        for v in PROXY_VARS {
-            cmd.env_remove(v);
-        }
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run cbt")
-    }
-
-    fn cbt(&self, args: &[OsString]) -> Output {
-        self.cbt_with(args, &[])
-    }
-
-    #[track_caller]
-    fn cbt_ok(&self, args: &[OsString]) -> Output {
-        let out = self.cbt(args);
-        assert_success(&out, "cbt", args);
-        out
-    }
-
-    #[track_caller]
-    fn cbt_json(&self, args: &[OsString]) -> Value {
-        let mut full = args.to_vec();
-        full.push("--json".into());
-        json_of(&self.cbt_ok(&full))
-    }
-
-    #[track_caller]
-    fn cbt_fail(&self, args: &[OsString]) -> Output {
-        let out = self.cbt(args);
-        assert_clean_failure(&out, args);
-        out
-    }
-
     fn fetch_args(&self, extra: &[&str]) -> Vec<OsString> {
         let mut a = args![
             "teleport",
@@ -391,17 +34,6 @@ impl Setup {
         .to_vec();
         a.extend(extra.iter().map(Into::into));
         a
-    }
-
-    fn cache_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = match fs::read_dir(&self.cache) {
-            Ok(rd) => rd
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        names.sort();
-        names
     }
 }
 
@@ -421,16 +53,6 @@ fn ids(v: &Value, key: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 #[test]
@@ -601,12 +223,7 @@ fn a_stalled_download_times_out() {
 #[test]
 fn a_dead_or_useless_mirror_is_an_error_naming_it() {
     let s = setup();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dead = format!("http://127.0.0.1:{port}/debian");
+    let dead = dead_mirror_url();
     let mut a = s.fetch_args(&[]);
     a.extend(args!["--mirror", dead]);
     let out = s.cbt_fail(&a);

@@ -225,6 +225,29 @@ pub async fn pull(
     receive(link, receive_options, shutdown).await
 }
 
+/// Receives the image a daemon exports as `name` by teleporting: the daemon
+/// describes it first and `receive_options.teleporter` prepares seeds from
+/// that description. With `dry_run`, only the plan is made.
+pub async fn pull_teleport(
+    addr: &str,
+    name: &str,
+    dry_run: bool,
+    receive_options: ReceiveOptions,
+    options: &ClientOptions,
+    shutdown: Shutdown,
+) -> Result<TransferReport> {
+    if receive_options.teleporter.is_none() {
+        return Err(Error::Config("a teleport pull needs package sources".into()));
+    }
+    let mode = if dry_run {
+        Mode::PullTeleportPlan
+    } else {
+        Mode::PullTeleport
+    };
+    let link = connect(addr, mode, name, options, &shutdown).await?;
+    receive(link, receive_options, shutdown).await
+}
+
 async fn wait(mut s: Shutdown) {
     s.wait().await
 }
@@ -275,7 +298,9 @@ pub async fn receive_once(
                     (Mode::Push | Mode::PushInPlace, false) => {
                         Some("this is a one-shot receiver: send without a /NAME")
                     }
-                    (Mode::Pull, _) => Some("this is a one-shot receiver: it only accepts pushes"),
+                    (Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan, _) => {
+                        Some("this is a one-shot receiver: it only accepts pushes")
+                    }
                 };
                 if let Some(reason) = refusal {
                     tracing::warn!(%peer, "refused: {reason}");

@@ -292,6 +292,7 @@ async fn connection(
             );
             let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
             match receive(link, options, stop).await {
+                Ok(r) if r.dry_run => tracing::info!(%peer, %name, "teleport planned (dry run)"),
                 Ok(r) => tracing::info!(
                     %peer, %name, blocks_local = r.blocks_local, blocks_sent = r.blocks_sent,
                     wire_bytes_received = r.wire_bytes_received, seconds = r.seconds, "received"
@@ -299,7 +300,7 @@ async fn connection(
                 Err(e) => tracing::warn!(%peer, %name, "receive failed: {e}"),
             }
         }
-        Mode::Pull => {
+        Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan => {
             let Some(export) = &o.export else {
                 let _ = request.refuse(&mut writer, "this server exports no images").await;
                 return;
@@ -318,9 +319,15 @@ async fn connection(
             tracing::info!(%peer, %name, "sending");
             writer.set_rate_limit(o.bwlimit);
             let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
+            let mut send_options = o.send.clone();
+            if request.mode != Mode::Pull {
+                let dry_run = request.mode == Mode::PullTeleportPlan;
+                send_options.description =
+                    Some(describe_export(o.receive.teleporter.clone(), Arc::clone(&image), dry_run).await);
+            }
             let mut stop = stop;
             let result = tokio::select! {
-                r = send(link, image, &o.send) => r,
+                r = send(link, image, &send_options) => r,
                 _ = stop.wait() => Err(Error::Cancelled),
             };
             match result {
@@ -330,6 +337,32 @@ async fn connection(
                 Err(e) => tracing::warn!(%peer, %name, "send failed: {e}"),
             }
         }
+    }
+}
+
+/// The description of an exported image for a teleport pull; when it
+/// cannot be made, one that says why (the client then plans nothing and
+/// the transfer goes on plainly).
+async fn describe_export(
+    teleporter: Option<Arc<dyn crate::Teleporter>>,
+    image: Arc<dyn Image>,
+    dry_run: bool,
+) -> crate::teleport::Description {
+    let started = std::time::Instant::now();
+    let described = match teleporter {
+        Some(t) => tokio::task::spawn_blocking(move || t.describe(image))
+            .await
+            .unwrap_or_else(|e| Err(format!("describe thread failed: {e}"))),
+        None => Err("this server cannot describe images".to_string()),
+    };
+    let body = described.unwrap_or_else(|reason| {
+        tracing::warn!("cannot describe the image for a teleport: {reason}");
+        serde_json::to_vec(&serde_json::json!({ "error": reason })).unwrap_or_default()
+    });
+    crate::teleport::Description {
+        body: body.into(),
+        dry_run,
+        seconds: started.elapsed().as_secs_f64(),
     }
 }
 

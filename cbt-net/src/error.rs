@@ -72,6 +72,14 @@ pub enum Error {
         /// The peer's address.
         peer: String,
     },
+    /// Preparing a teleport's seeds failed (the receiver's package sources).
+    #[error("teleport from {peer}: {reason}")]
+    Teleport {
+        /// The peer whose description it was.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
     /// The transfer was stopped (shutdown signal).
     #[error("transfer cancelled")]
     Cancelled,

@@ -18,6 +18,8 @@
 //! - [`resume`]: partial outputs kept after a failure and used as seeds;
 //!   [`partials`]: the daemon's bound on them (total bytes, age);
 //! - `preauth`: the budget and deadline of unauthenticated connections;
+//! - [`teleport`]: the guest description a sender may send first, and the
+//!   [`Teleporter`] that turns it into seeds at the receiver;
 //! - [`tls`]: optional TLS (rustls) beneath the framing;
 //! - [`Progress`]: live counters of a transfer, for a progress display.
 #![forbid(unsafe_code)]
@@ -37,6 +39,7 @@ mod progress;
 pub mod receiver;
 pub mod resume;
 pub mod sender;
+pub mod teleport;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -44,7 +47,9 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-pub use client::{parse_target, pull, push, receive_once, ClientOptions, Target, DEFAULT_PORT};
+pub use client::{
+    parse_target, pull, pull_teleport, push, receive_once, ClientOptions, Target, DEFAULT_PORT,
+};
 pub use compress::Compression;
 pub use connection::{Counters, Link, Shutdown, ShutdownTrigger, Timeouts};
 pub use daemon::{serve, ServeOptions};
@@ -53,6 +58,7 @@ pub use handshake::Secret;
 pub use progress::{Phase, Progress, ProgressSnapshot};
 pub use receiver::{receive, ReceiveOptions};
 pub use sender::{send, SendOptions};
+pub use teleport::{Prepared, TeleportLog, Teleporter};
 pub use tls::{TlsClient, TlsServer};
 
 /// What a transfer did, from one side's point of view.
@@ -105,6 +111,12 @@ pub struct TransferReport {
     /// (sender only: the receiver cannot tell levels apart).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub levels: std::collections::BTreeMap<String, u64>,
+    /// A teleport: the receiver's reports (and the describing side's time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teleport: Option<teleport::TeleportLog>,
+    /// A dry run: only the teleport plan was made; nothing was transferred.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl TransferReport {
@@ -145,6 +157,43 @@ impl TransferReport {
             uncompressed_bytes: 0,
             compressed_bytes: 0,
             levels: std::collections::BTreeMap::new(),
+            teleport: None,
+            dry_run: false,
+        }
+    }
+
+    /// The report of a dry run: the plan, no transfer.
+    pub(crate) fn dry_run(
+        role: &'static str,
+        peer: &str,
+        source: String,
+        log: teleport::TeleportLog,
+        counters: &Counters,
+        seconds: f64,
+    ) -> Self {
+        TransferReport {
+            role,
+            peer: peer.to_string(),
+            source,
+            output: None,
+            image_bytes: 0,
+            blocks_total: 0,
+            blocks_zero: 0,
+            blocks_local: 0,
+            blocks_sent: 0,
+            blocks_repaired: 0,
+            wire_bytes_sent: counters.sent.load(Ordering::Relaxed),
+            wire_bytes_received: counters.received.load(Ordering::Relaxed),
+            seconds,
+            observed_bandwidth: 0.0,
+            image_digest: String::new(),
+            bytes_written: None,
+            bytes_cloned: None,
+            uncompressed_bytes: 0,
+            compressed_bytes: 0,
+            levels: std::collections::BTreeMap::new(),
+            teleport: Some(log),
+            dry_run: true,
         }
     }
 

@@ -28,8 +28,9 @@ use crate::compress::{
 };
 use crate::connection::Link;
 use crate::error::{Error, Result};
-use crate::frame::{Begin, BlockRange, DoneStats, Frame, GroupEntry, MAX_PIECE_RANGES};
+use crate::frame::{Begin, BlockRange, DoneStats, Frame, GroupEntry, TeleportStage, MAX_PIECE_RANGES};
 use crate::progress::{Phase, Progress};
+use crate::teleport::{Description, ReportSink, TeleportLog, MAX_DESCRIPTION_BYTES};
 use crate::TransferReport;
 
 /// Blocks per group: one 32-byte digest covers 64 blocks (256 KiB at the
@@ -45,7 +46,7 @@ const READ_CHUNK: usize = 1 << 20;
 const MAX_QUEUED_BLOCKS: u64 = 1 << 22;
 
 /// How to send.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SendOptions {
     /// Block size of the layout.
     pub block_size: u32,
@@ -55,6 +56,21 @@ pub struct SendOptions {
     pub compression: Compression,
     /// Live counters for a progress display.
     pub progress: Option<Arc<Progress>>,
+    /// A teleport: the guest description to send before the image.
+    pub description: Option<Description>,
+    /// Called with each teleport report of the receiver as it arrives.
+    pub on_teleport: Option<ReportSink>,
+}
+
+impl std::fmt::Debug for SendOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendOptions")
+            .field("block_size", &self.block_size)
+            .field("threads", &self.threads)
+            .field("compression", &self.compression)
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SendOptions {
@@ -64,6 +80,8 @@ impl Default for SendOptions {
             threads: 0,
             compression: Compression::default(),
             progress: None,
+            description: None,
+            on_teleport: None,
         }
     }
 }
@@ -90,11 +108,27 @@ pub async fn send(mut link: Link, image: Arc<dyn Image>, options: &SendOptions) 
     let counters = Arc::clone(&link.counters);
     let peer = link.peer.clone();
     let label = image.label();
-    let result = run(&mut link, image, options).await;
+    let mut log = Reports::new(options);
+    let result = match &options.description {
+        Some(d) => describe(&mut link, d, &mut log).await,
+        None => Ok(()),
+    };
+    if result.is_ok() && options.description.as_ref().is_some_and(|d| d.dry_run) {
+        link.close(Duration::from_secs(10)).await;
+        let log = log.log.unwrap_or_default();
+        let seconds = started.elapsed().as_secs_f64();
+        return Ok(TransferReport::dry_run(
+            "sender", &peer, label, log, &counters, seconds,
+        ));
+    }
+    let result = match result {
+        Ok(()) => run(&mut link, image, options, &mut log).await,
+        Err(e) => Err(e),
+    };
     match result {
         Ok((layout, stats, digest, compression)) => {
             link.close(Duration::from_secs(10)).await;
-            Ok(TransferReport::new(
+            let mut report = TransferReport::new(
                 "sender",
                 &peer,
                 label,
@@ -105,7 +139,9 @@ pub async fn send(mut link: Link, image: Arc<dyn Image>, options: &SendOptions) 
                 started.elapsed().as_secs_f64(),
                 digest,
             )
-            .with_compression(&compression))
+            .with_compression(&compression);
+            report.teleport = log.log;
+            Ok(report)
         }
         Err(e) => {
             let e = match e {
@@ -128,10 +164,88 @@ pub async fn send(mut link: Link, image: Arc<dyn Image>, options: &SendOptions) 
     }
 }
 
+/// The receiver's teleport reports, kept and passed on as they arrive.
+struct Reports {
+    log: Option<TeleportLog>,
+    sink: Option<ReportSink>,
+}
+
+impl Reports {
+    fn new(options: &SendOptions) -> Reports {
+        Reports {
+            log: options.description.as_ref().map(|d| TeleportLog {
+                describe_seconds: Some(d.seconds),
+                ..TeleportLog::default()
+            }),
+            sink: options.on_teleport.clone(),
+        }
+    }
+
+    fn record(&mut self, peer: &str, stage: TeleportStage, body: &[u8]) -> Result<()> {
+        let Some(log) = self.log.as_mut() else {
+            return Err(Error::protocol(peer, "TELEPORT report without a description"));
+        };
+        log.record(stage, body);
+        if let Some(sink) = &self.sink {
+            let value = match stage {
+                TeleportStage::Planned => &log.plan,
+                TeleportStage::Prepared => &log.prepared,
+                TeleportStage::Finished => &log.finished,
+            };
+            if let Some(v) = value {
+                sink(stage, v);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends the guest description; in a dry run, waits for the plan.
+async fn describe(link: &mut Link, d: &Description, log: &mut Reports) -> Result<()> {
+    let peer = link.peer.clone();
+    if d.body.len() > MAX_DESCRIPTION_BYTES {
+        return Err(Error::Config(format!(
+            "the guest description is {} bytes, more than the {} a peer accepts",
+            d.body.len(),
+            MAX_DESCRIPTION_BYTES
+        )));
+    }
+    link.outgoing
+        .send(Frame::Describe {
+            dry_run: d.dry_run,
+            body: d.body.clone(),
+        })
+        .await
+        .map_err(|_| Error::Closed { peer: peer.clone() })?;
+    if !d.dry_run {
+        return Ok(());
+    }
+    loop {
+        match link.incoming.recv().await {
+            Some(Ok(Frame::Teleport { stage, body })) => {
+                log.record(&peer, stage, &body)?;
+                if stage == TeleportStage::Planned {
+                    return Ok(());
+                }
+            }
+            Some(Ok(Frame::Error { message })) => return Err(Error::Remote { peer, message }),
+            Some(Ok(f)) => {
+                return Err(Error::protocol(
+                    &peer,
+                    format!("expected TELEPORT, got {}", f.name()),
+                ))
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(Error::Closed { peer }),
+        }
+    }
+}
+
 async fn run(
     link: &mut Link,
     image: Arc<dyn Image>,
     options: &SendOptions,
+    log: &mut Reports,
 ) -> Result<(Layout, DoneStats, Digest, CompressionStats)> {
     let peer = link.peer.clone();
     let bs = options.block_size;
@@ -172,7 +286,14 @@ async fn run(
             .map_err(|e| Error::Config(format!("cannot start the hasher thread: {e}")))?;
     }
 
-    let (window, window_log) = match link.incoming.recv().await {
+    // A teleporting receiver reports while it prepares its seeds.
+    let ready = loop {
+        match link.incoming.recv().await {
+            Some(Ok(Frame::Teleport { stage, body })) => log.record(&peer, stage, &body)?,
+            other => break other,
+        }
+    };
+    let (window, window_log) = match ready {
         Some(Ok(Frame::Ready { window, window_log })) => {
             if u32::from(window_log) > crate::compress::MAX_WINDOW_LOG {
                 return Err(Error::protocol(
@@ -280,6 +401,7 @@ async fn run(
                     }
                 }
                 Some(Ok(Frame::Done(stats))) => break stats,
+                Some(Ok(Frame::Teleport { stage: stage @ TeleportStage::Finished, body })) => log.record(&peer, stage, &body)?,
                 Some(Ok(Frame::Error { message })) => return Err(Error::Remote { peer, message }),
                 Some(Ok(f)) => return Err(Error::protocol(&peer, format!("unexpected {} frame", f.name()))),
                 Some(Err(e)) => return Err(e),

@@ -15,11 +15,16 @@
 //!   image plus packages and its user data, or send its blocks, whichever
 //!   costs less;
 //! - apt mirrors ([`mirror`]): fetch a guest's exact package versions into
-//!   a package cache ([`Mirror`], [`fetch_packages`]).
+//!   a package cache ([`Mirror`], [`fetch_packages`]);
+//! - the destination of a teleport ([`GuestRequest`], [`PackageSources`]):
+//!   resolve a guest described over the network against local package
+//!   caches and mirrors, decide whether fetching pays, fetch, and account
+//!   for where the blocks came from.
 //!
 //! Modules, leaves first: [`deb822`] (the `Field: value` parser), `inspect`
 //! (guest inspection), `debcache` (package caches as seeds), `plan` (uses
-//! both), [`mirror`] (uses `deb822` and the inspection types). Errors are
+//! both), [`mirror`] (uses `deb822` and the inspection types), `destination` (uses
+//! `mirror` and `debcache`). Errors are
 //! the engine's [`cbt_core::Error`]: every one names the file concerned,
 //! and the CLI maps them to exit codes in one place; the mirror client,
 //! whose errors name URLs, has its own [`MirrorError`].
@@ -27,6 +32,7 @@
 
 pub mod deb822;
 mod debcache;
+mod destination;
 mod inspect;
 pub mod mirror;
 mod plan;
@@ -35,6 +41,10 @@ pub use debcache::{
     estimate_with_packages, index_name, prepare_package_blobs, read_deb, read_index, BlobSource, DebControl,
     DebInfo, DebLimits, FileSink, IndexCompression, IndexInfo, IndexLimits, IndexName, Measure, PackageBlob,
     PackageBlobs, PackageCacheShare, PackageCaches, PackageEstimate, SkippedSource, SourceBlocks,
+};
+pub use destination::{
+    block_origins, BlockOrigins, DestinationPlan, FailedFetch, FetchOutcome, GuestRequest, MirrorStatus,
+    PackageSources, Resolution,
 };
 pub use inspect::{
     describe_dir, describe_fs, describe_image, dpkg, DescribeOptions, Description, EntryKind, FilesystemInfo,

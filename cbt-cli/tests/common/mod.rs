@@ -25,6 +25,7 @@ macro_rules! args {
     };
 }
 
+pub mod aptrepo;
 pub mod guest;
 pub mod proc;
 

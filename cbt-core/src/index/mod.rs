@@ -427,6 +427,16 @@ impl Index {
         Ok(ok)
     }
 
+    /// Per image, in the order of [`Index::images`]: the blocks re-read
+    /// from it that matched their digests (what it supplied, for callers
+    /// that use the blocks they check).
+    pub fn blocks_confirmed(&self) -> Vec<u64> {
+        self.checks
+            .iter()
+            .map(|c| c.good.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Records that `good` blocks re-read from image `i` matched their
     /// digests and `bad` did not (callers that read seeds themselves).
     pub fn note_seed_check(&self, i: u32, good: u64, bad: u64) {

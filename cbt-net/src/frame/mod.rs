@@ -20,7 +20,7 @@ use cbt_core::{Digest, Region};
 /// First bytes of every connection, in both directions.
 pub const MAGIC: [u8; 8] = *b"CBTNET\r\n";
 /// Protocol version spoken by this implementation.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Bytes of the preamble: magic, version, reserved.
 pub const PREAMBLE_LEN: usize = 12;
 /// Bytes of a frame header: payload length and type.
@@ -48,6 +48,19 @@ pub enum Mode {
     /// A push that asks the daemon to update the existing image of that
     /// name in place (writing only the blocks that differ).
     PushInPlace = 3,
+    /// A pull whose sender first describes the guest (DESCRIBE), so that
+    /// the client can take its packages from a mirror near it.
+    PullTeleport = 4,
+    /// A teleport pull's dry run: the sender describes, the client plans,
+    /// nothing is transferred.
+    PullTeleportPlan = 5,
+}
+
+impl Mode {
+    /// True for the modes in which the client receives.
+    pub fn is_pull(self) -> bool {
+        matches!(self, Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan)
+    }
 }
 
 /// One entry of the group stream.
@@ -109,6 +122,19 @@ pub struct DoneStats {
     pub blocks_sent: u64,
     /// Blocks fixed after verification.
     pub blocks_repaired: u64,
+}
+
+/// What a TELEPORT frame reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeleportStage {
+    /// The guest's packages resolved against the receiver's package
+    /// sources: the plan, before anything is fetched.
+    Planned = 1,
+    /// Fetching is over: the seeds are ready (or the receiver decided
+    /// against fetching).
+    Prepared = 2,
+    /// The transfer is verified: where its blocks came from (just before DONE).
+    Finished = 3,
 }
 
 /// A protocol frame.
@@ -217,6 +243,25 @@ pub enum Frame {
     },
     /// Receiver → sender: the image verified and was published.
     Done(DoneStats),
+    /// Sender → receiver, before BEGIN: a description of the guest in the
+    /// image (its distribution and exact packages; JSON, see
+    /// `docs/PROTOCOL.md`), so that the receiver can take them from its
+    /// package sources. With `dry_run`, the receiver only plans and the
+    /// sender closes after the plan.
+    Describe {
+        /// Plan only.
+        dry_run: bool,
+        /// The description (JSON).
+        body: Bytes,
+    },
+    /// Receiver → sender, after DESCRIBE: what the receiver made of it
+    /// (JSON, for people and reports; nothing in the transfer depends on it).
+    Teleport {
+        /// Which report this is.
+        stage: TeleportStage,
+        /// The report (JSON).
+        body: Bytes,
+    },
 }
 
 mod ty {
@@ -238,6 +283,8 @@ mod ty {
     pub const DONE: u8 = 0x19;
     pub const NEED_KEYS: u8 = 0x1a;
     pub const KEYS: u8 = 0x1b;
+    pub const DESCRIBE: u8 = 0x20;
+    pub const TELEPORT: u8 = 0x21;
 }
 
 /// Why bytes from a peer are not a valid frame.
@@ -320,6 +367,8 @@ fn type_name(t: u8) -> Option<&'static str> {
         ty::BLOCK => "BLOCK",
         ty::CREDIT => "CREDIT",
         ty::DONE => "DONE",
+        ty::DESCRIBE => "DESCRIBE",
+        ty::TELEPORT => "TELEPORT",
         _ => return None,
     })
 }
@@ -461,6 +510,8 @@ fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 1 => Mode::Push,
                 2 => Mode::Pull,
                 3 => Mode::PushInPlace,
+                4 => Mode::PullTeleport,
+                5 => Mode::PullTeleportPlan,
                 _ => return Err(p.err("unknown mode")),
             };
             let name = p.string()?;
@@ -633,6 +684,22 @@ fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
             blocks_sent: p.u64()?,
             blocks_repaired: p.u64()?,
         }),
+        ty::DESCRIBE => Frame::Describe {
+            dry_run: p.bool()?,
+            body: p.rest(),
+        },
+        ty::TELEPORT => {
+            let stage = match p.u8()? {
+                1 => TeleportStage::Planned,
+                2 => TeleportStage::Prepared,
+                3 => TeleportStage::Finished,
+                _ => return Err(p.err("unknown stage")),
+            };
+            Frame::Teleport {
+                stage,
+                body: p.rest(),
+            }
+        }
         _ => return Err(FrameError::UnknownType(t)),
     };
     p.finish()?;
@@ -665,6 +732,8 @@ impl Frame {
             Frame::Blocks { .. } => ty::BLOCK,
             Frame::Credit { .. } => ty::CREDIT,
             Frame::Done(_) => ty::DONE,
+            Frame::Describe { .. } => ty::DESCRIBE,
+            Frame::Teleport { .. } => ty::TELEPORT,
         }
     }
 
@@ -806,6 +875,14 @@ impl Frame {
                 dst.put_u64(s.blocks_local);
                 dst.put_u64(s.blocks_sent);
                 dst.put_u64(s.blocks_repaired);
+            }
+            Frame::Describe { dry_run, body } => {
+                dst.put_u8(u8::from(*dry_run));
+                dst.put_slice(body);
+            }
+            Frame::Teleport { stage, body } => {
+                dst.put_u8(*stage as u8);
+                dst.put_slice(body);
             }
         }
         Ok(())

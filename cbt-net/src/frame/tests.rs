@@ -83,7 +83,46 @@ fn samples() -> Vec<Frame> {
             blocks_sent: 3,
             blocks_repaired: 0,
         }),
+        Frame::Hello {
+            mode: Mode::PullTeleport,
+            name: "web.raw".into(),
+            nonce: [1; 32],
+        },
+        Frame::Describe {
+            dry_run: true,
+            body: Bytes::from_static(b"{\"packages\":[]}"),
+        },
+        Frame::Describe {
+            dry_run: false,
+            body: Bytes::new(),
+        },
+        Frame::Teleport {
+            stage: TeleportStage::Planned,
+            body: Bytes::from_static(b"{}"),
+        },
+        Frame::Teleport {
+            stage: TeleportStage::Prepared,
+            body: Bytes::from_static(b"{\"fetched\":3}"),
+        },
     ]
+}
+
+#[test]
+fn teleport_frames_reject_unknown_flags_and_stages() {
+    for (t, payload) in [
+        (ty::DESCRIBE, &[2u8, b'{'][..]),
+        (ty::TELEPORT, &[0u8][..]),
+        (ty::TELEPORT, &[4u8][..]),
+    ] {
+        let mut buf = BytesMut::new();
+        buf.put_u32(payload.len() as u32);
+        buf.put_u8(t);
+        buf.put_slice(payload);
+        assert!(
+            matches!(decode(&mut buf), Err(FrameError::Malformed { .. })),
+            "{t:#x} {payload:?}"
+        );
+    }
 }
 
 #[test]

@@ -60,10 +60,11 @@ use crate::blockmap::{group_digest, BlockMap, GroupSpan};
 use crate::compress::{Decompressor, MAX_PIECE_BYTES};
 use crate::connection::{Counters, Link, Shutdown};
 use crate::error::{Error, Result};
-use crate::frame::{Begin, BlockRange, DoneStats, Encoding, Frame, GroupEntry};
+use crate::frame::{Begin, BlockRange, DoneStats, Encoding, Frame, GroupEntry, TeleportStage};
 use crate::partials::{self, PartialLimits};
 use crate::progress::{Phase, Progress};
 use crate::resume;
+use crate::teleport::{FinishReport, Prepared, TeleportLog, Teleporter};
 use crate::TransferReport;
 
 mod blocks;
@@ -133,6 +134,9 @@ pub struct ReceiveOptions {
     /// log2 of the largest compression window granted to the sender: the
     /// decoder's memory (see `compress`).
     pub max_window_log: u32,
+    /// Turns a sender's guest description into seeds (teleporting); None:
+    /// descriptions are answered with "no package sources".
+    pub teleporter: Option<Arc<dyn Teleporter>>,
 }
 
 impl ReceiveOptions {
@@ -150,6 +154,7 @@ impl ReceiveOptions {
             partials: None,
             verify_readback: false,
             in_place: false,
+            teleporter: None,
         }
     }
 }
@@ -157,22 +162,66 @@ impl ReceiveOptions {
 /// Receives an image over an established link, verifies it and publishes
 /// it at `options.output`. On failure nothing appears there; after a lost
 /// connection the partial output is kept for the next attempt.
-pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown) -> Result<TransferReport> {
+pub async fn receive(
+    mut link: Link,
+    mut options: ReceiveOptions,
+    shutdown: Shutdown,
+) -> Result<TransferReport> {
     let started = Instant::now();
     let counters = Arc::clone(&link.counters);
     let peer = link.peer.clone();
-    let begin = match link.incoming.recv().await {
-        Some(Ok(Frame::Begin(b))) => Ok(b),
-        Some(Ok(Frame::Error { message })) => Err(Error::Remote {
+    let mut first = next_frame(&mut link).await;
+    let mut teleport: Option<(TeleportLog, Option<FinishReport>)> = None;
+    if let Ok(Frame::Describe { dry_run, body }) = first {
+        let (log, prepared, next) = prepare_teleport(&mut link, &options, body, dry_run, &shutdown).await;
+        if dry_run {
+            if let Err(e) = prepared {
+                link.fail(e.to_string()).await;
+                return Err(e);
+            }
+            link.close(Duration::from_secs(10)).await;
+            let seconds = started.elapsed().as_secs_f64();
+            return Ok(TransferReport::dry_run(
+                "receiver",
+                &peer,
+                String::new(),
+                log,
+                &counters,
+                seconds,
+            ));
+        }
+        let finish = match prepared {
+            Ok(Some(p)) => {
+                options.index.extra_seeds.extend(p.seeds);
+                p.finish
+            }
+            Ok(None) => None,
+            Err(e) => {
+                link.fail(e.to_string()).await;
+                return Err(e);
+            }
+        };
+        teleport = Some((log, finish));
+        first = match next {
+            Some(f) => f,
+            None => next_frame(&mut link).await,
+        };
+    }
+    let begin = match first {
+        Ok(Frame::Begin(b)) => Ok(b),
+        Ok(Frame::Error { message }) => Err(Error::Remote {
             peer: peer.clone(),
             message,
         }),
-        Some(Ok(f)) => Err(Error::protocol(
+        Ok(f) => Err(Error::protocol(
             &peer,
             format!("expected BEGIN, got {}", f.name()),
         )),
-        Some(Err(e)) => Err(e),
-        None => Err(Error::Closed { peer: peer.clone() }),
+        Err(e) => Err(e),
+    };
+    let (mut log, finish) = match teleport {
+        Some((log, finish)) => (Some(log), finish),
+        None => (None, None),
     };
     let result = match begin {
         Ok(begin) => {
@@ -206,19 +255,20 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
             };
             let label = begin.label.clone();
             let peer2 = peer.clone();
-            let r =
-                tokio::task::spawn_blocking(move || run_engine(begin, options, channels, shutdown, peer2))
-                    .await
-                    .map_err(|e| Error::Config(format!("receiver thread failed: {e}")))
-                    .and_then(|r| r)
-                    .map(|r| (r, label));
+            let r = tokio::task::spawn_blocking(move || {
+                run_engine(begin, options, channels, shutdown, peer2, finish)
+            })
+            .await
+            .map_err(|e| Error::Config(format!("receiver thread failed: {e}")))
+            .and_then(|r| r)
+            .map(|r| (r, label));
             forward.abort();
             r
         }
         Err(e) => Err(e),
     };
     match result {
-        Ok(((layout, stats, digest, output, bytes_written, compression), label)) => {
+        Ok(((layout, stats, digest, output, bytes_written, compression, finished), label)) => {
             link.close(Duration::from_secs(10)).await;
             let mut report = TransferReport::new(
                 "receiver",
@@ -234,6 +284,10 @@ pub async fn receive(mut link: Link, options: ReceiveOptions, shutdown: Shutdown
             .with_compression(&compression);
             report.bytes_written = Some(bytes_written.0);
             report.bytes_cloned = Some(bytes_written.1);
+            if let (Some(log), Some(body)) = (log.as_mut(), finished) {
+                log.record(TeleportStage::Finished, &body);
+            }
+            report.teleport = log;
             Ok(report)
         }
         Err(e) => {
@@ -255,7 +309,107 @@ type EngineResult = (
     PathBuf,
     (u64, u64),
     crate::compress::CompressionStats,
+    Option<Vec<u8>>,
 );
+
+/// The next frame from the peer, a closed connection as an error.
+async fn next_frame(link: &mut Link) -> Result<Frame> {
+    match link.incoming.recv().await {
+        Some(f) => f,
+        None => Err(Error::Closed {
+            peer: link.peer.clone(),
+        }),
+    }
+}
+
+/// Answers a DESCRIBE: runs the teleporter (on a blocking thread; its
+/// reports go to the sender as they are made) while watching the
+/// connection, so that a peer that leaves stops it. Returns the reports,
+/// the seeds (None without a teleporter) and a frame read meanwhile.
+async fn prepare_teleport(
+    link: &mut Link,
+    options: &ReceiveOptions,
+    body: bytes::Bytes,
+    dry_run: bool,
+    shutdown: &Shutdown,
+) -> (TeleportLog, Result<Option<Prepared>>, Option<Result<Frame>>) {
+    let peer = link.peer.clone();
+    let mut log = TeleportLog::default();
+    let Some(teleporter) = options.teleporter.clone() else {
+        let body = crate::teleport::unsupported();
+        log.record(TeleportStage::Planned, &body);
+        let stage = if dry_run {
+            TeleportStage::Planned
+        } else {
+            TeleportStage::Prepared
+        };
+        let _ = link
+            .outgoing
+            .send(Frame::Teleport {
+                stage,
+                body: body.into(),
+            })
+            .await;
+        return (log, Ok(None), None);
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let out = link.outgoing.clone();
+    let stop2 = Arc::clone(&stop);
+    let mut task = tokio::task::spawn_blocking(move || {
+        let mut log = TeleportLog::default();
+        let r = teleporter.prepare(&body, dry_run, &stop2, &mut |stage, report| {
+            log.record(stage, &report);
+            let _ = out.blocking_send(Frame::Teleport {
+                stage,
+                body: report.into(),
+            });
+        });
+        (r, log)
+    });
+    let mut stash: Option<Result<Frame>> = None;
+    let mut stopping = shutdown.clone();
+    let mut shut = false;
+    let joined = loop {
+        tokio::select! {
+            j = &mut task => break j,
+            f = link.incoming.recv(), if stash.is_none() => {
+                let f = f.unwrap_or_else(|| Err(Error::Closed { peer: peer.clone() }));
+                if f.is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                stash = Some(f);
+            }
+            _ = stopping.wait(), if !shut => {
+                shut = true;
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    };
+    let result = match joined {
+        Ok((r, l)) => {
+            log = l;
+            r.map(Some).map_err(|reason| Error::Teleport {
+                peer: peer.clone(),
+                reason,
+            })
+        }
+        Err(e) => Err(Error::Config(format!("teleport thread failed: {e}"))),
+    };
+    let result = match (&stash, shut) {
+        // A dry run's sender leaves once it has the plan.
+        (Some(Err(_)), false) if dry_run && result.is_ok() => {
+            stash = None;
+            result
+        }
+        (Some(Err(_)), _) => Err(stash
+            .take()
+            .and_then(|f| f.err())
+            .unwrap_or(Error::Closed { peer })),
+        (_, true) => Err(Error::Cancelled),
+        _ => result,
+    };
+    (log, result, stash)
+}
 
 /// The engine's connections to the rest of the receiver.
 struct Channels {
@@ -275,6 +429,7 @@ fn run_engine(
     channels: Channels,
     shutdown: Shutdown,
     peer: String,
+    finish: Option<FinishReport>,
 ) -> Result<EngineResult> {
     if begin.image_len > MAX_IMAGE_LEN {
         return Err(Error::protocol(
@@ -374,6 +529,10 @@ fn run_engine(
         ..
     } = engine;
     shared.index.refresh_changed_seeds();
+    let finished = match (&result, finish) {
+        (Ok(_), Some(f)) => Some(f(&shared.index)),
+        _ => None,
+    };
     let Some(Ok(assembly)) = shared.assembly.map(Arc::try_unwrap) else {
         return Err(Error::Config("the output is still in use".into()));
     };
@@ -382,9 +541,23 @@ fn run_engine(
             let bytes_written = (assembly.bytes_written(), assembly.bytes_cloned());
             let published = assembly.publish()?;
             resume::cleanup(&options.output);
+            if let Some(body) = &finished {
+                let _ = outgoing.blocking_send(Frame::Teleport {
+                    stage: TeleportStage::Finished,
+                    body: body.clone().into(),
+                });
+            }
             // The sender waits for this before it reports success.
             let _ = outgoing.blocking_send(Frame::Done(stats));
-            Ok((layout, stats, digest, published, bytes_written, compression))
+            Ok((
+                layout,
+                stats,
+                digest,
+                published,
+                bytes_written,
+                compression,
+                finished,
+            ))
         }
         Err(e) => {
             if !(e.is_connection_loss() || matches!(e, Error::Remote { .. })) {

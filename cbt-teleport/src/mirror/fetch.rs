@@ -8,13 +8,14 @@
 //! ```text
 //!  resolve (main thread) ── jobs (bounded) ──> worker × N ── outcomes ──> FetchReport
 //!                                              │ present and intact? → already present
-//!                                              └ GET → .name.cbt-partial (+SHA256) → check → fsync → rename
+//!                                              └ GET → .name.PID-N.cbt-download (+SHA256) → check → fsync → rename
 //! ```
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use cbt_core::{Dir, DirEntry, Error};
@@ -232,6 +233,15 @@ pub fn fetch_packages(
 
 /// Writes a checked index file into the cache unless it is there with the
 /// same bytes (temporary file, fsync, rename). Returns whether it wrote.
+/// A temporary name for `name` in the cache, unique to this download:
+/// several transfers (threads or processes) may fill one cache at once,
+/// and none may rename another's half-written file into place.
+fn temp_name(name: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(".{name}.{}-{n}.cbt-download", std::process::id())
+}
+
 fn save_index(dir: &Dir, name: &str, data: &[u8]) -> Result<bool, MirrorError> {
     if let Some(mut f) = dir.open_existing(name, false)? {
         let mut have = Vec::new();
@@ -242,7 +252,7 @@ fn save_index(dir: &Dir, name: &str, data: &[u8]) -> Result<bool, MirrorError> {
             return Ok(false);
         }
     }
-    let temp = format!(".{name}.cbt-partial");
+    let temp = temp_name(name);
     let temp_path = dir.join(&temp);
     let written = dir.create_replacing(&temp).and_then(|mut f| {
         f.write_all(data)
@@ -287,7 +297,7 @@ fn run_job(dir: &Dir, job: &Job<'_>) -> Outcome {
 }
 
 /// True if `name` is in the cache with the entry's size and SHA256.
-fn intact(dir: &Dir, name: &str, entry: &PoolEntry) -> Result<bool, MirrorError> {
+pub(crate) fn intact(dir: &Dir, name: &str, entry: &PoolEntry) -> Result<bool, MirrorError> {
     match dir.entry(name)? {
         DirEntry::File(size) if size == entry.size => {}
         DirEntry::Missing | DirEntry::File(_) => return Ok(false),
@@ -321,9 +331,15 @@ fn sha256_of(f: &mut File) -> std::io::Result<Sha256Digest> {
 /// Downloads the job's `.deb` to a temporary file, checks it and renames
 /// it into place; on any failure the temporary file is removed.
 fn download(dir: &Dir, job: &Job<'_>) -> Result<u64, MirrorError> {
-    let temp = format!(".{}.cbt-partial", job.name);
+    let temp = temp_name(&job.name);
     let result = download_to(dir, &temp, job);
     match result {
+        // Another transfer filling the same cache got it first: keep its
+        // file, whose blob (stamped with its inode) may be in use.
+        Ok(n) if matches!(intact(dir, &job.name, job.entry), Ok(true)) => {
+            let _ = dir.remove(&temp);
+            Ok(n)
+        }
         Ok(n) => match dir.rename(&temp, &job.name) {
             Ok(()) => Ok(n),
             Err(e) => {

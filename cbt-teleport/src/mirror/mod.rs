@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub(crate) use fetch::intact;
 pub use fetch::{fetch_packages, FailedPackage, FetchOptions, FetchReport, FetchedPackage};
 pub use index::{
     check_pool_path, check_relative_path, parse_packages, parse_release, IndexCodec, PoolEntry, ReleaseFile,

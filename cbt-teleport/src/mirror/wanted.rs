@@ -3,12 +3,12 @@
 //! indexes list them. Everything here comes from a guest image, so names
 //! are checked before they become file names or URL parts.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::inspect::Description;
 
 /// A package as apt names it: (name, version, architecture).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PackageId {
     /// Package name.
     pub name: String,
@@ -58,7 +58,7 @@ impl std::fmt::Display for PackageId {
 }
 
 /// One suite of a mirror and the components wanted from it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dist {
     /// Suite or codename (`bookworm`, `stable`, `bookworm-updates`).
     pub suite: String,
