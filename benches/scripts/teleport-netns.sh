@@ -15,7 +15,9 @@
 #       package cache and --mirror; compares both outputs with IMAGE and
 #       prints one JSON line per run and the ratios. Needs root.
 #
-# CBT (default: target/release/cbt) is the binary used on both ends.
+# CBT (default: target/release/cbt) is the binary used on both ends; LINK
+# (e.g. 100Mbit), when set, is passed to `cbt teleport --link` for the
+# decision whether fetching pays.
 set -euo pipefail
 
 CBT=${CBT:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/cbt}
@@ -111,7 +113,8 @@ run() {
 	t0=$(date +%s.%N)
 	ip netns exec $NS_A "$CBT" --no-cache send "$image" $IP_B:4730/out.raw --json >"$work/plain.json"
 	t1=$(date +%s.%N)
-	ip netns exec $NS_A "$CBT" --no-cache teleport "$image" $IP_B:4731/out.raw --json >"$work/tele.json"
+	ip netns exec $NS_A "$CBT" --no-cache teleport "$image" $IP_B:4731/out.raw --json \
+		${LINK:+--link "$LINK"} >"$work/tele.json"
 	t2=$(date +%s.%N)
 	cmp "$image" "$work/plain/data/out.raw"
 	cmp "$image" "$work/tele/data/out.raw"

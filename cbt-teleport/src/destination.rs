@@ -39,19 +39,20 @@ const MAX_DISTS: usize = 32;
 /// Longest string in a request.
 const MAX_STRING: usize = 256;
 // The decision's model, measured on the benchmark machine (2 cores; the
-// Debian web image of docs/BENCHMARKS.md: 123 packages, 40 MB of `.deb`,
-// 143 MB installed, turned into seeds in 3.7 s; sent plainly, their
-// blocks took about 50 MB on the wire).
+// Debian web image of docs/BENCHMARKS.md: 123 packages, 40 MB of `.deb`
+// and 9 MB of index, 143 MB installed, made into seeds in about 2.7 s;
+// sent plainly, their blocks took 56 MB on the wire).
 /// Seconds of unpacking per byte of `.deb` (decompressing its data and
-/// writing its blob): about 13 MB/s of archives.
-const UNPACK_SECONDS_PER_BYTE: f64 = 1.0 / 13e6;
-/// The same per installed byte: about 50 MB/s.
-const UNPACK_SECONDS_PER_INSTALLED_BYTE: f64 = 1.0 / 50e6;
+/// writing its blob): about 18 MB/s of archives.
+const UNPACK_SECONDS_PER_BYTE: f64 = 1.0 / 18e6;
+/// The same per installed byte: about 70 MB/s.
+const UNPACK_SECONDS_PER_INSTALLED_BYTE: f64 = 1.0 / 70e6;
 /// Bytes a package's blocks take on the wire, per byte of its `.deb`
-/// (cbt's zstd on the installed files against the archive's xz).
-const WIRE_BYTES_PER_DEB_BYTE: f64 = 1.2;
+/// (cbt's zstd on the installed files, and the apt lists that come with
+/// them, against the archive's xz).
+const WIRE_BYTES_PER_DEB_BYTE: f64 = 1.4;
 /// The same per installed byte.
-const WIRE_BYTES_PER_INSTALLED_BYTE: f64 = 0.3;
+const WIRE_BYTES_PER_INSTALLED_BYTE: f64 = 0.39;
 /// Resolving takes at least this long (Debian's main index: 9 MB to
 /// download, 63 000 packages to parse).
 const MIN_RESOLVE_SECONDS: f64 = 1.0;
@@ -171,8 +172,10 @@ pub struct MirrorStatus {
     pub packages: usize,
     /// Bytes of index files downloaded.
     pub index_bytes: u64,
-    /// Seconds they took.
+    /// Seconds the indexes took, downloading and parsing.
     pub index_seconds: f64,
+    /// Seconds of that spent downloading (the mirror's rate, for the decision).
+    pub download_seconds: f64,
     /// Why it could not be used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -343,6 +346,7 @@ impl PackageSources {
                         packages: m.len(),
                         index_bytes: m.index_files().iter().map(|(_, d)| d.len() as u64).sum(),
                         index_seconds: t.elapsed().as_secs_f64(),
+                        download_seconds: m.download_time().as_secs_f64(),
                         error: None,
                     });
                     mirrors.push(m);
@@ -477,8 +481,8 @@ fn decide(plan: &DestinationPlan, link_rate: Option<f64>) -> (bool, String) {
     let sample = plan
         .mirrors
         .iter()
-        .filter(|m| m.error.is_none() && m.index_bytes >= MIN_RATE_SAMPLE_BYTES && m.index_seconds > 0.0)
-        .map(|m| m.index_bytes as f64 / m.index_seconds)
+        .filter(|m| m.error.is_none() && m.index_bytes >= MIN_RATE_SAMPLE_BYTES && m.download_seconds > 0.0)
+        .map(|m| m.index_bytes as f64 / m.download_seconds)
         .fold(None, |best: Option<f64>, r| Some(best.map_or(r, |b| b.max(r))));
     let Some(link) = link_rate else {
         return (true, "the link rate is unknown: fetching from the mirror".into());
@@ -558,6 +562,7 @@ mod tests {
                 packages: 10,
                 index_bytes,
                 index_seconds,
+                download_seconds: index_seconds,
                 error: None,
             }],
             ..DestinationPlan::default()
@@ -582,7 +587,8 @@ mod tests {
     #[test]
     fn a_fast_link_skips_the_mirrors_altogether() {
         // The web image: 143 MB installed.
-        assert!(not_worth_resolving(143e6, 12.5e6).is_some(), "100 Mbit/s");
+        assert!(not_worth_resolving(143e6, 125e6).is_some(), "1 Gbit/s");
+        assert!(not_worth_resolving(143e6, 12.5e6).is_none(), "100 Mbit/s");
         assert!(not_worth_resolving(143e6, 1.25e6).is_none(), "10 Mbit/s");
         let sources = PackageSources {
             caches: vec![PathBuf::from("/nonexistent")],

@@ -186,6 +186,8 @@ pub struct Mirror {
     index_files: Vec<(String, Vec<u8>)>,
     skipped: SkippedStanzas,
     warnings: Vec<String>,
+    /// Time spent downloading index files (not parsing them).
+    download_time: Duration,
 }
 
 impl Mirror {
@@ -229,6 +231,7 @@ impl Mirror {
             index_files: Vec::new(),
             skipped: SkippedStanzas::default(),
             warnings: Vec::new(),
+            download_time: Duration::ZERO,
         };
         for d in dists {
             m.load_dist(d, architectures)?;
@@ -269,7 +272,10 @@ impl Mirror {
         let limits = self.options.limits;
         let dist_url = format!("{}/dists/{}", self.url, d.suite);
         let release_url = format!("{dist_url}/Release");
-        let release = match self.http.get_vec(&release_url, limits.release) {
+        let started = std::time::Instant::now();
+        let release = self.http.get_vec(&release_url, limits.release);
+        self.download_time += started.elapsed();
+        let release = match release {
             Ok(r) => r,
             Err(e) if e.is_not_found() => {
                 self.warnings.push(format!("{release_url}: not on the mirror"));
@@ -299,7 +305,10 @@ impl Mirror {
                             limit: limits.packages,
                         });
                     }
-                    let data = match self.http.get_vec(&url, file.size) {
+                    let started = std::time::Instant::now();
+                    let data = self.http.get_vec(&url, file.size);
+                    self.download_time += started.elapsed();
+                    let data = match data {
                         Ok(d) => d,
                         Err(e) if e.is_not_found() => continue,
                         Err(MirrorError::TooLarge { url, .. }) => {
@@ -345,6 +354,12 @@ impl Mirror {
             }
         }
         Ok(())
+    }
+
+    /// Time spent downloading its index files (a measure of its rate,
+    /// with [`Mirror::index_files`]' sizes).
+    pub fn download_time(&self) -> Duration {
+        self.download_time
     }
 
     /// The base URL (without a trailing `/`).
@@ -422,6 +437,7 @@ impl Mirror {
             index_files: Vec::new(),
             skipped: SkippedStanzas::default(),
             warnings: Vec::new(),
+            download_time: Duration::ZERO,
         }
     }
 }
