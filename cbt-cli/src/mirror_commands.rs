@@ -196,9 +196,15 @@ fn dists(job: &FetchJob, desc: &Description) -> anyhow::Result<Vec<Dist>> {
     }
     Ok(suites
         .iter()
-        .map(|s| Dist {
-            suite: s.clone(),
-            components: components_for(s),
+        .map(|s| {
+            // What the guest keeps of that suite besides Packages.
+            let kept = guest.iter().find(|d| d.suite == *s);
+            Dist {
+                suite: s.clone(),
+                components: components_for(s),
+                translations: kept.map(|d| d.translations.clone()).unwrap_or_default(),
+                in_release: kept.is_some_and(|d| d.in_release),
+            }
         })
         .collect())
 }
@@ -226,7 +232,7 @@ fn print_report(mirrors: &[Mirror], r: &FetchReport) -> anyhow::Result<()> {
     writeln!(out, "already present: {}", r.already_present.len())?;
     writeln!(
         out,
-        "index files saved (Release, Packages; they seed the guest's apt lists): {}, {} bytes",
+        "index files saved (Release, Packages, Translations: they seed the guest's apt lists): {}, {} bytes",
         r.index_files, r.index_bytes
     )?;
     writeln!(

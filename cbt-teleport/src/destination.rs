@@ -130,17 +130,20 @@ impl GuestRequest {
             .packages
             .iter()
             .flat_map(|p| [&p.name, &p.version, &p.architecture])
-            .chain(
-                r.dists
-                    .iter()
-                    .flat_map(|d| std::iter::once(&d.suite).chain(&d.components)),
-            )
+            .chain(r.dists.iter().flat_map(|d| {
+                std::iter::once(&d.suite)
+                    .chain(&d.components)
+                    .chain(&d.translations)
+            }))
             .chain(&r.sources)
             .chain([&r.distro, &r.version, &r.architecture].into_iter().flatten());
         if strings.into_iter().any(|s| s.len() > MAX_STRING) {
             return Err("the guest description holds a string that is too long".into());
         }
-        if r.dists.iter().any(|d| d.components.len() > MAX_DISTS) {
+        if r.dists
+            .iter()
+            .any(|d| d.components.len() > MAX_DISTS || d.translations.len() > MAX_DISTS)
+        {
             return Err("the guest description names too many components".into());
         }
         if r.link_rate.is_some_and(|l| !(l.is_finite() && l > 0.0)) {
@@ -616,6 +619,7 @@ mod tests {
             dists: vec![Dist {
                 suite: "bookworm".into(),
                 components: vec!["main".into()],
+                ..Dist::default()
             }],
             packages: vec![PackageId::new("hello", "2.10-3", "amd64")],
             link_rate: Some(1.25e6),

@@ -125,6 +125,10 @@ pub struct Description {
     pub packages: Vec<Package>,
     /// Configured repositories.
     pub repositories: Vec<Repository>,
+    /// The index files apt keeps in `/var/lib/apt/lists` (file names, as
+    /// apt names them: `deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub apt_lists: Vec<String>,
     /// Repository keys found in the usual places.
     pub keys: Vec<KeyFile>,
     /// The user-data manifest, if asked for.
@@ -302,6 +306,7 @@ pub fn describe_fs(fs: &dyn GuestFs, options: &DescribeOptions, d: &mut Descript
     if options.packages {
         read_repositories(fs, d)?;
         read_keys(fs, d)?;
+        d.apt_lists = apt_lists(fs);
     }
     d.architecture = native_architecture(&d.packages).or_else(|| elf_architecture(fs).ok().flatten());
     if options.manifest {
@@ -316,6 +321,26 @@ pub fn describe_fs(fs: &dyn GuestFs, options: &DescribeOptions, d: &mut Descript
         d.warnings.extend(warnings);
     }
     Ok(())
+}
+
+/// Most names taken from `/var/lib/apt/lists`.
+const MAX_APT_LISTS: usize = 1000;
+
+/// The regular files in the guest's `/var/lib/apt/lists` (none if it
+/// cannot be read), sorted.
+fn apt_lists(fs: &dyn GuestFs) -> Vec<String> {
+    let Ok(entries) = fs.list_dir(b"/var/lib/apt/lists") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .into_iter()
+        .filter(|(_, kind)| *kind == Kind::File)
+        .filter_map(|(name, _)| String::from_utf8(name).ok())
+        .filter(|n| n != "lock")
+        .take(MAX_APT_LISTS)
+        .collect();
+    names.sort();
+    names
 }
 
 /// dpkg's own architecture, else the most common non-`all` one.

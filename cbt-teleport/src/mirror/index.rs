@@ -129,7 +129,12 @@ pub fn packages_candidates<'r>(
     component: &str,
     arch: &str,
 ) -> Vec<(&'r ReleaseFile, IndexCodec)> {
-    let stem = format!("{component}/binary-{arch}/Packages");
+    index_candidates(release, &format!("{component}/binary-{arch}/Packages"))
+}
+
+/// The files of the Release that are `stem` compressed (`.xz`, `.gz`) or
+/// not, in order of preference.
+pub fn index_candidates<'r>(release: &'r [ReleaseFile], stem: &str) -> Vec<(&'r ReleaseFile, IndexCodec)> {
     let mut out = Vec::new();
     for (suffix, codec) in [
         (".xz", IndexCodec::Xz),

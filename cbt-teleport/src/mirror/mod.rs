@@ -352,7 +352,59 @@ impl Mirror {
                     ));
                 }
             }
+            for lang in &d.translations {
+                self.load_translation(&dist_url, &files, component, lang)?;
+            }
         }
+        if d.in_release && !self.indexes.is_empty() {
+            // Not listed in the Release (it is the Release, signed): only
+            // bounded. Like every seed, its blocks are checked before use.
+            let url = format!("{dist_url}/InRelease");
+            let started = std::time::Instant::now();
+            match self.http.get_vec(&url, limits.release) {
+                Ok(data) => self.index_files.push((lists_name(&url), data)),
+                Err(e) => self
+                    .warnings
+                    .push(format!("{e} (the guest's InRelease will cross the link)")),
+            }
+            self.download_time += started.elapsed();
+        }
+        Ok(())
+    }
+
+    /// Downloads `<component>/i18n/Translation-<lang>` (checked against the
+    /// Release) for the package cache: the guest keeps it in its apt lists.
+    /// A translation the mirror lacks is a warning.
+    fn load_translation(
+        &mut self,
+        dist_url: &str,
+        files: &[ReleaseFile],
+        component: &str,
+        lang: &str,
+    ) -> Result<(), MirrorError> {
+        check_word(lang, "language", false)?;
+        let limits = self.options.limits;
+        for (file, _) in index::index_candidates(files, &format!("{component}/i18n/Translation-{lang}")) {
+            let url = format!("{dist_url}/{}", file.path);
+            if file.size > limits.packages {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let data = self.http.get_vec(&url, file.size);
+            self.download_time += started.elapsed();
+            match data {
+                Ok(data) => {
+                    check_file(&url, &data, file.size, &file.sha256)?;
+                    self.index_files.push((lists_name(&url), data));
+                    return Ok(());
+                }
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.warnings.push(format!(
+            "{dist_url}: no {component}/i18n/Translation-{lang} on the mirror"
+        ));
         Ok(())
     }
 
@@ -535,6 +587,7 @@ mod tests {
         let d = [Dist {
             suite: "stable".into(),
             components: vec!["main".into()],
+            ..Dist::default()
         }];
         let arch = ["amd64".to_string()];
         assert!(matches!(
@@ -548,6 +601,7 @@ mod tests {
         let evil = [Dist {
             suite: "../../etc".into(),
             components: vec!["main".into()],
+            ..Dist::default()
         }];
         assert!(matches!(
             Mirror::open("http://127.0.0.1:9/debian", &evil, &arch, &o),

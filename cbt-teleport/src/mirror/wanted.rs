@@ -58,12 +58,19 @@ impl std::fmt::Display for PackageId {
 }
 
 /// One suite of a mirror and the components wanted from it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dist {
     /// Suite or codename (`bookworm`, `stable`, `bookworm-updates`).
     pub suite: String,
     /// Components (`main`, `contrib`, ...).
     pub components: Vec<String>,
+    /// Languages whose `i18n/Translation-<lang>` indexes the guest keeps
+    /// (they seed its apt lists as the Packages indexes do).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub translations: Vec<String>,
+    /// The guest keeps the suite's `InRelease`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_release: bool,
 }
 
 /// The installed packages of a guest, as [`PackageId`]s (packages without
@@ -90,6 +97,8 @@ pub fn guest_dists(desc: &Description) -> Vec<Dist> {
                 out.push(Dist {
                     suite: r.suite.clone(),
                     components: Vec::new(),
+                    translations: Vec::new(),
+                    in_release: false,
                 });
                 out.len() - 1
             }
@@ -100,7 +109,43 @@ pub fn guest_dists(desc: &Description) -> Vec<Dist> {
             }
         }
     }
+    for d in &mut out {
+        let (translations, in_release) = kept_indexes(&desc.apt_lists, &d.suite);
+        d.translations = translations;
+        d.in_release = in_release;
+    }
     out
+}
+
+/// The Translation languages and whether an `InRelease` of `suite` are
+/// among apt's list files (`<host>_<path>_dists_<suite>_...`, `/` as `_`).
+fn kept_indexes(lists: &[String], suite: &str) -> (Vec<String>, bool) {
+    let marker = format!("_dists_{}_", suite.replace('/', "_"));
+    let mut langs: Vec<String> = Vec::new();
+    let mut in_release = false;
+    for name in lists {
+        let Some((_, rest)) = name.split_once(&marker) else {
+            continue;
+        };
+        if rest == "InRelease" {
+            in_release = true;
+        }
+        let rest = [".xz", ".gz", ".bz2", ".lz4", ".zst"]
+            .iter()
+            .find_map(|s| rest.strip_suffix(s))
+            .unwrap_or(rest);
+        if let Some((_, lang)) = rest.split_once("_i18n_Translation-") {
+            let ok = !lang.is_empty()
+                && lang.len() <= 16
+                && lang
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if ok && !langs.iter().any(|l| l == lang) {
+                langs.push(lang.to_string());
+            }
+        }
+    }
+    (langs, in_release)
 }
 
 /// The architectures whose `binary-<arch>` indexes hold `wanted`: each
@@ -197,9 +242,34 @@ mod tests {
         );
         let d = guest_dists(&desc);
         assert_eq!(d.len(), 2);
+        assert!(d[0].translations.is_empty() && !d[0].in_release);
         assert_eq!(d[0].components, ["main", "contrib"]);
         assert_eq!(d[1].suite, "bookworm-updates");
         assert_eq!(index_architectures(&w, Some("amd64")), ["amd64", "i386"]);
         assert_eq!(index_architectures(&w[..1], None), Vec::<String>::new());
+    }
+
+    #[test]
+    fn translations_and_in_release_from_the_guests_apt_lists() {
+        let lists: Vec<String> = [
+            "deb.debian.org_debian_dists_bookworm_InRelease",
+            "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages",
+            "deb.debian.org_debian_dists_bookworm_main_i18n_Translation-en",
+            "deb.debian.org_debian_dists_bookworm_contrib_i18n_Translation-de.xz",
+            "deb.debian.org_debian_dists_bookworm-updates_main_i18n_Translation-fr",
+            "x_dists_bookworm_main_i18n_Translation-../../etc",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            kept_indexes(&lists, "bookworm"),
+            (vec!["en".to_string(), "de".to_string()], true)
+        );
+        assert_eq!(
+            kept_indexes(&lists, "bookworm-updates"),
+            (vec!["fr".to_string()], false)
+        );
+        assert_eq!(kept_indexes(&lists, "trixie"), (vec![], false));
     }
 }
