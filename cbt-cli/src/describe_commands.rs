@@ -386,6 +386,14 @@ fn print_plan(p: &TeleportPlan) -> anyhow::Result<()> {
         )?;
     }
     writeln!(out, "choice: {} ({})", p.choice, p.reason)?;
+    if let Some(m) = &p.mirror_fetch {
+        let verdict = if m.fetch { "worth trying" } else { "not worth it" };
+        writeln!(
+            out,
+            "cbt teleport with a mirror at the destination: {verdict} ({})",
+            m.reason
+        )?;
+    }
     Ok(())
 }
 

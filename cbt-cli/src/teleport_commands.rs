@@ -328,6 +328,28 @@ fn finish(report: &TransferReport, json: bool) -> anyhow::Result<()> {
         net_commands::print_report(report, json)?;
     }
     if !json {
+        if let Some(t) = &report.teleport {
+            let secs = |v: &Option<serde_json::Value>, k: &str| {
+                v.as_ref()
+                    .and_then(|v| v.get(k))
+                    .and_then(|x| x.as_f64())
+                    .unwrap_or(0.0)
+            };
+            let (resolve, fetch) = (
+                secs(&t.plan, "resolve_seconds"),
+                secs(&t.prepared, "fetch_seconds"),
+            );
+            let mut out = crate::stdout::stdout();
+            let describe = t
+                .describe_seconds
+                .map(|d| format!("describe {d:.1} s, "))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  time: {describe}resolve {resolve:.1} s, fetch {fetch:.1} s, transfer {:.1} s",
+                (report.seconds - resolve - fetch).max(0.0)
+            )?;
+        }
         if let Some(origins) = report.teleport.as_ref().and_then(|t| t.finished.as_ref()) {
             let n = |k: &str| origins.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
             let mut out = crate::stdout::stdout();

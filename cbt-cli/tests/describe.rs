@@ -529,6 +529,16 @@ fn teleport_plan_picks_the_closest_candidate() {
         .map(|r| r["uri"].as_str().unwrap())
         .collect();
     assert_eq!(added, ["https://extra.example/apt"]);
+    // The receiver's model: a few small packages can never repay resolving
+    // a mirror's index, even at 1 MB/s.
+    assert_eq!(v["mirror_fetch"]["fetch"], false, "{v:#}");
+    assert!(
+        v["mirror_fetch"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("plain transfer"),
+        "{v:#}"
+    );
 
     let described = env.cbt_json(&args!["describe", &src]);
     assert_eq!(v["user_data_bytes"], described["user_data"]["user_data_bytes"]);

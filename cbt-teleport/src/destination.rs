@@ -452,6 +452,26 @@ impl PackageSources {
     }
 }
 
+/// Whether fetching a guest's packages (of `installed_bytes` installed)
+/// from a mirror at the destination can pay over a link of `link_rate`
+/// bytes per second, before any mirror is asked: the receiver's first
+/// test, also shown by `cbt teleport plan --link`. The reason says why.
+pub fn fetch_may_pay(installed_bytes: u64, link_rate: f64) -> (bool, String) {
+    match not_worth_resolving(installed_bytes as f64, link_rate) {
+        Some(reason) => (false, reason),
+        None => {
+            let saved = installed_bytes as f64 * WIRE_BYTES_PER_INSTALLED_BYTE / link_rate;
+            (
+                true,
+                format!(
+                    "fetching the packages from a mirror at the destination can save up to {saved:.1} s on this link ({:.1} MB/s)",
+                    link_rate / 1e6
+                ),
+            )
+        }
+    }
+}
+
 /// Before any mirror is asked: `None` when fetching packages of
 /// `installed` bytes (as installed) could save time over a link of `link`
 /// bytes per second, else why not. The best case: an infinitely fast mirror,

@@ -43,8 +43,8 @@ pub use debcache::{
     PackageBlobs, PackageCacheShare, PackageCaches, PackageEstimate, SkippedSource, SourceBlocks,
 };
 pub use destination::{
-    block_origins, BlockOrigins, DestinationPlan, FailedFetch, FetchOutcome, GuestRequest, MirrorStatus,
-    PackageSources, Resolution,
+    block_origins, fetch_may_pay, BlockOrigins, DestinationPlan, FailedFetch, FetchOutcome, GuestRequest,
+    MirrorStatus, PackageSources, Resolution,
 };
 pub use inspect::{
     describe_dir, describe_fs, describe_image, dpkg, DescribeOptions, Description, EntryKind, FilesystemInfo,
@@ -55,6 +55,6 @@ pub use mirror::{
     Mirror, MirrorError, MirrorLimits, MirrorOptions, PackageId,
 };
 pub use plan::{
-    teleport_plan, CandidateScore, PackageChange, Rejected, TeleportCost, TeleportOptions, TeleportPlan,
-    TransferCost,
+    teleport_plan, CandidateScore, MirrorFetch, PackageChange, Rejected, TeleportCost, TeleportOptions,
+    TeleportPlan, TransferCost,
 };

@@ -119,6 +119,15 @@ pub struct TeleportCost {
     pub seconds: Option<f64>,
 }
 
+/// The fetch decision for a link rate (see [`crate::fetch_may_pay`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorFetch {
+    /// Fetching can pay.
+    pub fetch: bool,
+    /// Why.
+    pub reason: String,
+}
+
 /// The plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct TeleportPlan {
@@ -152,6 +161,11 @@ pub struct TeleportPlan {
     pub cbt: TransferCost,
     /// A teleport to the best candidate.
     pub teleport: Option<TeleportCost>,
+    /// With a link rate: whether `cbt teleport` (the destination fetching
+    /// the packages from its mirror) can pay on that link, by the model
+    /// the receiver decides with, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror_fetch: Option<MirrorFetch>,
     /// `cbt` or `teleport`.
     pub choice: String,
     /// Why.
@@ -202,6 +216,11 @@ pub fn teleport_plan(
         link_rate: options.link_rate,
         cbt,
         teleport: None,
+        mirror_fetch: options.link_rate.filter(|r| *r > 0.0).map(|link| {
+            let installed = desc.installed().filter_map(|p| p.installed_size).sum();
+            let (fetch, reason) = crate::destination::fetch_may_pay(installed, link);
+            MirrorFetch { fetch, reason }
+        }),
         choice: "cbt".into(),
         reason: String::new(),
     };
