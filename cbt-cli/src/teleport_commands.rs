@@ -409,6 +409,9 @@ fn print_stage(stage: TeleportStage, v: &serde_json::Value) {
                         m.get("packages").and_then(|p| p.as_u64()).unwrap_or(0)
                     )),
                 }
+                for w in m.get("warnings").and_then(|w| w.as_array()).into_iter().flatten() {
+                    text.push_str(&format!("    warning: {}\n", w.as_str().unwrap_or("?")));
+                }
             }
             for p in v.get("missing").and_then(|m| m.as_array()).into_iter().flatten() {
                 text.push_str(&format!("  missing: {}\n", p.as_str().unwrap_or("?")));

@@ -182,6 +182,10 @@ pub struct MirrorStatus {
     /// Why it could not be used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What was odd but not fatal (a suite or translation it lacks, a
+    /// damaged translation).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The destination's plan for a guest: reported before anything is fetched.
@@ -351,6 +355,7 @@ impl PackageSources {
                         index_seconds: t.elapsed().as_secs_f64(),
                         download_seconds: m.download_time().as_secs_f64(),
                         error: None,
+                        warnings: m.warnings().to_vec(),
                     });
                     mirrors.push(m);
                 }
@@ -389,22 +394,29 @@ impl PackageSources {
         plan.to_fetch = to_fetch.len();
         let (fetch, reason) = decide(&plan, request.link_rate);
         plan.fetch = fetch;
+        // With no package to fetch, the index files already downloaded
+        // (they seed the guest's apt lists) are still worth keeping.
+        let keep_indexes = fetch || plan.to_fetch == 0;
         let mut r = done(plan, reason);
-        if fetch {
+        if keep_indexes {
             r.mirrors = mirrors;
+        }
+        if fetch {
             r.to_fetch = to_fetch;
         }
         r
     }
 
-    /// Downloads what the plan chose to fetch into the first cache.
+    /// Downloads what the plan chose to fetch into the first cache, and
+    /// saves the mirrors' index files there (unless fetching was judged
+    /// not to pay).
     pub fn fetch(&self, resolution: &Resolution, stop: &AtomicBool) -> FetchOutcome {
         let started = Instant::now();
         let mut out = FetchOutcome::default();
         let Some(dest) = self.caches.first() else {
             return out;
         };
-        if !resolution.plan.fetch || stop.load(Ordering::SeqCst) {
+        if resolution.mirrors.is_empty() || stop.load(Ordering::SeqCst) {
             return out;
         }
         out.cache = Some(dest.display().to_string());
@@ -493,7 +505,9 @@ fn not_worth_resolving(installed: f64, link: f64) -> Option<String> {
 /// (a teleport is asked for because the link is the slow part).
 fn decide(plan: &DestinationPlan, link_rate: Option<f64>) -> (bool, String) {
     if plan.to_fetch == 0 {
-        let why = if plan.mirrors.iter().all(|m| m.error.is_some()) {
+        let why = if plan.missing.is_empty() {
+            "every package is in the package cache"
+        } else if plan.mirrors.iter().all(|m| m.error.is_some()) {
             "no mirror could be used"
         } else {
             "no mirror has the missing versions"
@@ -587,6 +601,7 @@ mod tests {
                 index_seconds,
                 download_seconds: index_seconds,
                 error: None,
+                warnings: Vec::new(),
             }],
             ..DestinationPlan::default()
         }

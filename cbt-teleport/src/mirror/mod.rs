@@ -353,7 +353,7 @@ impl Mirror {
                 }
             }
             for lang in &d.translations {
-                self.load_translation(&dist_url, &files, component, lang)?;
+                self.load_translation(&dist_url, &files, component, lang);
             }
         }
         if d.in_release && !self.indexes.is_empty() {
@@ -374,15 +374,13 @@ impl Mirror {
 
     /// Downloads `<component>/i18n/Translation-<lang>` (checked against the
     /// Release) for the package cache: the guest keeps it in its apt lists.
-    /// A translation the mirror lacks is a warning.
-    fn load_translation(
-        &mut self,
-        dist_url: &str,
-        files: &[ReleaseFile],
-        component: &str,
-        lang: &str,
-    ) -> Result<(), MirrorError> {
-        check_word(lang, "language", false)?;
+    /// It is only a seed: a translation the mirror lacks or serves wrong
+    /// is a warning, never a reason to drop the mirror.
+    fn load_translation(&mut self, dist_url: &str, files: &[ReleaseFile], component: &str, lang: &str) {
+        if let Err(e) = check_word(lang, "language", false) {
+            self.warnings.push(e.to_string());
+            return;
+        }
         let limits = self.options.limits;
         for (file, _) in index::index_candidates(files, &format!("{component}/i18n/Translation-{lang}")) {
             let url = format!("{dist_url}/{}", file.path);
@@ -392,20 +390,23 @@ impl Mirror {
             let started = std::time::Instant::now();
             let data = self.http.get_vec(&url, file.size);
             self.download_time += started.elapsed();
-            match data {
+            let checked = data.and_then(|d| check_file(&url, &d, file.size, &file.sha256).map(|()| d));
+            match checked {
                 Ok(data) => {
-                    check_file(&url, &data, file.size, &file.sha256)?;
                     self.index_files.push((lists_name(&url), data));
-                    return Ok(());
+                    return;
                 }
                 Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.warnings
+                        .push(format!("{e} (the guest's translation will cross the link)"));
+                    return;
+                }
             }
         }
         self.warnings.push(format!(
             "{dist_url}: no {component}/i18n/Translation-{lang} on the mirror"
         ));
-        Ok(())
     }
 
     /// Time spent downloading its index files (a measure of its rate,
