@@ -337,19 +337,21 @@ async fn prepare_teleport(
     let mut log = TeleportLog::default();
     let Some(teleporter) = options.teleporter.clone() else {
         let body = crate::teleport::unsupported();
-        log.record(TeleportStage::Planned, &body);
-        let stage = if dry_run {
-            TeleportStage::Planned
+        let stages: &[TeleportStage] = if dry_run {
+            &[TeleportStage::Planned]
         } else {
-            TeleportStage::Prepared
+            &[TeleportStage::Planned, TeleportStage::Prepared]
         };
-        let _ = link
-            .outgoing
-            .send(Frame::Teleport {
-                stage,
-                body: body.into(),
-            })
-            .await;
+        for &stage in stages {
+            log.record(stage, &body);
+            let _ = link
+                .outgoing
+                .send(Frame::Teleport {
+                    stage,
+                    body: body.clone().into(),
+                })
+                .await;
+        }
         return (log, Ok(None), None);
     };
     let stop = Arc::new(AtomicBool::new(false));
