@@ -198,12 +198,25 @@ pub fn send(
     json: bool,
 ) -> anyhow::Result<()> {
     let target = parse_target(dest).map_err(anyhow::Error::msg)?;
-    let mut send_options = send_options(config, s.compress.as_deref())?;
+    let send_options = send_options(config, s.compress.as_deref())?;
     let spec = ImageSpec {
         path: image.to_path_buf(),
         snapshot,
     };
     let image = open_image(&spec)?;
+    let report = push(&target, image, send_options, client, json)?;
+    print_report(&report, json)
+}
+
+/// Pushes `image` to `target` with a progress bar (unless `json`), until
+/// done or a signal.
+pub(crate) fn push(
+    target: &cbt_net::Target,
+    image: Arc<dyn cbt_core::Image>,
+    mut send_options: SendOptions,
+    client: ClientOptions,
+    json: bool,
+) -> anyhow::Result<TransferReport> {
     let counters = Arc::new(Progress::default());
     send_options.progress = Some(Arc::clone(&counters));
     let bar = Bar::start(progress::wanted(json), move || {
@@ -221,7 +234,7 @@ pub fn send(
         .await
     })?;
     drop(bar);
-    print_report(&report, json)
+    Ok(report)
 }
 
 /// `cbt recv HOST:PORT/NAME OUT` or `cbt recv --listen ADDR OUT`.

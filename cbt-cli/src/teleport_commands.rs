@@ -270,17 +270,7 @@ fn push(config: &Config, src: &std::path::Path, dest: &str, args: TransferArgs) 
     if !args.json {
         send_options.on_teleport = Some(Arc::new(print_stage));
     }
-    let report = net_commands::run_with_signals(|shutdown| async move {
-        cbt_net::push(
-            &target.addr,
-            target.name.as_deref(),
-            image,
-            &send_options,
-            &client,
-            shutdown,
-        )
-        .await
-    })?;
+    let report = net_commands::push(&target, image, send_options, client, args.json)?;
     finish(&report, args.json)
 }
 

@@ -6,6 +6,8 @@
 //! the source's bytes.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -21,19 +23,9 @@ use cbt_net::{
 };
 use tokio::net::TcpListener;
 
-const LIMIT: Duration = Duration::from_secs(120);
+use common::noise;
 
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+const LIMIT: Duration = Duration::from_secs(120);
 
 /// One file as the extra seed.
 #[derive(Debug)]

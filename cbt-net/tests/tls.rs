@@ -5,6 +5,8 @@
 //! error that says why.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,22 +17,12 @@ use cbt_net::{
     ServeOptions, Shutdown, TlsClient, TlsServer, TransferReport,
 };
 use tokio::net::TcpListener;
+
+use common::noise;
 use tokio::sync::oneshot;
 
 /// A mismatch must fail well before this (the handshake limit is 30 s).
 const PROMPT: Duration = Duration::from_secs(10);
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A self-signed certificate for localhost and 127.0.0.1: (cert.pem, key.pem).
 fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {

@@ -2,6 +2,8 @@
 //! various seeds at the receiver.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use cbt_core::{open_image, ImageSpec, OutputFormat};
@@ -10,17 +12,7 @@ use cbt_net::{
 };
 use tokio::net::TcpListener;
 
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use common::noise;
 
 /// An image of `mib` MiB: random data with zero holes every few MiB.
 fn make_image(path: &Path, mib: usize, seed: u64) -> Vec<u8> {
