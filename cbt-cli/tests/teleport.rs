@@ -10,6 +10,9 @@
 //! The guest is an ext4 image holding its packages' files, a dpkg
 //! database and pseudo-random user data; every expected number (package
 //! blocks, bytes on the wire) is computed from the files the test wrote.
+//! The world and the checks every test makes are in
+//! `common::teleport_world`; the index files a guest keeps in its apt
+//! lists (Translation, InRelease) are tested in `teleport_indexes.rs`.
 
 // Test code: a panic with its message is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -19,23 +22,14 @@ mod common;
 
 use std::ffi::OsString;
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use common::aptrepo::{dead_mirror_url, guest_image, index_repo, setup_with, Deb, GuestSpec, Setup};
+use common::aptrepo::{dead_mirror_url, index_repo};
 use common::proc::{noise_image, write_secret, Proc, HANG};
+use common::teleport_world::{
+    assert_same_bytes, check_teleport, dir_names, failed, missing, tp, world, REPO,
+};
 use common::{assert_no_output, check_summary, json_f64, json_u64, nonzero_blocks, BLOCK, MIB};
-
-/// The guest's packages, all in the repository; their files are most of
-/// the image.
-const REPO: [(&str, &str, &str, usize); 4] = [
-    ("dpkg", "1.21.22", "amd64", 300_000),
-    ("hello", "1:2.0-1", "amd64", 1_500_000),
-    ("tool", "0.5", "all", 600_000),
-    ("libbar", "3.1-2", "amd64", 900_000),
-];
 
 /// [`REPO`] plus `extra`, whose archive is taken out of the repository
 /// before indexing (the guest has a version no mirror lists).
@@ -46,185 +40,6 @@ const REPO_AND_EXTRA: [(&str, &str, &str, usize); 5] = [
     REPO[3],
     ("extra", "2.0", "amd64", 400_000),
 ];
-
-/// One test's world: the served repository, the guest built from all its
-/// packages (and user data), and what the tests compute from them.
-struct World {
-    s: Setup,
-    /// Bytes of the guest's user data files.
-    user_bytes: u64,
-    /// Non-zero blocks of the guest image.
-    nonzero: u64,
-}
-
-fn world(specs: &[(&'static str, &'static str, &'static str, usize)]) -> World {
-    let mut user_bytes = 0;
-    let s = setup_with(specs, |env, debs| {
-        let installed: Vec<&Deb> = debs.iter().collect();
-        let spec = GuestSpec {
-            installed: &installed,
-            status_only: &[],
-            user_data: Some(7),
-            size_mib: 32,
-        };
-        let g = guest_image(env, "guest", &spec);
-        user_bytes = g.user_bytes;
-        g.image
-    });
-    let nonzero = nonzero_blocks(&s.guest).len() as u64;
-    World {
-        s,
-        user_bytes,
-        nonzero,
-    }
-}
-
-impl World {
-    fn deb(&self, name: &str) -> &Deb {
-        self.s.debs.iter().find(|d| d.name == name).unwrap()
-    }
-
-    /// Blocks of the guest's files from the packages not named in `except`.
-    fn package_blocks(&self, except: &[&str]) -> u64 {
-        self.s
-            .debs
-            .iter()
-            .filter(|d| !except.contains(&d.name))
-            .map(|d| d.blocks(BLOCK))
-            .sum()
-    }
-
-    /// Bytes of the archives (as the repository has them) not named in `except`.
-    fn archive_bytes(&self, except: &[&str]) -> u64 {
-        self.s
-            .debs
-            .iter()
-            .filter(|d| !except.contains(&d.name))
-            .map(|d| fs::metadata(self.s.repo.join(&d.pool)).unwrap().len())
-            .sum()
-    }
-
-    /// A daemon whose data directory `<env>/<data>` starts empty, with the
-    /// package cache `<env>/debs` (created: `serve` wants its seed roots to
-    /// exist) and these extra arguments (mirrors).
-    fn receiver(&self, data: &str, extra: &[OsString]) -> (Proc, String, PathBuf) {
-        let data = self.s.env.dir(data);
-        fs::create_dir_all(&self.s.cache).unwrap();
-        let mut a = args!["--package-cache", self.s.cache].to_vec();
-        a.extend_from_slice(extra);
-        let (d, addr) = self.s.daemon(&data, &a);
-        (d, addr, data)
-    }
-
-    /// A receiver whose only package source is the test mirror.
-    fn mirrored(&self, data: &str) -> (Proc, String, PathBuf) {
-        self.receiver(data, &args!["--mirror", self.s.server.url()])
-    }
-
-    /// `cbt ARGS --json` to completion (a hang fails the test); its report.
-    fn run_json(&self, args: &[OsString]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json".into());
-        self.s.spawn(&a).json()
-    }
-
-    /// `cbt teleport GUEST DEST EXTRA... --json`; its report.
-    fn push(&self, dest: &str, extra: &[&str]) -> Value {
-        let mut a = args!["teleport", self.s.guest, dest].to_vec();
-        a.extend(extra.iter().map(OsString::from));
-        self.run_json(&a)
-    }
-}
-
-/// Asserts two files hold the same bytes.
-#[track_caller]
-fn assert_same_bytes(out: &Path, src: &Path) {
-    let (a, b) = (fs::read(out).unwrap(), fs::read(src).unwrap());
-    assert!(
-        a == b,
-        "{} ({} bytes) differs from {} ({} bytes)",
-        out.display(),
-        a.len(),
-        src.display(),
-        b.len()
-    );
-}
-
-/// Names of the entries of a directory, sorted.
-fn dir_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
-/// `teleport.KEY` as an unsigned integer.
-#[track_caller]
-fn tp(v: &Value, key: &str) -> u64 {
-    json_u64(v, &format!("teleport.{key}"))
-}
-
-/// `teleport.plan.missing`, sorted.
-#[track_caller]
-fn missing(v: &Value) -> Vec<String> {
-    let mut out: Vec<String> = v["teleport"]["plan"]["missing"]
-        .as_array()
-        .unwrap_or_else(|| panic!("teleport.plan.missing is not a list:\n{v:#}"))
-        .iter()
-        .map(|m| m.as_str().unwrap().to_string())
-        .collect();
-    out.sort();
-    out
-}
-
-/// `teleport.prepared.failed` as (package, reason), sorted.
-#[track_caller]
-fn failed(v: &Value) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = v["teleport"]["prepared"]["failed"]
-        .as_array()
-        .unwrap_or_else(|| panic!("teleport.prepared.failed is not a list:\n{v:#}"))
-        .iter()
-        .map(|f| {
-            (
-                f["package"].as_str().unwrap().to_string(),
-                f["reason"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Checks the parts of a completed teleport every test relies on: the
-/// transfer summary, the three reports, and that the block counts match
-/// what the receiver says it found where.
-#[track_caller]
-fn check_teleport(v: &Value, packages: u64) {
-    check_summary(v);
-    assert!(v.get("dry_run").is_none_or(|d| d == false), "{v:#}");
-    assert_eq!(tp(v, "plan.packages"), packages, "{v:#}");
-    assert_eq!(
-        tp(v, "plan.cached") + tp(v, "plan.to_fetch") + missing(v).len() as u64,
-        packages,
-        "every package is cached, to fetch or missing:\n{v:#}"
-    );
-    assert!(json_f64(v, "teleport.plan.resolve_seconds") >= 0.0);
-    assert!(json_f64(v, "teleport.prepared.fetch_seconds") >= 0.0);
-    assert_eq!(
-        tp(v, "prepared.fetched") + failed(v).len() as u64,
-        tp(v, "plan.to_fetch"),
-        "every package to fetch is fetched or failed:\n{v:#}"
-    );
-    assert_eq!(
-        tp(v, "finished.blocks_from_images")
-            + tp(v, "finished.blocks_from_cached_packages")
-            + tp(v, "finished.blocks_from_fetched_packages"),
-        json_u64(v, "blocks_local"),
-        "the local blocks by source add up:\n{v:#}"
-    );
-}
 
 #[test]
 fn push_fetches_the_packages_and_sends_little_more_than_the_user_data() {

@@ -1,9 +1,11 @@
 //! A real apt repository for the mirror and teleport tests, built at test
 //! time (`dpkg-deb --build`, `apt-ftparchive packages` and `release`) and
 //! served on 127.0.0.1 by a small HTTP/1.1 file server that can also
-//! corrupt one path, stall on another or answer 404 for a third; plus
-//! ext4 guests whose dpkg status lists those packages, and a [`Setup`]
-//! running `cbt` without proxy variables.
+//! corrupt one path, stall on another or answer 404 for a third; a
+//! published `Translation-en` and `InRelease` ([`publish_translation`]);
+//! ext4 guests whose dpkg status lists those packages (and whose apt lists
+//! hold what they are given), and a [`Setup`] running `cbt` without proxy
+//! variables.
 // Test helpers: a failed unwrap is a test failure with its cause printed.
 #![allow(clippy::unwrap_used)]
 
@@ -22,6 +24,9 @@ use serde_json::Value;
 use super::guest::md5_hex;
 use super::proc::{show, Proc};
 use super::{assert_clean_failure, assert_success, tool, write_tree, TestEnv, XorShift};
+
+/// The one apt source of every guest (`/etc/apt/sources.list`).
+pub const GUEST_SOURCE: &str = "http://deb.debian.org/debian";
 
 /// What the server does besides serving files.
 #[derive(Default)]
@@ -284,6 +289,8 @@ pub fn index_repo(repo: &Path) {
             compressor,
         );
     }
+    // Else the new Release lists the old one among its files.
+    let _ = fs::remove_file(repo.join("dists/stable/Release"));
     let release = run_tool(
         Command::new(tool("apt-ftparchive", "apt-utils"))
             .args(["release", "dists/stable"])
@@ -291,6 +298,122 @@ pub fn index_repo(repo: &Path) {
         "apt-ftparchive release",
     );
     fs::write(repo.join("dists/stable/Release"), release).unwrap();
+}
+
+/// What [`publish_translation`] added to a repository.
+pub struct Published {
+    /// `dists/stable/main/i18n/Translation-en`, as a guest keeps it.
+    pub translation: Vec<u8>,
+    /// Bytes of `Translation-en.xz`.
+    pub translation_xz: u64,
+    /// `dists/stable/InRelease`.
+    pub in_release: Vec<u8>,
+}
+
+impl Published {
+    /// Blocks of `block` bytes the guest's `Translation-en` fills.
+    pub fn translation_blocks(&self, block: u64) -> u64 {
+        (self.translation.len() as u64).div_ceil(block)
+    }
+
+    /// Blocks of `block` bytes the guest's `InRelease` fills.
+    pub fn in_release_blocks(&self, block: u64) -> u64 {
+        (self.in_release.len() as u64).div_ceil(block)
+    }
+
+    /// The guest's `/var/lib/apt/lists` files for them, named as apt names
+    /// them for [`GUEST_SOURCE`].
+    pub fn guest_lists(&self) -> Vec<(String, Vec<u8>)> {
+        let dist = format!("{GUEST_SOURCE}/dists/stable");
+        vec![
+            (
+                lists_name(&format!("{dist}/main/i18n/Translation-en")),
+                self.translation.clone(),
+            ),
+            (lists_name(&format!("{dist}/InRelease")), self.in_release.clone()),
+        ]
+    }
+}
+
+/// Publishes in `repo` a `main/i18n/Translation-en` of at least
+/// `min_bytes` (plain and `.xz`, generated from `seed`), indexes it in a
+/// new Release, and writes an `InRelease`: the Release in a clearsigned
+/// frame whose signature is fake (cbt checks none).
+pub fn publish_translation(repo: &Path, seed: u64, min_bytes: usize) -> Published {
+    let i18n = repo.join("dists/stable/main/i18n");
+    fs::create_dir_all(&i18n).unwrap();
+    let plain = i18n.join("Translation-en");
+    let translation = translation_text(seed, min_bytes);
+    fs::write(&plain, &translation).unwrap();
+    run_tool(
+        Command::new(tool("xz", "xz-utils"))
+            .args(["-k", "-f"])
+            .arg(&plain),
+        "xz",
+    );
+    let _ = fs::remove_file(repo.join("dists/stable/InRelease"));
+    index_repo(repo);
+    let release = fs::read_to_string(repo.join("dists/stable/Release")).unwrap();
+    assert!(
+        release.contains(" main/i18n/Translation-en.xz\n"),
+        "the Release lists no Translation:\n{release}"
+    );
+    let in_release = format!(
+        "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\n{release}\
+         -----BEGIN PGP SIGNATURE-----\n\niQIzBAEBCgAdFiEEnot+a+real+signature+only+a+test=\n=fake\n\
+         -----END PGP SIGNATURE-----\n"
+    );
+    fs::write(repo.join("dists/stable/InRelease"), &in_release).unwrap();
+    Published {
+        translation,
+        translation_xz: fs::metadata(i18n.join("Translation-en.xz")).unwrap().len(),
+        in_release: in_release.into_bytes(),
+    }
+}
+
+/// Deterministic `Translation-en` text of at least `min_bytes`: stanzas
+/// of made-up packages with a `Description-md5` and a long description
+/// of pseudo-words (xz makes about a third of it).
+fn translation_text(seed: u64, min_bytes: usize) -> Vec<u8> {
+    const SYLLABLES: [&str; 24] = [
+        "ba", "cor", "de", "fi", "gul", "ha", "ix", "jo", "ka", "lem", "mo", "nu", "pra", "qui", "ros",
+        "sta", "tor", "ul", "ven", "wex", "yo", "zan", "ment", "ing",
+    ];
+    let mut rng = XorShift::new(seed);
+    let word = |rng: &mut XorShift| -> String {
+        (0..rng.range(1, 4))
+            .map(|_| SYLLABLES[rng.range(0, SYLLABLES.len() as u64 - 1) as usize])
+            .collect()
+    };
+    let mut out = String::new();
+    let mut n = 0;
+    while out.len() < min_bytes {
+        let synopsis: Vec<String> = (0..rng.range(3, 7)).map(|_| word(&mut rng)).collect();
+        let mut description = synopsis.join(" ") + "\n";
+        for paragraph in 0..rng.range(1, 3) {
+            if paragraph > 0 {
+                description += " .\n";
+            }
+            for _ in 0..rng.range(2, 6) {
+                let line: Vec<String> = (0..rng.range(6, 11)).map(|_| word(&mut rng)).collect();
+                description += &format!(" {}\n", line.join(" "));
+            }
+        }
+        out += &format!(
+            "Package: {}{n}\nDescription-md5: {}\nDescription-en: {description}\n",
+            word(&mut rng),
+            md5_hex(description.as_bytes())
+        );
+        n += 1;
+    }
+    out.into_bytes()
+}
+
+/// apt's name for the list file of `url` in `/var/lib/apt/lists`, as cbt
+/// names index files in a package cache: without the scheme, `/` as `_`.
+pub fn lists_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.replace('/', "_")
 }
 
 /// Runs a tool, asserts it succeeded and returns its stdout.
@@ -308,6 +431,8 @@ pub struct GuestSpec<'a> {
     pub status_only: &'a [(&'a str, &'a str, &'a str)],
     /// Seed of the user data (pseudo-random files under /home), if any.
     pub user_data: Option<u64>,
+    /// Files of `/var/lib/apt/lists` (name, bytes).
+    pub apt_lists: &'a [(String, Vec<u8>)],
     /// Size of the ext4 filesystem.
     pub size_mib: u64,
 }
@@ -326,7 +451,13 @@ pub struct Guest {
 /// `<env>/<rel>` and its ext4 image into `<env>/<rel>.img`.
 pub fn guest_image(env: &TestEnv, rel: &str, spec: &GuestSpec<'_>) -> Guest {
     let root = env.dir(rel);
-    for d in ["etc/apt", "usr/bin", "usr/lib", "var/lib/dpkg/info"] {
+    for d in [
+        "etc/apt",
+        "usr/bin",
+        "usr/lib",
+        "var/lib/apt/lists",
+        "var/lib/dpkg/info",
+    ] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     fs::write(
@@ -336,9 +467,12 @@ pub fn guest_image(env: &TestEnv, rel: &str, spec: &GuestSpec<'_>) -> Guest {
     .unwrap();
     fs::write(
         root.join("etc/apt/sources.list"),
-        "deb http://deb.debian.org/debian stable main\n",
+        format!("deb {GUEST_SOURCE} stable main\n"),
     )
     .unwrap();
+    for (name, data) in spec.apt_lists {
+        fs::write(root.join("var/lib/apt/lists").join(name), data).unwrap();
+    }
     let mut status = String::new();
     let mut add = |name: &str, version: &str, arch: &str| {
         status += &format!(
@@ -386,6 +520,7 @@ pub fn build_guest(env: &TestEnv, debs: &[Deb]) -> PathBuf {
         installed: &installed,
         status_only: &[("dpkg", "1.21.22", "amd64"), ("newer", "9.9", "amd64")],
         user_data: None,
+        apt_lists: &[],
         size_mib: 16,
     };
     guest_image(env, "guest", &spec).image
@@ -405,18 +540,19 @@ pub struct Setup {
 
 /// The mirror tests' set-up: [`MAIN_REPO`] served, and [`build_guest`].
 pub fn setup() -> Setup {
-    setup_with(&MAIN_REPO, build_guest)
+    setup_with(&MAIN_REPO, |env, _, debs| build_guest(env, debs))
 }
 
-/// A repository of `specs` served, and the guest `guest` builds from its packages.
+/// A repository of `specs` served, and the guest `guest` builds from its
+/// packages (given the repository's root, to publish more in it first).
 pub fn setup_with(
     specs: &[(&'static str, &'static str, &'static str, usize)],
-    guest: impl FnOnce(&TestEnv, &[Deb]) -> PathBuf,
+    guest: impl FnOnce(&TestEnv, &Path, &[Deb]) -> PathBuf,
 ) -> Setup {
     let env = TestEnv::new();
     let (repo, debs) = build_repo(&env, "repo", specs, 1);
     let server = Server::start(&repo);
-    let guest = guest(&env, &debs);
+    let guest = guest(&env, &repo, &debs);
     let cache = env.root().join("debs");
     Setup {
         env,

@@ -28,6 +28,7 @@ macro_rules! args {
 pub mod aptrepo;
 pub mod guest;
 pub mod proc;
+pub mod teleport_world;
 
 /// The block size cbt uses by default (the tests rely on it).
 pub const BLOCK: u64 = 4096;
