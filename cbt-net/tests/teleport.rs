@@ -82,8 +82,8 @@ impl Teleporter for Fake {
             seeds: vec![Arc::new(OneFile(self.seed.clone()))],
             finish: Some(Box::new(|index| {
                 format!(
-                    "{{\"confirmed\":{}}}",
-                    index.blocks_confirmed().iter().sum::<u64>()
+                    "{{\"supplied\":{}}}",
+                    index.blocks_supplied().iter().sum::<u64>()
                 )
                 .into_bytes()
             })),
@@ -197,8 +197,9 @@ async fn the_description_becomes_seeds_and_every_report_reaches_the_sender() {
     assert_eq!(log.describe_seconds, Some(0.25));
     assert_eq!(log.plan.as_ref().unwrap()["to_fetch"], 1);
     assert_eq!(log.prepared.as_ref().unwrap()["fetched"], 1);
-    let confirmed = log.finished.as_ref().unwrap()["confirmed"].as_u64().unwrap();
-    assert_eq!(confirmed, sent.blocks_local, "{log:?}");
+    // Exactly the blocks found locally: each counted once, where written.
+    let supplied = log.finished.as_ref().unwrap()["supplied"].as_u64().unwrap();
+    assert_eq!(supplied, sent.blocks_local, "{log:?}");
     // The receiver keeps the same reports (it made them).
     let rlog = received.teleport.as_ref().unwrap();
     assert_eq!(rlog.plan, log.plan);

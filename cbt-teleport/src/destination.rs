@@ -552,13 +552,13 @@ fn decide(plan: &DestinationPlan, link_rate: Option<f64>) -> (bool, String) {
 }
 
 /// Counts, after a transfer, the blocks each kind of seed supplied: the
-/// index's confirmed blocks per image, split by whether the image is a
+/// index's supplied blocks per image ([`Index::note_supplied`]), split by whether the image is a
 /// package blob and whether its source is one of the files a fetch added
 /// ([`FetchOutcome::new_files`]).
 pub fn block_origins(index: &Index, fetched: &BTreeSet<PathBuf>) -> BlockOrigins {
     let blobs = PackageBlobs::of(index);
     let mut o = BlockOrigins::default();
-    for (image, n) in index.images().iter().zip(index.blocks_confirmed()) {
+    for (image, n) in index.images().iter().zip(index.blocks_supplied()) {
         let blob = blobs.and_then(|b| {
             b.contains(&image.spec.path)
                 .then(|| b.blobs.iter().find(|x| x.blob == image.spec.path))

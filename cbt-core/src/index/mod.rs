@@ -187,6 +187,8 @@ pub struct Index {
 struct SeedChecks {
     good: AtomicU64,
     bad: AtomicU64,
+    /// Blocks of it written to an output (see [`Index::note_supplied`]).
+    supplied: AtomicU64,
 }
 
 /// A seed whose re-read blocks mismatch this often changed under its
@@ -427,13 +429,21 @@ impl Index {
         Ok(ok)
     }
 
-    /// Per image, in the order of [`Index::images`]: the blocks re-read
-    /// from it that matched their digests (what it supplied, for callers
-    /// that use the blocks they check).
-    pub fn blocks_confirmed(&self) -> Vec<u64> {
+    /// Records that `blocks` blocks of image `i` went into an output
+    /// (checked and written): what each seed supplied, for reports.
+    /// Numbers outside the index (an output read in place) are ignored.
+    pub fn note_supplied(&self, i: u32, blocks: u64) {
+        if let Some(c) = self.checks.get(i as usize) {
+            c.supplied.fetch_add(blocks, Ordering::Relaxed);
+        }
+    }
+
+    /// Per image, in the order of [`Index::images`]: the blocks recorded
+    /// by [`Index::note_supplied`].
+    pub fn blocks_supplied(&self) -> Vec<u64> {
         self.checks
             .iter()
-            .map(|c| c.good.load(Ordering::Relaxed))
+            .map(|c| c.supplied.load(Ordering::Relaxed))
             .collect()
     }
 

@@ -41,6 +41,9 @@ pub(super) struct WholeGroup {
     pub(super) zero: u64,
     /// Bytes of it counted in `Engine::keyed_bytes`.
     pub(super) reserved: u64,
+    /// The image each block found locally came from (for reports, once
+    /// the group checks out).
+    pub(super) sources: Vec<u32>,
 }
 
 impl WholeGroup {
@@ -51,6 +54,7 @@ impl WholeGroup {
             local: 0,
             zero: 0,
             reserved: 0,
+            sources: Vec::new(),
         }
     }
 }

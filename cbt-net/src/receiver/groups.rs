@@ -402,6 +402,11 @@ impl Engine {
         }
         self.stats.blocks_local += matched.iter().filter(|m| m.is_some()).count() as u64;
         self.shared.assembly()?.place(&checked, &same_place)?;
+        for (i, m) in matched.iter().enumerate() {
+            if let Some(k) = *m {
+                self.shared.index.note_supplied(candidates[i][k].0.image, 1);
+            }
+        }
         for (offset, len) in zero_blocks {
             self.shared.assembly()?.zero(offset, len)?;
         }

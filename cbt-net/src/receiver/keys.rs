@@ -67,7 +67,7 @@ impl Engine {
             if let Some(loc) = self.shared.index.lookup_key(key) {
                 candidates.push((loc, false));
             }
-            let mut found = false;
+            let mut found = None;
             for (loc, predicted) in candidates {
                 let ok =
                     self.shared.read_at(loc, block) && !is_zero(block) && Digest::of(block).short() == key;
@@ -86,14 +86,15 @@ impl Engine {
                             b.offset + u64::from(b.len),
                         ));
                     }
-                    found = true;
+                    found = Some(loc.image);
                     break;
                 }
                 self.rejected += u64::from(!predicted);
             }
-            if found {
+            if let Some(image) = found {
                 whole.received[i] = true;
                 whole.local += 1;
+                whole.sources.push(image);
                 continue;
             }
             block.fill(0);
@@ -180,6 +181,9 @@ impl Engine {
             }
             self.stats.blocks_local += whole.local;
             self.stats.blocks_zero += whole.zero;
+            for image in &whole.sources {
+                self.shared.index.note_supplied(*image, 1);
+            }
         } else if !good {
             return Err(Error::protocol(
                 &self.peer,

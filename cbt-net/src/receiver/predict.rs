@@ -95,7 +95,7 @@ pub(super) fn check_prediction(
     }
     let zero = checked.good_zero().filter(|z| *z).count() as u64;
     let local = lens.len() as u64 - zero;
-    // Counted per seed (what each seed supplied; the output itself is not a seed of the index).
     shared.index.note_seed_check(job.image, local, 0);
+    shared.index.note_supplied(job.image, local);
     Ok(Outcome::Matched { zero, local })
 }
