@@ -81,11 +81,7 @@ impl Teleporter for Fake {
         Ok(Prepared {
             seeds: vec![Arc::new(OneFile(self.seed.clone()))],
             finish: Some(Box::new(|index| {
-                format!(
-                    "{{\"supplied\":{}}}",
-                    index.blocks_supplied().iter().sum::<u64>()
-                )
-                .into_bytes()
+                format!("{{\"supplied\":{}}}", index.blocks_supplied().iter().sum::<u64>()).into_bytes()
             })),
         })
     }
