@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use cbt_core::{check_block_size, IndexOptions, OutputFormat, SeedProvider};
@@ -52,6 +52,24 @@ pub struct CommonOpts {
     /// used by every command that builds an index.
     #[arg(long, global = true, value_name = "DIR")]
     pub package_cache: Vec<PathBuf>,
+    /// How send, recv, copy and teleport report progress on stderr.
+    #[arg(long, global = true, value_enum, value_name = "HOW", default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
+}
+
+/// `--progress`: how progress is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressArg {
+    /// A bar on a terminal unless the command prints JSON; else nothing.
+    Auto,
+    /// A bar (drawn only when stderr is a terminal).
+    Bar,
+    /// One JSON object per line (phase, bytes_done, bytes_total, local,
+    /// sent, wire, rate, eta_seconds), at most 2 a second and a last one
+    /// when the work ends.
+    Json,
+    /// Nothing.
+    None,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,8 +84,9 @@ pub enum Command {
         /// Read this internal snapshot of SRC instead of its current state.
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
-        /// Images or directories (walked recursively) to take blocks from.
-        #[arg(long = "seed", value_name = "ROOT", num_args = 1..)]
+        /// An image or directory (walked recursively) to take blocks from;
+        /// repeat for more (--seed A --seed B).
+        #[arg(long = "seed", value_name = "ROOT")]
         seeds: Vec<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
@@ -93,8 +112,13 @@ pub enum Command {
         /// Read this internal snapshot of SRC.
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
-        /// Candidate images or directories.
-        #[arg(long = "against", value_name = "ROOT", num_args = 1.., required_unless_present = "package_cache")]
+        /// A candidate image or directory; repeat for more (--against A
+        /// --against B).
+        #[arg(
+            long = "against",
+            value_name = "ROOT",
+            required_unless_present = "package_cache"
+        )]
         against: Vec<PathBuf>,
         /// Print JSON.
         #[arg(long)]
@@ -130,6 +154,10 @@ pub enum Command {
         /// place, writing only the blocks that differ (it may refuse).
         #[arg(long)]
         inplace: bool,
+        /// Replace the daemon's existing image of that name (a daemon
+        /// refuses to unless it has overwrite = true).
+        #[arg(long, conflicts_with = "inplace")]
+        force: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
@@ -143,8 +171,9 @@ pub enum Command {
         /// Listen on ADDR (e.g. 127.0.0.1:4730) for one sender.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
-        /// Images or directories (walked recursively) to take blocks from.
-        #[arg(long = "seed", value_name = "ROOT", num_args = 1..)]
+        /// An image or directory (walked recursively) to take blocks from;
+        /// repeat for more (--seed A --seed B).
+        #[arg(long = "seed", value_name = "ROOT")]
         seeds: Vec<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
@@ -183,8 +212,9 @@ pub enum Command {
         /// Directory pushed images are written to (and seeded from).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
-        /// More images or directories to take blocks from.
-        #[arg(long = "seed", value_name = "ROOT", num_args = 1..)]
+        /// One more image or directory to take blocks from; repeat for more
+        /// (--seed A --seed B).
+        #[arg(long = "seed", value_name = "ROOT")]
         seeds: Vec<PathBuf>,
         /// Directory whose images clients may pull (by file name).
         #[arg(long, value_name = "DIR")]
@@ -192,6 +222,10 @@ pub enum Command {
         /// Transfers served at once [default: 8].
         #[arg(long, value_name = "N")]
         max_connections: Option<usize>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+        /// 127.0.0.1:9730) [default: none].
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
         /// Format of pushed images written to DIR [default: raw].
         #[arg(long, value_enum)]
         format: Option<FormatArg>,
@@ -224,6 +258,21 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
     },
+    /// Print a shell completion script to stdout, e.g.
+    /// `cbt completions bash > /etc/bash_completion.d/cbt`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the cbt(1) manual page, or with --dir write it and one page
+    /// per subcommand (cbt-copy.1, ...) into DIR.
+    Man {
+        /// Write the pages here (e.g. /usr/local/share/man/man1), creating
+        /// it if needed, and list the files written.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -241,6 +290,34 @@ impl From<FormatArg> for OutputFormat {
     }
 }
 
+/// Warns when the output's name says another format than the one written
+/// (`--format qcow2 out.raw`): tools that go by the name would misread it.
+pub fn warn_format_mismatch(format: OutputFormat, out: &std::path::Path) {
+    let Some(ext) = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+    else {
+        return;
+    };
+    let named = match ext.as_str() {
+        "qcow2" | "qcow" => "qcow2",
+        "raw" | "img" | "bin" => "raw",
+        "vmdk" | "vhd" | "vhdx" | "vdi" | "qed" => "a format cbt does not write",
+        _ => return,
+    };
+    let written = match format {
+        OutputFormat::Raw => "raw",
+        OutputFormat::Qcow2 => "qcow2",
+    };
+    if named != written {
+        tracing::warn!(
+            "{}: the name says {named}, but the image is written as {written} (--format {written})",
+            out.display()
+        );
+    }
+}
+
 /// Settings shared by every command, checked and resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -253,6 +330,9 @@ pub struct Config {
     pub threads: usize,
     /// Re-read outputs before publishing them.
     pub verify_readback: bool,
+    /// How progress is reported, with `auto` already decided against
+    /// whether stderr is a terminal; see [`crate::progress::wanted`].
+    pub progress: crate::progress::Choice,
 }
 
 impl CommonOpts {
@@ -260,7 +340,7 @@ impl CommonOpts {
     pub fn resolve(&self) -> anyhow::Result<Config> {
         check_block_size(self.block_size)?;
         if self.raw_ext.iter().any(|e| e.is_empty() || e.contains('/')) {
-            bail!("--raw-ext: extensions must be non-empty and contain no '/'");
+            crate::bail_usage!("--raw-ext: extensions must be non-empty and contain no '/'");
         }
         let cache_dir = if self.no_cache {
             None
@@ -289,6 +369,7 @@ impl CommonOpts {
             package_caches: self.package_cache.clone(),
             threads: self.threads,
             verify_readback: self.verify_readback,
+            progress: crate::progress::Choice::resolve(self.progress),
         })
     }
 }
@@ -327,7 +408,7 @@ mod tests {
     #[test]
     fn parses_copy() {
         let o = parse([
-            "cbt", "copy", "a.img", "b.img", "--seed", "d1", "d2", "--format", "qcow2", "--json",
+            "cbt", "copy", "a.img", "b.img", "--seed", "d1", "--seed", "d2", "--format", "qcow2", "--json",
         ])
         .unwrap();
         match o.command {
@@ -340,6 +421,31 @@ mod tests {
             }
             _ => panic!("wrong command"),
         }
+    }
+
+    #[test]
+    fn options_may_come_before_positionals() {
+        let o = parse(["cbt", "copy", "--seed", "seeds", "img/b.raw", "out/x.raw"]).unwrap();
+        match o.command {
+            Command::Copy { src, dst, seeds, .. } => {
+                assert_eq!(seeds, [PathBuf::from("seeds")]);
+                assert_eq!(
+                    (src, dst),
+                    (PathBuf::from("img/b.raw"), PathBuf::from("out/x.raw"))
+                );
+            }
+            _ => panic!("wrong command"),
+        }
+        let o = parse(["cbt", "estimate", "--against", "a", "--against", "b", "src.img"]).unwrap();
+        match o.command {
+            Command::Estimate { src, against, .. } => {
+                assert_eq!(against, [PathBuf::from("a"), PathBuf::from("b")]);
+                assert_eq!(src, PathBuf::from("src.img"));
+            }
+            _ => panic!("wrong command"),
+        }
+        // The old greedy form now leaves an extra positional: refused, not misread.
+        assert!(parse(["cbt", "copy", "a.img", "b.img", "--seed", "d1", "d2"]).is_err());
     }
 
     #[test]

@@ -18,6 +18,15 @@ use crate::cli::{Command, Config, Opts};
 
 /// Runs the command given on the command line.
 pub fn run(opts: Opts) -> anyhow::Result<()> {
+    // These read only the clap definitions: they must work where no cache
+    // directory can be found (a packaging chroot without $HOME).
+    match &opts.command {
+        Command::Completions { shell } => {
+            return crate::completions::completions(*shell, &mut crate::stdout::stdout())
+        }
+        Command::Man { dir } => return crate::completions::man(dir.as_deref(), &mut crate::stdout::stdout()),
+        _ => {}
+    }
     let config = opts.common.resolve()?;
     match opts.command {
         Command::Copy {
@@ -31,13 +40,14 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             json,
         } => {
             let spec = ImageSpec { path: src, snapshot };
+            crate::cli::warn_format_mismatch(format.into(), &dst);
             let options = ReconstructOptions {
                 format: format.into(),
                 threads: config.threads,
                 verify_readback: config.verify_readback && !no_readback,
                 in_place: inplace,
             };
-            let show = crate::progress::wanted(json);
+            let show = crate::progress::wanted(config.progress, json);
             let (report, stats) = copy(&config, &spec, &dst, &seeds, &options, show)?;
             print_copy(&report, &stats, json)
         }
@@ -119,6 +129,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         Command::Describe(args) => crate::describe_commands::describe(&config, args),
         Command::Teleport(args) => crate::describe_commands::teleport(&config, args),
         Command::Demo { dir, size_mib } => crate::demo::run(&config, dir.as_deref(), size_mib),
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
         cmd @ (Command::Send { .. } | Command::Recv { .. } | Command::Serve { .. }) => {
             crate::net_commands::run(&config, cmd)
         }
@@ -144,14 +155,14 @@ fn print_index_stats(out: &mut impl Write, s: &IndexStats) -> std::io::Result<()
 
 /// `cbt copy`: index the seeds, hash the source in a pipeline, and
 /// reconstruct it with missing blocks read from the source itself (with a
-/// progress bar on stderr when `show_progress`).
+/// progress on stderr as `show_progress` says).
 pub fn copy(
     config: &Config,
     spec: &ImageSpec,
     dst: &Path,
     seeds: &[PathBuf],
     options: &ReconstructOptions,
-    show_progress: bool,
+    show_progress: crate::progress::Show,
 ) -> anyhow::Result<(Report, IndexStats)> {
     let image: Arc<dyn Image> = open_image(spec)?;
     if dst.is_dir() {
@@ -298,8 +309,5 @@ fn print_copy(report: &Report, stats: &IndexStats, json: bool) -> anyhow::Result
 }
 
 fn println_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    let mut out = crate::stdout::stdout();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
+    Ok(crate::stdout::print_json(v)?)
 }

@@ -182,7 +182,7 @@ pub fn run(config: &Config, dir: Option<&Path>, size_mib: u64) -> anyhow::Result
             data_dir.display()
         );
         println!("pushing new.img to {addr}/new.img over TCP...");
-        let bar = Bar::start(progress::wanted(false), move || {
+        let bar = Bar::start(progress::wanted(config.progress, false), move || {
             progress::sending(&counters.snapshot())
         });
         let pushed = cbt_net::push(

@@ -31,7 +31,13 @@ pub struct DescribeArgs {
     /// Skip the user-data manifest (no walk over the files).
     #[arg(long)]
     pub no_manifest: bool,
-    /// Print JSON (schema in docs/DESCRIBE.md).
+    /// List every package after the summary.
+    #[arg(long, conflicts_with = "json")]
+    pub packages: bool,
+    /// List every user-data and package-state file after the summary.
+    #[arg(long, conflicts_with = "json")]
+    pub files: bool,
+    /// Print JSON, everything included (schema in docs/DESCRIBE.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -59,13 +65,15 @@ pub enum TeleportCommand {
         /// Plan for this internal snapshot of SRC.
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
-        /// Local images or directories (walked recursively) to consider:
-        /// their images, backing files and internal snapshots.
-        #[arg(long, value_name = "ROOT", num_args = 1.., required = true)]
+        /// A local image or directory (walked recursively) to consider:
+        /// its images, backing files and internal snapshots. Repeat for
+        /// more (--candidates A --candidates B).
+        #[arg(long, value_name = "ROOT", required = true)]
         candidates: Vec<PathBuf>,
-        /// Link rate: bytes per second, or with a unit: 100Mbit, 1Gbit/s,
-        /// 10MB/s, 20MiB/s.
-        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        /// Link rate: bytes per second, K, M, G = KiB, MiB, GiB (powers of
+        /// 1024), or bits with kbit, Mbit, Gbit (powers of 1000); e.g.
+        /// 100Mbit, 1Gbit/s, 20M.
+        #[arg(long, value_name = "RATE", value_parser = crate::rates::parse_rate)]
         link: Option<f64>,
         /// Seconds charged per package installed or removed.
         #[arg(long, value_name = "S", default_value_t = 0.5)]
@@ -82,54 +90,6 @@ pub enum TeleportCommand {
     /// has are reported and exit 0; an unreachable mirror or a failed
     /// download is an error (non-zero exit, after the report).
     Fetch(crate::mirror_commands::FetchArgs),
-}
-
-/// Parses a link rate into bytes per second.
-pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let t = t.strip_suffix("/s").or_else(|| t.strip_suffix("ps")).unwrap_or(t);
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number with an optional unit"))?;
-    let mut unit = unit.trim();
-    let mut scale = 1.0;
-    if let Some(c) = unit.chars().next() {
-        let power = match c {
-            'k' | 'K' => 1,
-            'M' => 2,
-            'G' => 3,
-            'T' => 4,
-            _ => 0,
-        };
-        if power > 0 {
-            unit = &unit[1..];
-            let base: f64 = if let Some(rest) = unit.strip_prefix('i') {
-                unit = rest;
-                1024.0
-            } else {
-                1000.0
-            };
-            scale = base.powi(power);
-        }
-    }
-    let per_byte = match unit {
-        "" | "B" => 1.0,
-        "bit" | "b" => 0.125,
-        other => {
-            return Err(format!(
-                "{s:?}: unknown unit {other:?} (use B or bit, e.g. 100Mbit, 10MB/s)"
-            ))
-        }
-    };
-    let rate = value * scale * per_byte;
-    if !(rate.is_finite() && rate > 0.0) {
-        return Err(format!("{s:?}: the rate must be positive"));
-    }
-    Ok(rate)
 }
 
 /// `cbt describe`.
@@ -157,10 +117,17 @@ pub fn describe(_config: &Config, args: DescribeArgs) -> anyhow::Result<()> {
     if args.json {
         return println_json(&d);
     }
-    print_description(&d)
+    print_description(&d, args.packages, args.files)
 }
 
-fn print_description(d: &Description) -> anyhow::Result<()> {
+/// Warnings shown in the text summary; the rest are counted (all are in
+/// the JSON).
+const WARNINGS_SHOWN: usize = 10;
+
+/// The text form: a summary a person reads at a glance, with the package
+/// list (`packages`) and the file manifest (`files`) only on request: a
+/// real guest has hundreds of packages and tens of thousands of files.
+fn print_description(d: &Description, packages: bool, files: bool) -> anyhow::Result<()> {
     let mut out = crate::stdout::stdout();
     writeln!(out, "image: {}", d.image)?;
     for f in &d.filesystems {
@@ -201,7 +168,7 @@ fn print_description(d: &Description) -> anyhow::Result<()> {
         d.package_manager.as_deref().unwrap_or("none found"),
         d.packages.len()
     )?;
-    for p in &d.packages {
+    for p in d.packages.iter().filter(|_| packages) {
         let state = if p.is_installed() {
             String::new()
         } else {
@@ -250,7 +217,7 @@ fn print_description(d: &Description) -> anyhow::Result<()> {
             m.missing_files.len(),
             m.symlinks.len()
         )?;
-        for f in &m.files {
+        for f in m.files.iter().filter(|_| files) {
             let kind = match f.kind {
                 EntryKind::Unowned => "unowned",
                 EntryKind::Modified => "modified",
@@ -260,8 +227,29 @@ fn print_description(d: &Description) -> anyhow::Result<()> {
             writeln!(out, "  {kind:<9} {:>12} {} {}", f.size, &f.blake3[..16], f.path)?;
         }
     }
-    for w in &d.warnings {
-        writeln!(out, "warning: {w}")?;
+    writeln!(out, "warnings: {}", d.warnings.len())?;
+    for w in d.warnings.iter().take(WARNINGS_SHOWN) {
+        writeln!(out, "  {w}")?;
+    }
+    if d.warnings.len() > WARNINGS_SHOWN {
+        writeln!(
+            out,
+            "  ... and {} more (--json lists them all)",
+            d.warnings.len() - WARNINGS_SHOWN
+        )?;
+    }
+    let hidden: Vec<&str> = [
+        (!packages && !d.packages.is_empty(), "--packages"),
+        (
+            !files && d.user_data.as_ref().is_some_and(|m| !m.files.is_empty()),
+            "--files",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(hidden, flag)| hidden.then_some(flag))
+    .collect();
+    if !hidden.is_empty() {
+        writeln!(out, "(list them with {})", hidden.join(", "))?;
     }
     Ok(())
 }
@@ -279,7 +267,7 @@ pub fn teleport(config: &Config, args: TeleportArgs) -> anyhow::Result<()> {
             json,
         }) => {
             if !(seconds_per_package >= 0.0 && seconds_per_package.is_finite()) {
-                bail!("--seconds-per-package must be a non-negative number");
+                crate::bail_usage!("--seconds-per-package must be a non-negative number");
             }
             let spec = ImageSpec { path: src, snapshot };
             let options = TeleportOptions {
@@ -457,26 +445,5 @@ fn canonical(p: &Path) -> Option<PathBuf> {
 }
 
 pub(crate) fn println_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    let mut out = crate::stdout::stdout();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_rate;
-
-    #[test]
-    fn rates() {
-        assert_eq!(parse_rate("1000").unwrap(), 1000.0);
-        assert_eq!(parse_rate("100Mbit").unwrap(), 12_500_000.0);
-        assert_eq!(parse_rate("1Gbit/s").unwrap(), 125_000_000.0);
-        assert_eq!(parse_rate("10MB/s").unwrap(), 10_000_000.0);
-        assert_eq!(parse_rate("2MiB/s").unwrap(), 2.0 * 1024.0 * 1024.0);
-        assert_eq!(parse_rate("8kbps").unwrap(), 1000.0);
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("10 parsecs").is_err());
-        assert!(parse_rate("0").is_err());
-    }
+    Ok(crate::stdout::print_json(v)?)
 }

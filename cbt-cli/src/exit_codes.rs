@@ -1,4 +1,6 @@
-//! Process exit codes, typed, so scripts can tell failures apart.
+//! Process exit codes, typed, so scripts can tell failures apart. The
+//! table is README's ("Exit codes"); [`Exit::of`] is the only place that
+//! maps errors to it.
 
 use std::process::ExitCode;
 
@@ -9,47 +11,158 @@ pub enum Exit {
     Ok = 0,
     /// Any other failure.
     Failure = 1,
-    /// Bad command line (clap uses 2 as well).
+    /// Bad command line or configuration (clap uses 2 as well).
     Usage = 2,
-    /// An input file is malformed or uses an unsupported feature.
+    /// An input file is malformed or uses an unsupported format or feature.
     BadInput = 3,
-    /// An operating-system I/O error.
+    /// An operating-system I/O error, including a failed connection (refused,
+    /// unreachable, reset, timed out, closed midway).
     Io = 4,
     /// The output did not verify against the source.
     Verification = 5,
 }
 
+/// A command line or configuration refused by cbt's own checks (clap's
+/// refusals never reach [`Exit::of`]); exits with [`Exit::Usage`].
+#[derive(Debug)]
+pub struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A usage error with this message.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// `bail!` for usage errors: returns a [`UsageError`] built like `format!`.
+#[macro_export]
+macro_rules! bail_usage {
+    ($($arg:tt)*) => {
+        return Err($crate::exit_codes::usage(format!($($arg)*)))
+    };
+}
+
 impl Exit {
-    /// Classifies an error chain by its first `cbt_core::Error` (also one
-    /// inside a mirror error).
+    /// Classifies an error chain by its outermost cause that says what kind
+    /// of failure it is: a [`UsageError`], a `cbt_core::Error` (also one
+    /// inside a mirror or network error), a `cbt_net::Error`, or an
+    /// operating-system error.
     pub fn of(err: &anyhow::Error) -> Exit {
         for cause in err.chain() {
+            if cause.is::<UsageError>() {
+                return Exit::Usage;
+            }
             let core = match cause.downcast_ref::<cbt_teleport::MirrorError>() {
                 Some(cbt_teleport::MirrorError::Local(e)) => Some(e),
                 Some(cbt_teleport::MirrorError::Config(_)) => return Exit::Usage,
                 Some(_) => return Exit::Failure,
-                None => cause.downcast_ref::<cbt_core::Error>(),
+                None => match cause.downcast_ref::<cbt_net::Error>() {
+                    Some(cbt_net::Error::Core(e)) => Some(e),
+                    Some(e) => return Exit::of_net(e),
+                    None => cause.downcast_ref::<cbt_core::Error>(),
+                },
             };
             if let Some(e) = core {
-                return match e {
-                    cbt_core::Error::Malformed { .. }
-                    | cbt_core::Error::Unsupported { .. }
-                    | cbt_core::Error::BackingCycle { .. }
-                    | cbt_core::Error::NoSuchSnapshot { .. } => Exit::BadInput,
-                    cbt_core::Error::Io { .. } | cbt_core::Error::NotRegular { .. } => Exit::Io,
-                    cbt_core::Error::Verification { .. } => Exit::Verification,
-                    cbt_core::Error::Config(_) => Exit::Usage,
-                    cbt_core::Error::Stopped(_) => continue,
-                    _ => Exit::Failure,
-                };
+                match Exit::of_core(e) {
+                    Some(exit) => return exit,
+                    None => continue,
+                }
+            }
+            if cause.is::<std::io::Error>() {
+                return Exit::Io;
             }
         }
         Exit::Failure
+    }
+
+    /// `None` for a stage stopped by another's failure: that other error,
+    /// further down the chain, is the one to classify.
+    fn of_core(e: &cbt_core::Error) -> Option<Exit> {
+        Some(match e {
+            cbt_core::Error::Malformed { .. }
+            | cbt_core::Error::Unsupported { .. }
+            | cbt_core::Error::UnsupportedFormat { .. }
+            | cbt_core::Error::BackingCycle { .. }
+            | cbt_core::Error::NoSuchSnapshot { .. } => Exit::BadInput,
+            cbt_core::Error::Io { .. } | cbt_core::Error::NotRegular { .. } => Exit::Io,
+            cbt_core::Error::Verification { .. } => Exit::Verification,
+            cbt_core::Error::Config(_) => Exit::Usage,
+            cbt_core::Error::Stopped(_) => return None,
+            _ => Exit::Failure,
+        })
+    }
+
+    /// A failed connection is an I/O error (4): the peer could not be
+    /// reached, went away or went silent. What a reachable peer said or
+    /// refused (authentication, protocol, its own errors) is a failure (1).
+    fn of_net(e: &cbt_net::Error) -> Exit {
+        match e {
+            cbt_net::Error::Io { .. } | cbt_net::Error::Timeout { .. } | cbt_net::Error::Closed { .. } => {
+                Exit::Io
+            }
+            cbt_net::Error::Config(_) => Exit::Usage,
+            _ => Exit::Failure,
+        }
     }
 }
 
 impl From<Exit> for ExitCode {
     fn from(e: Exit) -> Self {
         ExitCode::from(e as u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn usage_errors_are_recognised_under_context() {
+        let e = Err::<(), _>(usage("give OUT")).context("recv").unwrap_err();
+        assert_eq!(Exit::of(&e), Exit::Usage);
+        assert_eq!(Exit::of(&anyhow::anyhow!("something else")), Exit::Failure);
+    }
+
+    #[test]
+    fn connection_failures_are_io() {
+        let refused = cbt_net::Error::Io {
+            peer: "127.0.0.1:1".into(),
+            op: "connect",
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(Exit::of(&refused.into()), Exit::Io);
+        let closed = cbt_net::Error::Closed { peer: "p".into() };
+        assert_eq!(Exit::of(&closed.into()), Exit::Io);
+        let auth = cbt_net::Error::Auth {
+            peer: "p".into(),
+            reason: "wrong secret".into(),
+        };
+        assert_eq!(Exit::of(&auth.into()), Exit::Failure);
+    }
+
+    #[test]
+    fn engine_errors_keep_their_codes_inside_network_errors() {
+        let core = cbt_core::Error::Verification {
+            path: "out".into(),
+            reason: "digest".into(),
+        };
+        assert_eq!(Exit::of(&cbt_net::Error::Core(core).into()), Exit::Verification);
+        let stopped = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::NotFound))
+            .context(cbt_core::Error::Stopped("writer".into()));
+        assert_eq!(Exit::of(&stopped), Exit::Io);
+    }
+
+    #[test]
+    fn os_errors_are_io() {
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            .context("cannot read cbt.toml");
+        assert_eq!(Exit::of(&e), Exit::Io);
     }
 }

@@ -4,17 +4,21 @@
 
 mod cli;
 mod commands;
+mod completions;
 mod demo;
 mod describe_commands;
 mod exit_codes;
+mod metrics;
 mod mirror_commands;
 mod net_commands;
 mod progress;
+mod rates;
 mod serve_config;
 mod stdout;
+mod systemd;
 mod teleport_commands;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use exit_codes::Exit;
@@ -31,7 +35,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(opts.common.verbose);
+    init_logging(
+        opts.common.verbose,
+        matches!(opts.command, cli::Command::Serve { .. }),
+    );
     match commands::run(opts) {
         Ok(()) => Exit::Ok.into(),
         Err(err) => {
@@ -55,8 +62,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, daemon: bool) {
     let default = match verbose {
+        // An operator wants every transfer of the daemon in its log.
+        0 if daemon => "warn,cbt=info,cbt_net=info,cbt_core=info,cbt_teleport=info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -67,5 +76,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file or journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

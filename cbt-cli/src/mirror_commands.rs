@@ -81,14 +81,16 @@ impl FetchArgs {
     pub fn resolve(self, config: &Config) -> anyhow::Result<FetchJob> {
         let dest = match config.package_caches.as_slice() {
             [one] => one.clone(),
-            [] => bail!("teleport fetch: give the package cache to fill with --package-cache DIR"),
-            _ => bail!("teleport fetch: give exactly one --package-cache DIR (the one to fill)"),
+            [] => {
+                crate::bail_usage!("teleport fetch: give the package cache to fill with --package-cache DIR")
+            }
+            _ => crate::bail_usage!("teleport fetch: give exactly one --package-cache DIR (the one to fill)"),
         };
         if !(1..=64).contains(&self.jobs) {
-            bail!("--jobs must be between 1 and 64");
+            crate::bail_usage!("--jobs must be between 1 and 64");
         }
         if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= 3600.0) {
-            bail!("--timeout must be a number of seconds between 0 and 3600");
+            crate::bail_usage!("--timeout must be a number of seconds between 0 and 3600");
         }
         let read_timeout = Duration::from_secs_f64(self.timeout);
         Ok(FetchJob {

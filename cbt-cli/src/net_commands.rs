@@ -18,6 +18,7 @@ use cbt_net::{
 };
 
 use crate::cli::{Command, Config};
+use crate::exit_codes::usage;
 use crate::progress::{self, Bar};
 use crate::serve_config::{ServeFile, ServeFlags, ServeSettings, DEFAULT_COMPRESS, DEFAULT_IDLE_TIMEOUT};
 use crate::teleport_commands::CliTeleporter;
@@ -33,10 +34,12 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             net,
             tls,
             inplace,
+            force,
             json,
         } => {
             let mut client = client_options(&net, Some(&s), Tls::Client(&tls))?;
             client.push_in_place = inplace;
+            client.push_replace = force;
             send(config, &image, snapshot, &dest, client, &s, json)
         }
         Command::Recv {
@@ -52,11 +55,11 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             json,
         } => {
             let tls = match listen {
-                Some(_) if tls.given() => bail!(
+                Some(_) if tls.given() => crate::bail_usage!(
                     "--tls, --tls-ca and --tls-server-name are for the connecting side; with --listen, give --tls-cert FILE --tls-key FILE"
                 ),
                 Some(_) => Tls::Server(&tls_server),
-                None if tls_server.given() => bail!(
+                None if tls_server.given() => crate::bail_usage!(
                     "--tls-cert and --tls-key are for the listening side (cbt serve, cbt recv --listen); connect with --tls [--tls-ca FILE]"
                 ),
                 None => Tls::Client(&tls),
@@ -80,6 +83,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             seeds,
             export,
             max_connections,
+            metrics,
             format,
             send: s,
             net,
@@ -94,6 +98,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
                 secret_file: net.secret_file,
                 max_connections,
                 idle_timeout: net.idle_timeout,
+                metrics,
                 package_cache: config.package_caches.clone(),
                 tls_cert: tls_server.tls_cert,
                 tls_key: tls_server.tls_key,
@@ -173,7 +178,9 @@ pub struct SendOpts {
     /// Compression of the blocks sent: auto (level chosen from the measured link and CPU speed), none, zstd or zstd:LEVEL (1-19) [default: auto].
     #[arg(long, value_name = "METHOD")]
     pub compress: Option<String>,
-    /// Limit the sending rate, in bytes per second (suffixes K, M, G: powers of 1024).
+    /// Limit the sending rate: bytes per second (a bare number: bytes, not
+    /// rsync's KiB), K, M, G = KiB, MiB, GiB (powers of 1024), or bits with
+    /// kbit, Mbit, Gbit (powers of 1000); e.g. 500K, 10M, 100Mbit.
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,
 }
@@ -204,24 +211,28 @@ pub fn send(
         snapshot,
     };
     let image = open_image(&spec)?;
-    let report = push(&target, image, send_options, client, json)?;
+    let report = push(
+        &target,
+        image,
+        send_options,
+        client,
+        progress::wanted(config.progress, json),
+    )?;
     print_report(&report, json)
 }
 
-/// Pushes `image` to `target` with a progress bar (unless `json`), until
-/// done or a signal.
+/// Pushes `image` to `target` showing progress as `show` says, until done
+/// or a signal.
 pub(crate) fn push(
     target: &cbt_net::Target,
     image: Arc<dyn cbt_core::Image>,
     mut send_options: SendOptions,
     client: ClientOptions,
-    json: bool,
+    show: progress::Show,
 ) -> anyhow::Result<TransferReport> {
     let counters = Arc::new(Progress::default());
     send_options.progress = Some(Arc::clone(&counters));
-    let bar = Bar::start(progress::wanted(json), move || {
-        progress::sending(&counters.snapshot())
-    });
+    let bar = Bar::start(show, move || progress::sending(&counters.snapshot()));
     let report = run_with_signals(|shutdown| async move {
         cbt_net::push(
             &target.addr,
@@ -247,18 +258,8 @@ pub fn recv(
     client: ClientOptions,
     json: bool,
 ) -> anyhow::Result<()> {
-    let (source, out) = match (listen, args) {
-        (Some(_), [out]) => (None, PathBuf::from(out)),
-        (Some(_), _) => bail!("with --listen, give only the output path"),
-        (None, [src, out]) => {
-            let target = parse_target(src).map_err(anyhow::Error::msg)?;
-            let Some(name) = target.name.clone() else {
-                bail!("{src}: give the image's name at the daemon (HOST:PORT/NAME), or use --listen ADDR");
-            };
-            (Some((target.addr, name)), PathBuf::from(out))
-        }
-        (None, _) => bail!("give HOST:PORT/NAME and the output path, or --listen ADDR and the output path"),
-    };
+    let (source, out) = recv_endpoints(args, listen)?;
+    crate::cli::warn_format_mismatch(format, &out);
     if out.is_dir() {
         bail!(
             "{}: is a directory; give the path of the image to write",
@@ -283,7 +284,7 @@ pub fn recv(
     }));
     let counters = Arc::new(Progress::default());
     options.progress = Some(Arc::clone(&counters));
-    let bar = Bar::start(progress::wanted(json), move || {
+    let bar = Bar::start(progress::wanted(config.progress, json), move || {
         progress::receiving(&counters.snapshot())
     });
     let report = match (source, listen) {
@@ -295,7 +296,8 @@ pub fn recv(
             run_with_signals(|shutdown| async move {
                 let listener = tokio::net::TcpListener::bind(&listen)
                     .await
-                    .map_err(|e| cbt_net::Error::Config(format!("cannot listen on {listen}: {e}")))?;
+                    .map_err(|e| listen_error(&listen, e))?;
+                warn_if_open(&listener, client.secret.is_some());
                 announce(&listener);
                 cbt_net::receive_once(listener, options, &client, shutdown).await
             })?
@@ -304,6 +306,64 @@ pub fn recv(
     };
     drop(bar);
     print_report(&report, json)
+}
+
+/// `recv`'s positional arguments: the daemon and image name to pull from
+/// (none with `--listen`) and the output path. Every mistake is a usage
+/// error; arguments given the wrong way round are named as such, since
+/// taken literally they fail later with a puzzling name-lookup error.
+fn recv_endpoints(
+    args: &[String],
+    listen: Option<&str>,
+) -> anyhow::Result<(Option<(String, String)>, PathBuf)> {
+    match (listen, args) {
+        (Some(_), [out]) => Ok((None, PathBuf::from(out))),
+        (Some(_), _) => Err(usage("with --listen, give only the output path")),
+        (None, [src, out]) if names_daemon_image(out) && !names_daemon_image(src) => Err(usage(format!(
+            "the arguments look swapped: the source comes first: cbt recv {out} {src}"
+        ))),
+        (None, [src, out]) => {
+            let target = parse_target(src).map_err(usage)?;
+            let Some(name) = target.name.clone() else {
+                return Err(usage(format!(
+                    "{src}: give the image's name at the daemon (HOST:PORT/NAME), or use --listen ADDR"
+                )));
+            };
+            Ok((Some((target.addr, name)), PathBuf::from(out)))
+        }
+        (None, [src]) if names_daemon_image(src) => {
+            Err(usage(format!("give the output path too: cbt recv {src} OUT")))
+        }
+        (None, _) => Err(usage(
+            "give HOST:PORT/NAME and the output path, or --listen ADDR and the output path",
+        )),
+    }
+}
+
+/// True for `HOST:PORT/NAME` with an explicit numeric port: a shape no
+/// sensible output path has (`out/x.raw` has no port).
+fn names_daemon_image(s: &str) -> bool {
+    let Some((addr, name)) = s.split_once('/') else {
+        return false;
+    };
+    !name.is_empty()
+        && addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// Binding `--listen ADDR` failed: a malformed address is a usage error,
+/// anything else (in use, not ours, no permission) an I/O error.
+fn listen_error(listen: &str, e: std::io::Error) -> cbt_net::Error {
+    if e.kind() == std::io::ErrorKind::InvalidInput {
+        cbt_net::Error::Config(format!("cannot listen on {listen}: {e}"))
+    } else {
+        cbt_net::Error::Io {
+            peer: listen.to_string(),
+            op: "listen",
+            source: e,
+        }
+    }
 }
 
 /// `cbt serve`, with its settings resolved.
@@ -336,6 +396,7 @@ pub fn serve(config: &Config, s: ServeSettings) -> anyhow::Result<()> {
     options.partials.max_bytes = s.max_partial_bytes;
     options.partials.max_age = Duration::from_secs(s.partial_max_age);
     options.allow_in_place = s.allow_inplace;
+    options.overwrite = s.overwrite;
     options.bwlimit = client.bwlimit;
     options.send = send_options(config, Some(&s.compress))?;
     options.receive.format = s.format;
@@ -357,20 +418,78 @@ pub fn serve(config: &Config, s: ServeSettings) -> anyhow::Result<()> {
         echo: None,
     }));
     options.tls = client.tls_server;
-    if options.secret.is_none() {
-        tracing::warn!("no secret file: any client that can connect may push and pull");
+    let metrics = s
+        .metrics
+        .map(|addr| (addr, Arc::new(crate::metrics::Metrics::new())));
+    if let Some((_, m)) = &metrics {
+        options.observer = Some(Arc::clone(m) as Arc<dyn cbt_net::DaemonObserver>);
     }
+    // Taken before the runtime starts its threads (it edits the environment).
+    let inherited = crate::systemd::inherited_listener()?;
     let listen = s.listen;
     let runtime = runtime()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = match inherited {
+            Some(l) => {
+                tracing::info!("serving on the socket systemd passed; --listen and listen = are not used");
+                tokio::net::TcpListener::from_std(l).context("cannot use the socket systemd passed")?
+            }
+            None => tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| net_error(listen_error(&listen, e)))?,
+        };
+        // Before the listening line, so that whoever waits for that line
+        // has the warning too.
+        warn_if_open(&listener, options.secret.is_some());
         announce(&listener);
-        cbt_net::serve(listener, options, signalled())
-            .await
-            .map_err(net_error)
+        let _metrics_task = match metrics {
+            Some((addr, m)) => {
+                let l = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .map_err(|e| net_error(listen_error(&addr, e)))
+                    .context("--metrics")?;
+                if let Ok(a) = l.local_addr() {
+                    // Scripts and tests read this line to learn the port.
+                    eprintln!("cbt: metrics on {a}");
+                }
+                Some(AbortOnDrop(tokio::spawn(crate::metrics::serve_http(l, m))))
+            }
+            None => None,
+        };
+        let _watchdog = crate::systemd::watchdog_interval()
+            .map(|every| AbortOnDrop(tokio::spawn(crate::systemd::watchdog(every))));
+        let status = listener
+            .local_addr()
+            .map_or_else(|_| "serving".to_string(), |a| format!("serving on {a}"));
+        crate::systemd::ready(&status);
+        let served = cbt_net::serve(listener, options, signalled()).await;
+        crate::systemd::stopping();
+        served.map_err(net_error)
     })
+}
+
+/// Aborts a background task (metrics, watchdog) when the daemon returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Warns when a listener without a secret can be reached from other hosts.
+pub(crate) fn warn_if_open(listener: &tokio::net::TcpListener, has_secret: bool) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    match (has_secret, addr.ip().is_loopback()) {
+        (true, _) => {}
+        (false, false) => tracing::warn!(
+            "listening on {addr}, reachable from other hosts, without a secret: anyone who can \
+             connect may send images (and pull exports); give --secret-file FILE"
+        ),
+        (false, true) => tracing::info!("no secret file: any local user may connect"),
+    }
 }
 
 pub(crate) fn announce(listener: &tokio::net::TcpListener) {
@@ -452,12 +571,12 @@ pub(crate) fn client_options(
         .map_err(net_error)?;
     let idle_secs = net.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
     if idle_secs < 5 {
-        bail!("--idle-timeout must be at least 5 seconds");
+        crate::bail_usage!("--idle-timeout must be at least 5 seconds");
     }
     let idle = Duration::from_secs(idle_secs);
     let bwlimit = send
         .and_then(|s| s.bwlimit.as_deref())
-        .map(parse_rate)
+        .map(crate::rates::parse_bwlimit)
         .transpose()?;
     let (tls, tls_server) = match tls {
         Tls::Client(o) if o.given() => {
@@ -476,8 +595,8 @@ pub(crate) fn client_options(
         Tls::Server(o) => match (&o.tls_cert, &o.tls_key) {
             (Some(c), Some(k)) => (None, Some(TlsServer::from_pem_files(c, k).map_err(net_error)?)),
             (None, None) => (None, None),
-            (Some(_), None) => bail!("--tls-cert needs its key: --tls-key FILE"),
-            (None, Some(_)) => bail!("--tls-key needs its certificate: --tls-cert FILE"),
+            (Some(_), None) => crate::bail_usage!("--tls-cert needs its key: --tls-key FILE"),
+            (None, Some(_)) => crate::bail_usage!("--tls-key needs its certificate: --tls-cert FILE"),
         },
     };
     Ok(ClientOptions {
@@ -491,6 +610,7 @@ pub(crate) fn client_options(
         tls,
         tls_server,
         push_in_place: false,
+        push_replace: false,
     })
 }
 
@@ -509,26 +629,6 @@ pub(crate) fn send_options(config: &Config, compress: Option<&str>) -> anyhow::R
     })
 }
 
-/// `1000`, `64K`, `10M`, `1G` (per second; K/M/G are powers of 1024).
-pub fn parse_rate(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim().trim_end_matches("/s").trim_end_matches(['B', 'b']);
-    let (digits, mult) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let n: f64 = digits
-        .trim()
-        .parse()
-        .with_context(|| format!("--bwlimit {s:?}: not a rate (e.g. 500K, 10M)"))?;
-    let rate = n * mult as f64;
-    if !(rate >= 1024.0 && rate.is_finite()) {
-        bail!("--bwlimit {s:?}: at least 1K per second");
-    }
-    Ok(rate as u64)
-}
-
 pub(crate) fn print_report(r: &TransferReport, json: bool) -> anyhow::Result<()> {
     let mut out = crate::stdout::stdout();
     if json {
@@ -537,9 +637,7 @@ pub(crate) fn print_report(r: &TransferReport, json: bool) -> anyhow::Result<()>
             #[serde(flatten)]
             report: &'a TransferReport,
         }
-        serde_json::to_writer_pretty(&mut out, &Out { report: r })?;
-        writeln!(out)?;
-        return Ok(());
+        return Ok(crate::stdout::print_json(&Out { report: r })?);
     }
     let pct = |n: u64| {
         if r.blocks_total > 0 {
@@ -609,14 +707,47 @@ pub(crate) fn print_report(r: &TransferReport, json: bool) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit_codes::Exit;
+
+    fn endpoints(args: &[&str], listen: Option<&str>) -> anyhow::Result<(Option<(String, String)>, PathBuf)> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        recv_endpoints(&args, listen)
+    }
 
     #[test]
-    fn rates() {
-        assert_eq!(parse_rate("64K").unwrap(), 65536);
-        assert_eq!(parse_rate("2M").unwrap(), 2 << 20);
-        assert_eq!(parse_rate("1.5M/s").unwrap(), 3 << 19);
-        assert_eq!(parse_rate("4096").unwrap(), 4096);
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("10").is_err());
+    fn recv_takes_source_then_output() {
+        let (src, out) = endpoints(&["host:4730/disk.img", "out/x.raw"], None).unwrap();
+        assert_eq!(src, Some(("host:4730".to_string(), "disk.img".to_string())));
+        assert_eq!(out, PathBuf::from("out/x.raw"));
+        let (src, out) = endpoints(&["out.raw"], Some("127.0.0.1:0")).unwrap();
+        assert_eq!((src, out), (None, PathBuf::from("out.raw")));
+    }
+
+    #[test]
+    fn recv_mistakes_are_usage_errors_with_hints() {
+        let e = endpoints(&["out/x.raw", "127.0.0.1:4730/x.raw"], None).unwrap_err();
+        assert_eq!(Exit::of(&e), Exit::Usage);
+        assert!(
+            e.to_string().contains("swapped")
+                && e.to_string().contains("cbt recv 127.0.0.1:4730/x.raw out/x.raw"),
+            "{e}"
+        );
+        let e = endpoints(&["127.0.0.1:4730/x.raw"], None).unwrap_err();
+        assert_eq!(Exit::of(&e), Exit::Usage);
+        assert!(e.to_string().contains("output path"), "{e}");
+        let e = endpoints(&["host:4730", "out.raw"], None).unwrap_err();
+        assert_eq!(Exit::of(&e), Exit::Usage);
+        let e = endpoints(&["a", "b"], Some("127.0.0.1:0")).unwrap_err();
+        assert_eq!(Exit::of(&e), Exit::Usage);
+    }
+
+    #[test]
+    fn daemon_images_have_a_port_and_a_name() {
+        assert!(names_daemon_image("host:4730/disk.img"));
+        assert!(names_daemon_image("[::1]:4730/disk.img"));
+        assert!(!names_daemon_image("out/x.raw"));
+        assert!(!names_daemon_image("host:4730"));
+        assert!(!names_daemon_image("host:4730/"));
+        assert!(!names_daemon_image("dir:name/x.raw"));
     }
 }

@@ -21,6 +21,9 @@
 //! max_unauthenticated = 64      # connections still in their handshake
 //! handshake_timeout = 5         # seconds for a new connection to authenticate
 //! allow_inplace = true          # accept `cbt send --inplace` (update in place)
+//! overwrite = false             # let a plain push replace an existing image
+//!                               # (false: only `cbt send --force` may)
+//! metrics = "127.0.0.1:9730"    # serve Prometheus metrics at /metrics
 //! mirrors = ["http://deb.debian.org/debian"]  # apt mirrors for teleported guests' packages,
 //!                               # fetched into the first package_cache
 //! mirror_timeout = 30           # seconds a mirror may stay silent
@@ -84,6 +87,8 @@ pub struct ServeFile {
     max_unauthenticated: Option<usize>,
     handshake_timeout: Option<u64>,
     allow_inplace: Option<bool>,
+    overwrite: Option<bool>,
+    metrics: Option<String>,
     mirrors: Option<Vec<String>>,
     mirror_timeout: Option<f64>,
     mirror_jobs: Option<usize>,
@@ -107,9 +112,10 @@ impl ServeFile {
                 .span()
                 .map(|s| 1 + text[..s.start.min(text.len())].matches('\n').count());
             let message = e.message().trim_end();
+            // A bad key or value in the file is a usage error (exit 2), like a bad flag.
             match line {
-                Some(l) => anyhow::anyhow!("{}:{l}: {message}", path.display()),
-                None => anyhow::anyhow!("{}: {message}", path.display()),
+                Some(l) => crate::exit_codes::usage(format!("{}:{l}: {message}", path.display())),
+                None => crate::exit_codes::usage(format!("{}: {message}", path.display())),
             }
         })
     }
@@ -148,6 +154,7 @@ pub struct ServeFlags {
     pub secret_file: Option<PathBuf>,
     pub max_connections: Option<usize>,
     pub idle_timeout: Option<u64>,
+    pub metrics: Option<String>,
     pub package_cache: Vec<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -198,6 +205,10 @@ pub struct ServeSettings {
     pub handshake_timeout: u64,
     /// Accept pushes that update an existing image in place.
     pub allow_inplace: bool,
+    /// Let a plain push replace an existing image (else only `--force`).
+    pub overwrite: bool,
+    /// Address of the Prometheus endpoint, if any.
+    pub metrics: Option<String>,
     /// apt mirrors for teleported guests' packages.
     pub mirrors: Vec<String>,
     /// Seconds a mirror may stay silent.
@@ -272,6 +283,8 @@ impl ServeSettings {
             max_unauthenticated: f.max_unauthenticated.unwrap_or(DEFAULT_MAX_UNAUTHENTICATED),
             handshake_timeout: f.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
             allow_inplace: f.allow_inplace.unwrap_or(true),
+            overwrite: f.overwrite.unwrap_or(false),
+            metrics: flags.metrics.or(f.metrics),
             mirrors: if flags.mirrors.is_empty() {
                 f.mirrors.unwrap_or_default()
             } else {
@@ -347,7 +360,8 @@ mod tests {
         };
         let (data, other, s1, s2) = (d("data"), d("other"), d("s1"), d("s2"));
         let text = "listen = \"0.0.0.0:9\"\ndata = \"data\"\nseed = [\"s1\"]\nmax_connections = 2\n\
-                    idle_timeout = 60\nformat = \"qcow2\"\ncompress = \"none\"\nsecret_file = \"secret\"\n";
+                    idle_timeout = 60\nformat = \"qcow2\"\ncompress = \"none\"\nsecret_file = \"secret\"\n\
+                    overwrite = true\nmetrics = \"127.0.0.1:9\"\n";
         let path = dir.path().join("cbt.toml");
         std::fs::write(&path, text).unwrap();
 
@@ -361,12 +375,14 @@ mod tests {
         assert_eq!(s.format, OutputFormat::Qcow2);
         assert_eq!(s.compress, "none");
         assert_eq!(s.secret_file, Some(dir.path().join("secret")));
+        assert_eq!((s.overwrite, s.metrics.as_deref()), (true, Some("127.0.0.1:9")));
 
         // Flags win; a list on the command line replaces the file's.
         let flags = ServeFlags {
             data: Some(other.clone()),
             seeds: vec![s2.clone()],
             max_connections: Some(5),
+            metrics: Some("127.0.0.1:10".into()),
             format: Some(FormatArg::Raw),
             ..ServeFlags::default()
         };
@@ -377,6 +393,35 @@ mod tests {
         assert_eq!(s.format, OutputFormat::Raw);
         assert_eq!(s.secret_file, Some(PathBuf::from("env-secret")));
         assert_eq!(s.listen, "0.0.0.0:9");
+        assert_eq!(s.metrics.as_deref(), Some("127.0.0.1:10"));
+    }
+
+    #[test]
+    fn the_example_config_documents_every_key() {
+        let text = include_str!("../../contrib/cbt.toml");
+        file(text).unwrap();
+        // With every example line enabled it still parses: the keys exist
+        // and the values have the right types.
+        let enabled: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let f = file(&enabled).unwrap();
+        assert!(f.metrics.is_some() && f.overwrite.is_some(), "{f:?}");
+        // Every key the parser knows (it lists them for an unknown one).
+        let e = file("no_such_key = 1\n").unwrap_err().to_string();
+        let known: Vec<&str> = e.split('`').skip(3).step_by(2).collect();
+        assert!(known.len() > 20, "{e}");
+        for key in known.iter().filter(|k| **k != "seed") {
+            assert!(
+                enabled.contains(&format!("\n{key} = ")),
+                "{key} is not in contrib/cbt.toml"
+            );
+        }
     }
 
     #[test]
@@ -389,6 +434,7 @@ mod tests {
         let s = ServeSettings::resolve(flags, None, None).unwrap();
         assert_eq!(s.listen, DEFAULT_LISTEN);
         assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!((s.overwrite, s.metrics.as_deref()), (false, None));
         assert_eq!(s.tls, None);
         let e = ServeSettings::resolve(ServeFlags::default(), None, None).unwrap_err();
         assert!(e.to_string().contains("--data DIR"), "{e}");

@@ -44,6 +44,18 @@ impl Write for Stdout {
     }
 }
 
+/// Prints `value` as pretty JSON and a newline on standard output.
+///
+/// serde_json wraps write errors in its own type, whose `source()` skips
+/// the marked `io::Error`; converting back to `io::Error` unwraps the
+/// original, so a reader that closed the pipe stays recognisable.
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> io::Result<()> {
+    let mut out = stdout();
+    serde_json::to_writer_pretty(&mut out, value).map_err(io::Error::from)?;
+    writeln!(out)?;
+    out.flush()
+}
+
 /// True if `err` is a closed standard output (and nothing else).
 pub fn is_stdout_closed(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
@@ -66,5 +78,24 @@ mod tests {
         assert!(is_stdout_closed(&out));
         let other = anyhow::Error::new(mark(io::Error::from(io::ErrorKind::Other)));
         assert!(!is_stdout_closed(&other));
+    }
+
+    #[test]
+    fn a_closed_stdout_survives_serde_json() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(mark(io::Error::from(io::ErrorKind::BrokenPipe)))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let e = serde_json::to_writer(Closed, &[1, 2, 3]).unwrap_err();
+        let wrapped = anyhow::Error::new(e);
+        assert!(!is_stdout_closed(&wrapped), "serde_json hides the marker");
+        let e = serde_json::to_writer(Closed, &[1, 2, 3]).unwrap_err();
+        let unwrapped = anyhow::Error::new(io::Error::from(e)).context("print");
+        assert!(is_stdout_closed(&unwrapped));
     }
 }

@@ -62,19 +62,19 @@ pub fn package_sources(
     jobs: usize,
 ) -> anyhow::Result<PackageSources> {
     if !mirrors.is_empty() && caches.is_empty() {
-        bail!("--mirror needs a package cache to fetch into: give --package-cache DIR");
+        crate::bail_usage!("--mirror needs a package cache to fetch into: give --package-cache DIR");
     }
     for m in &mirrors {
         let lower = m.to_ascii_lowercase();
         if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-            bail!("--mirror {m:?}: a mirror URL must start with http:// or https://");
+            crate::bail_usage!("--mirror {m:?}: a mirror URL must start with http:// or https://");
         }
     }
     if !(timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0) {
-        bail!("--mirror-timeout must be a number of seconds between 0 and 3600");
+        crate::bail_usage!("--mirror-timeout must be a number of seconds between 0 and 3600");
     }
     if !(1..=64).contains(&jobs) {
-        bail!("--mirror-jobs must be between 1 and 64");
+        crate::bail_usage!("--mirror-jobs must be between 1 and 64");
     }
     let read_timeout = Duration::from_secs_f64(timeout);
     Ok(PackageSources {
@@ -188,12 +188,14 @@ pub struct TransferArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// The link's rate, for the decision whether fetching pays: bytes per
-    /// second or with a unit (100Mbit, 10MB/s) [default: --bwlimit, else
+    /// second, K, M, G = KiB, MiB, GiB (powers of 1024), or bits with kbit,
+    /// Mbit, Gbit (powers of 1000), e.g. 100Mbit [default: --bwlimit, else
     /// unknown: fetch].
-    #[arg(long, value_name = "RATE", value_parser = crate::describe_commands::parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = crate::rates::parse_rate)]
     pub link: Option<f64>,
-    /// Pull: images or directories to take blocks from.
-    #[arg(long = "seed", value_name = "ROOT", num_args = 1..)]
+    /// Pull: an image or directory to take blocks from; repeat for more
+    /// (--seed A --seed B).
+    #[arg(long = "seed", value_name = "ROOT")]
     pub seeds: Vec<PathBuf>,
     /// Pull: output format.
     #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
@@ -206,6 +208,9 @@ pub struct TransferArgs {
     pub net: NetOpts,
     #[command(flatten)]
     pub tls: TlsClientOpts,
+    /// Push: replace the daemon's existing image of that name.
+    #[arg(long)]
+    pub force: bool,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -215,7 +220,9 @@ pub struct TransferArgs {
 /// is HOST:PORT/NAME.
 pub fn teleport(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
     let (Some(src), Some(dest)) = (args.src.clone(), args.dest.clone()) else {
-        bail!("give SRC and DEST: an image and HOST:PORT[/NAME], or HOST:PORT/NAME and an output path");
+        crate::bail_usage!(
+            "give SRC and DEST: an image and HOST:PORT[/NAME], or HOST:PORT/NAME and an output path"
+        );
     };
     let local = PathBuf::from(&src);
     if local.exists() {
@@ -235,10 +242,14 @@ pub fn teleport(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
 
 fn push(config: &Config, src: &std::path::Path, dest: &str, args: TransferArgs) -> anyhow::Result<()> {
     if !args.mirror.mirrors.is_empty() || !args.seeds.is_empty() {
-        bail!("--mirror and --seed belong to the receiving side (cbt serve, cbt recv, a teleport pull)");
+        crate::bail_usage!(
+            "--mirror and --seed belong to the receiving side (cbt serve, cbt recv, a teleport pull)"
+        );
     }
     let target = parse_target(dest).map_err(anyhow::Error::msg)?;
-    let client = net_commands::client_options(&args.net, Some(&args.send), Tls::Client(&args.tls))?;
+    let mut client = net_commands::client_options(&args.net, Some(&args.send), Tls::Client(&args.tls))?;
+    // A dry run writes nothing, so an existing image is no reason to refuse it.
+    client.push_replace = args.force || args.dry_run;
     let link_rate = args.link.or(client.bwlimit.map(|b| b as f64));
     let spec = ImageSpec {
         path: src.to_path_buf(),
@@ -270,13 +281,14 @@ fn push(config: &Config, src: &std::path::Path, dest: &str, args: TransferArgs) 
     if !args.json {
         send_options.on_teleport = Some(Arc::new(print_stage));
     }
-    let report = net_commands::push(&target, image, send_options, client, args.json)?;
+    let show = crate::progress::wanted(config.progress, args.json);
+    let report = net_commands::push(&target, image, send_options, client, show)?;
     finish(&report, args.json)
 }
 
 fn pull(config: &Config, addr: &str, name: &str, out: &str, args: TransferArgs) -> anyhow::Result<()> {
     if config.package_caches.is_empty() {
-        bail!("a teleport pull needs a package cache to use and fill: give --package-cache DIR");
+        crate::bail_usage!("a teleport pull needs a package cache to use and fill: give --package-cache DIR");
     }
     let out = PathBuf::from(out);
     if out.is_dir() {
@@ -306,10 +318,15 @@ fn pull(config: &Config, addr: &str, name: &str, out: &str, args: TransferArgs) 
         link_rate: args.link,
         echo,
     }));
+    let counters = Arc::new(cbt_net::Progress::default());
+    options.progress = Some(Arc::clone(&counters));
+    let show = crate::progress::wanted(config.progress, args.json);
+    let bar = crate::progress::Bar::start(show, move || crate::progress::receiving(&counters.snapshot()));
     let (addr, name, dry_run) = (addr.to_string(), name.to_string(), args.dry_run);
     let report = net_commands::run_with_signals(|shutdown| async move {
         cbt_net::pull_teleport(&addr, &name, dry_run, options, &client, shutdown).await
     })?;
+    drop(bar);
     finish(&report, args.json)
 }
 

@@ -120,19 +120,66 @@ fn describe_lists_packages_and_the_exact_user_data() {
         assert_eq!(v["warnings"], serde_json::json!([]), "{what}");
     }
 
-    // The unpacked tree gives the same answer; the text output names the essentials.
+    // The unpacked tree gives the same answer.
     let tree = env.cbt_json(&args!["describe", &g.root]);
     assert_eq!(manifest_of(&tree), expected);
+    // The text output is a summary; the lists come on request.
     let out = env.cbt_ok(&args!["describe", &gpt]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let user_files = expected.iter().filter(|e| e.1 != "package_state").count();
+    let user_bytes: u64 = expected
+        .iter()
+        .filter(|e| e.1 != "package_state")
+        .map(|e| e.2)
+        .sum();
     for needle in [
-        "os: debian 12",
-        "hostname: web1",
-        "libfoo 2.1-3 amd64",
-        "conffile",
-        "/home/alice/notes.txt",
+        "os: debian 12".to_string(),
+        "hostname: web1".to_string(),
+        "architecture: amd64".to_string(),
+        format!(
+            "package manager: dpkg, {} packages ({} installed)",
+            expected_packages.len(),
+            g.packages.len()
+        ),
+        "repositories: 2".to_string(),
+        "https://extra.example/apt stable".to_string(),
+        format!("user data: {user_bytes} bytes in {user_files} files"),
+        "warnings: 0".to_string(),
+        "(list them with --packages, --files)".to_string(),
     ] {
-        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        assert!(summary.contains(&needle), "{needle:?} missing from:\n{summary}");
+    }
+    for absent in ["libfoo", "/home/alice/notes.txt"] {
+        assert!(!summary.contains(absent), "{absent:?} in the summary:\n{summary}");
+    }
+    let listed = |flags: &[&str]| {
+        let mut a = args!["describe", &gpt].to_vec();
+        a.extend(flags.iter().map(Into::into));
+        String::from_utf8_lossy(&env.cbt_ok(&a).stdout).into_owned()
+    };
+    let packages = listed(&["--packages"]);
+    assert!(packages.contains("  libfoo 2.1-3 amd64\n"), "{packages}");
+    assert!(
+        packages.contains("  oldpkg 0.1 all [config-files]\n"),
+        "{packages}"
+    );
+    assert!(!packages.contains("/home/alice/notes.txt"), "{packages}");
+    assert!(packages.contains("(list them with --files)"), "{packages}");
+    let files = listed(&["--files"]);
+    assert!(!files.contains("libfoo 2.1-3"), "{files}");
+    let both = listed(&["--packages", "--files"]);
+    for needle in ["libfoo 2.1-3 amd64", "conffile", "/home/alice/notes.txt"] {
+        assert!(
+            files.contains(needle) || needle.starts_with("libfoo"),
+            "{needle:?}:\n{files}"
+        );
+        assert!(both.contains(needle), "{needle:?} missing from:\n{both}");
+    }
+    assert!(!both.contains("list them with"), "{both}");
+    // Every manifest entry has its line in --files.
+    for e in &expected {
+        let end = format!(" {}", e.0);
+        assert!(files.lines().any(|l| l.ends_with(&end)), "{e:?}:\n{files}");
     }
 
     // --no-verify: modified package files are not found, user files still are.
@@ -481,7 +528,8 @@ fn teleport_plan_picks_the_closest_candidate() {
         "--candidates",
         &cands,
         "--link",
-        "1MB/s"
+        // 10^6 bytes per second (byte units are powers of 1024).
+        "8Mbit"
     ]);
     let layered_name = layered.canonicalize().unwrap().display().to_string();
     assert_eq!(v["best"], Value::from(layered_name.clone()), "{v:#}");

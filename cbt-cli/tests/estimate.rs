@@ -37,7 +37,7 @@ fn blocks_spread_over_two_seeds() {
     let two = env.ext4(&t2, "seeds/two.img", 32);
     let src = env.ext4(&ts, "src/all.img", 48);
 
-    let est = env.cbt_json(&args!["estimate", &src, "--against", &one, &two]);
+    let est = env.cbt_json(&args!["estimate", &src, "--against", &one, "--against", &two]);
     let list = candidates(&est);
     assert_eq!(list.len(), 2, "{est:#}");
     let union = json_f64(&est, "union.found_fraction");

@@ -742,10 +742,19 @@ fn source_written_to_while_it_is_sent() {
                 ok += 1;
             }
         }
-        // The writes are over: the same push now gives the final source.
+        // The writes are over: the same push now gives the final source
+        // (replacing the image the first push may have published).
         run_ok(
             &env,
-            &args!["send", src, format!("{addr}/{name}"), "--bwlimit", "2M", "--json"],
+            &args![
+                "send",
+                src,
+                format!("{addr}/{name}"),
+                "--bwlimit",
+                "2M",
+                "--json",
+                "--force"
+            ],
         );
         assert_bytes(&out, &fs::read(&src).unwrap());
     }

@@ -525,7 +525,7 @@ fn serve_from_a_config_file_with_flags_overriding_it() {
     std::fs::write(&bad, "data = \"data\"\nmax_conections = 4\n").unwrap();
     let (status, _, err) =
         Proc::spawn(&env, &args!["serve", "--config", bad]).finish(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(status.code(), Some(2), "a usage error: {err}");
     assert!(
         err.contains("bad.toml:2") && err.contains("max_conections"),
         "{err}"

@@ -38,6 +38,17 @@ pub enum Error {
         /// The feature, named as qemu names it.
         feature: String,
     },
+    /// A disk-image format cbt does not read (VMDK, VHD, VDI, ...),
+    /// recognised by its magic; `hint` says how to convert it.
+    #[error("{path}: a {format} image, which cbt cannot read: {hint}")]
+    UnsupportedFormat {
+        /// The file concerned.
+        path: PathBuf,
+        /// The format's name ("VMDK", "VHDX", ...).
+        format: String,
+        /// What to do instead (a `qemu-img convert` command line).
+        hint: String,
+    },
     /// A qcow2 backing chain refers back to itself.
     #[error("{path}: backing chain loops back to {again}")]
     BackingCycle {

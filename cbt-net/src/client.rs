@@ -39,6 +39,10 @@ pub struct ClientOptions {
     pub tls_server: Option<TlsServer>,
     /// A push: ask the daemon to update its image in place.
     pub push_in_place: bool,
+    /// A push: ask the daemon to replace an existing image of that name
+    /// (`--force`; a daemon refuses a plain push to an existing name unless
+    /// it allows overwriting).
+    pub push_replace: bool,
 }
 
 impl Default for ClientOptions {
@@ -51,6 +55,7 @@ impl Default for ClientOptions {
             tls: None,
             tls_server: None,
             push_in_place: false,
+            push_replace: false,
         }
     }
 }
@@ -185,7 +190,7 @@ async fn connect(
         options.handshake_timeout,
     )
     .await?;
-    if matches!(mode, Mode::Push | Mode::PushInPlace) {
+    if !mode.is_pull() {
         writer.set_rate_limit(options.bwlimit);
     }
     Ok(Link::spawn(reader, writer, options.timeouts, shutdown.clone()))
@@ -203,6 +208,8 @@ pub async fn push(
 ) -> Result<TransferReport> {
     let mode = if options.push_in_place {
         Mode::PushInPlace
+    } else if options.push_replace {
+        Mode::PushReplace
     } else {
         Mode::Push
     };
@@ -294,8 +301,8 @@ pub async fn receive_once(
                 };
                 let refusal = match (request.mode, request.name.is_empty()) {
                     // Whether to update in place is the receiver's own choice here.
-                    (Mode::Push | Mode::PushInPlace, true) => None,
-                    (Mode::Push | Mode::PushInPlace, false) => {
+                    (Mode::Push | Mode::PushInPlace | Mode::PushReplace, true) => None,
+                    (Mode::Push | Mode::PushInPlace | Mode::PushReplace, false) => {
                         Some("this is a one-shot receiver: send without a /NAME")
                     }
                     (Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan, _) => {

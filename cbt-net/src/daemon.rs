@@ -11,7 +11,11 @@
 //! write the same name at once, but a push to a name whose earlier transfer
 //! lost its peer takes over as soon as that transfer has noticed (at once,
 //! whatever stage it is in). Before each push, kept partial outputs are
-//! bounded ([`PartialLimits`]). On shutdown the daemon stops accepting,
+//! bounded ([`PartialLimits`]). A plain push never replaces an existing
+//! image unless the daemon allows overwriting; a push that asks to replace
+//! (`Mode::PushReplace`, `cbt send --force`) may. An optional
+//! [`DaemonObserver`] hears of every transfer's start and end (the command
+//! line's metrics). On shutdown the daemon stops accepting,
 //! tells running transfers to stop (their partial outputs stay at hidden
 //! temporary paths, never at a final path) and waits for them.
 
@@ -22,20 +26,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cbt_core::{open_image, Image, ImageSpec};
+use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::connection::{Link, Shutdown, Timeouts};
+use crate::client::Halves;
+use crate::connection::{FrameWriter, Link, Shutdown, Timeouts};
 use crate::error::{Error, Result};
 use crate::frame::Mode;
-use crate::handshake::Secret;
+use crate::handshake::{Request, Secret};
 use crate::names::check_name;
+use crate::observe::{DaemonObserver, Direction, PushDetails};
 use crate::partials::PartialLimits;
 use crate::preauth::{authenticate, PreAuth, PreAuthLimits, Ticket};
 use crate::receiver::{receive, ReceiveOptions};
 use crate::sender::{send, SendOptions};
 use crate::tls::TlsServer;
+use crate::Progress;
 
 /// How long running transfers get to stop after a shutdown request.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -64,6 +72,11 @@ pub struct ServeOptions {
     pub partials: PartialLimits,
     /// Accept pushes that ask to update an existing image in place.
     pub allow_in_place: bool,
+    /// Let a plain push replace an existing image; false: only a push that
+    /// asks to (`Mode::PushReplace`) may.
+    pub overwrite: bool,
+    /// Told of every transfer's start and end.
+    pub observer: Option<Arc<dyn DaemonObserver>>,
     /// Template for receiving (format, index settings, windows); the output
     /// and seeds are set per transfer.
     pub receive: ReceiveOptions,
@@ -88,6 +101,8 @@ impl ServeOptions {
             preauth: PreAuthLimits::default(),
             partials: PartialLimits::default(),
             allow_in_place: true,
+            overwrite: false,
+            observer: None,
             receive: ReceiveOptions::new(PathBuf::new()),
             send: SendOptions::default(),
             bwlimit: None,
@@ -221,19 +236,28 @@ async fn connection(
     let ((reader, mut writer), request) =
         match authenticate(stream, &peer, o.tls.as_ref(), o.secret.as_ref(), ticket, deadline).await {
             Ok(a) => a,
+            // Port probes, silent and evicted connections attempted nothing:
+            // neither logged loudly nor counted as failed transfers.
             Err(e @ (Error::Timeout { .. } | Error::Refused(_) | Error::Closed { .. })) => {
                 tracing::debug!(%peer, "turned away: {e}");
                 return;
             }
             Err(e) => {
                 tracing::warn!(%peer, "turned away: {e}");
+                if let Some(ob) = &o.observer {
+                    ob.connection_refused(&e);
+                }
                 return;
             }
         };
+    let turn_away = Refusal {
+        peer: &peer,
+        request: &request,
+        observer: o.observer.as_deref(),
+    };
     // Authenticated: only now does the connection take a transfer slot.
     let Ok(_slot) = limit.try_acquire_owned() else {
-        tracing::warn!(%peer, "refused: too many connections");
-        let _ = request
+        turn_away
             .refuse(&mut writer, "server busy: too many connections, try again later")
             .await;
         return;
@@ -241,100 +265,176 @@ async fn connection(
     let name = match check_name(&request.name) {
         Ok(n) => n.to_string(),
         Err(reason) => {
-            tracing::warn!(%peer, "refused: {reason}");
-            let _ = request.refuse(&mut writer, &reason).await;
+            turn_away.refuse(&mut writer, &reason).await;
             return;
         }
     };
+    let halves = (reader, writer);
     match request.mode {
-        Mode::Push | Mode::PushInPlace => {
-            let in_place = request.mode == Mode::PushInPlace;
-            if in_place && !o.allow_in_place {
-                let _ = request
-                    .refuse(
-                        &mut writer,
-                        "this server does not accept in-place pushes (allow_inplace = false)",
-                    )
-                    .await;
-                return;
-            }
-            let path = o.data_dir.join(&name);
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-                let _ = request
-                    .refuse(&mut writer, &format!("{name}: exists and is not a regular file"))
-                    .await;
-                return;
-            }
-            let Some(_claim) = state.claim_or_wait(&name).await else {
-                let _ = request
-                    .refuse(
-                        &mut writer,
-                        &format!("{name}: another transfer to this name is running"),
-                    )
-                    .await;
-                return;
-            };
-            if request.accept(&mut writer).await.is_err() {
-                return;
-            }
-            tracing::info!(%peer, %name, "receiving");
-            let mut options = o.receive.clone();
-            options.partials = Some(o.partials);
-            options.in_place = in_place;
-            options.output = path;
-            options.seeds = o.seeds.clone();
-            // Updated in place, the image itself is read as the transfer
-            // goes, not hashed up front as a seed.
-            options.seeds.extend(
-                data_dir_images(&o.data_dir)
-                    .into_iter()
-                    .filter(|p| !(in_place && *p == options.output)),
-            );
-            let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
-            match receive(link, options, stop).await {
-                Ok(r) if r.dry_run => tracing::info!(%peer, %name, "teleport planned (dry run)"),
-                Ok(r) => tracing::info!(
-                    %peer, %name, blocks_local = r.blocks_local, blocks_sent = r.blocks_sent,
-                    wire_bytes_received = r.wire_bytes_received, seconds = r.seconds, "received"
-                ),
-                Err(e) => tracing::warn!(%peer, %name, "receive failed: {e}"),
-            }
+        Mode::Push | Mode::PushInPlace | Mode::PushReplace => {
+            push(halves, &turn_away, &name, state, stop).await;
         }
         Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan => {
-            let Some(export) = &o.export else {
-                let _ = request.refuse(&mut writer, "this server exports no images").await;
-                return;
-            };
-            let image = match open_export(export, &name).await {
-                Ok(i) => i,
-                Err(reason) => {
-                    tracing::warn!(%peer, %name, "refused: {reason}");
-                    let _ = request.refuse(&mut writer, &reason).await;
-                    return;
-                }
-            };
-            if request.accept(&mut writer).await.is_err() {
-                return;
+            pull(halves, &turn_away, &name, o, stop).await;
+        }
+    }
+}
+
+/// What turning a request away needs: it is logged, told to the client and
+/// to the observer.
+struct Refusal<'a> {
+    peer: &'a str,
+    request: &'a Request,
+    observer: Option<&'a dyn DaemonObserver>,
+}
+
+impl Refusal<'_> {
+    async fn refuse<W: AsyncWrite + Unpin>(&self, writer: &mut FrameWriter<W>, reason: &str) {
+        tracing::warn!(peer = %self.peer, "refused: {reason}");
+        let _ = self.request.refuse(writer, reason).await;
+        if let Some(ob) = self.observer {
+            ob.connection_refused(&Error::Refused(reason.to_string()));
+        }
+    }
+}
+
+/// Receives a pushed image into the data directory as `name`.
+async fn push(
+    (reader, mut writer): Halves,
+    turn_away: &Refusal<'_>,
+    name: &str,
+    state: &State,
+    stop: Shutdown,
+) {
+    let (o, peer, mode) = (&state.options, turn_away.peer, turn_away.request.mode);
+    let in_place = mode == Mode::PushInPlace;
+    if in_place && !o.allow_in_place {
+        let reason = "this server does not accept in-place pushes (allow_inplace = false)";
+        return turn_away.refuse(&mut writer, reason).await;
+    }
+    let path = o.data_dir.join(name);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+        let reason = format!("{name}: exists and is not a regular file");
+        return turn_away.refuse(&mut writer, &reason).await;
+    }
+    let Some(_claim) = state.claim_or_wait(name).await else {
+        let reason = format!("{name}: another transfer to this name is running");
+        return turn_away.refuse(&mut writer, &reason).await;
+    };
+    // Looked at under the claim, so that of two pushes to a new name the
+    // second sees the first one's image. An in-place push updates the
+    // existing image by definition.
+    let replacing = !in_place && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+    if replacing && mode == Mode::Push && !o.overwrite {
+        let reason =
+            format!("{name}: an image of this name exists on the server; push with --force to replace it");
+        return turn_away.refuse(&mut writer, &reason).await;
+    }
+    if turn_away.request.accept(&mut writer).await.is_err() {
+        return;
+    }
+    if replacing {
+        tracing::info!(%peer, %name, "receiving, replacing the existing image");
+    } else {
+        tracing::info!(%peer, %name, "receiving");
+    }
+    let observer = turn_away.observer;
+    if let Some(ob) = observer {
+        ob.transfer_started(Direction::Push);
+    }
+    let progress = Arc::new(Progress::default());
+    let mut options = o.receive.clone();
+    options.partials = Some(o.partials);
+    options.in_place = in_place;
+    options.output = path;
+    options.progress = Some(Arc::clone(&progress));
+    options.seeds = o.seeds.clone();
+    // Updated in place, the image itself is read as the transfer goes, not
+    // hashed up front as a seed.
+    options.seeds.extend(
+        data_dir_images(&o.data_dir)
+            .into_iter()
+            .filter(|p| !(in_place && *p == options.output)),
+    );
+    let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
+    match receive(link, options, stop).await {
+        Ok(r) => {
+            if r.dry_run {
+                tracing::info!(%peer, %name, "teleport planned (dry run)");
+            } else {
+                tracing::info!(
+                    %peer, %name, replaced = replacing, blocks_local = r.blocks_local,
+                    blocks_sent = r.blocks_sent, wire_bytes_received = r.wire_bytes_received,
+                    seconds = r.seconds, "received"
+                );
             }
-            tracing::info!(%peer, %name, "sending");
-            writer.set_rate_limit(o.bwlimit);
-            let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
-            let mut send_options = o.send.clone();
-            if request.mode != Mode::Pull {
-                let dry_run = request.mode == Mode::PullTeleportPlan;
-                send_options.description =
-                    Some(describe_export(o.receive.teleporter.clone(), Arc::clone(&image), dry_run).await);
+            if let Some(ob) = observer {
+                let details = PushDetails {
+                    bytes_local: progress.snapshot().bytes_local,
+                    replaced: replacing && !r.dry_run,
+                };
+                ob.transfer_finished(Direction::Push, &r, Some(details));
             }
-            let mut stop = stop;
-            let result = tokio::select! {
-                r = send(link, image, &send_options) => r,
-                _ = stop.wait() => Err(Error::Cancelled),
-            };
-            match result {
-                Ok(r) => {
-                    tracing::info!(%peer, %name, blocks_sent = r.blocks_sent, seconds = r.seconds, "sent")
-                }
-                Err(e) => tracing::warn!(%peer, %name, "send failed: {e}"),
+        }
+        Err(e) => {
+            tracing::warn!(%peer, %name, "receive failed: {e}");
+            if let Some(ob) = observer {
+                ob.transfer_failed(Direction::Push, &e);
+            }
+        }
+    }
+}
+
+/// Sends the exported image `name` to a client that pulls it.
+async fn pull(
+    (reader, mut writer): Halves,
+    turn_away: &Refusal<'_>,
+    name: &str,
+    o: &ServeOptions,
+    stop: Shutdown,
+) {
+    let (peer, mode) = (turn_away.peer, turn_away.request.mode);
+    let Some(export) = &o.export else {
+        return turn_away
+            .refuse(&mut writer, "this server exports no images")
+            .await;
+    };
+    let image = match open_export(export, name).await {
+        Ok(i) => i,
+        Err(reason) => return turn_away.refuse(&mut writer, &reason).await,
+    };
+    if turn_away.request.accept(&mut writer).await.is_err() {
+        return;
+    }
+    tracing::info!(%peer, %name, "sending");
+    let observer = turn_away.observer;
+    if let Some(ob) = observer {
+        ob.transfer_started(Direction::Pull);
+    }
+    writer.set_rate_limit(o.bwlimit);
+    let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
+    let mut send_options = o.send.clone();
+    if mode != Mode::Pull {
+        let dry_run = mode == Mode::PullTeleportPlan;
+        send_options.description =
+            Some(describe_export(o.receive.teleporter.clone(), Arc::clone(&image), dry_run).await);
+    }
+    let mut stop = stop;
+    let result = tokio::select! {
+        r = send(link, image, &send_options) => r,
+        _ = stop.wait() => Err(Error::Cancelled),
+    };
+    match result {
+        Ok(r) => {
+            tracing::info!(%peer, %name, blocks_sent = r.blocks_sent, seconds = r.seconds, "sent");
+            if let Some(ob) = observer {
+                ob.transfer_finished(Direction::Pull, &r, None);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%peer, %name, "send failed: {e}");
+            if let Some(ob) = observer {
+                ob.transfer_failed(Direction::Pull, &e);
             }
         }
     }

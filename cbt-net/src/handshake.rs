@@ -31,6 +31,16 @@ use crate::frame::{Frame, Mode, NONCE_LEN};
 /// Context string of the key derivation (BLAKE3 `derive_key`).
 const KDF_CONTEXT: &str = "cbt-net 2025-01 shared-secret authentication key v1";
 
+/// The start of the server's ERROR message when a client's proof fails;
+/// the client recognises it to tell a wrong secret from a refused request.
+const AUTH_FAILED: &str = "authentication failed";
+/// Why a client without a secret cannot use a server that requires one.
+const NO_SECRET: &str =
+    "this server needs a secret and none was given (--secret-file FILE, or CBT_SECRET_FILE)";
+/// Why a client's proof was refused.
+const WRONG_SECRET: &str =
+    "wrong secret: the server did not accept our proof (both ends need the same secret file)";
+
 /// A shared secret, reduced to its derived key. Never printed.
 #[derive(Clone)]
 pub struct Secret {
@@ -153,7 +163,18 @@ where
                     reason: "the server does not authenticate; refusing".into(),
                 })
             }
-            (None, _) => None,
+            (None, true) => {
+                // Tell the server (it logs the refusal) and read its
+                // ERROR, so the connection closes cleanly; the reason we
+                // give is the one the user can act on.
+                writer.send(&Frame::Auth { proof: None }).await?;
+                let _ = reader.expect_frame(limit).await;
+                return Err(Error::Auth {
+                    peer: peer.into(),
+                    reason: NO_SECRET.into(),
+                });
+            }
+            (None, false) => None,
         };
         writer.send(&Frame::Auth { proof }).await?;
         match reader.expect_frame(limit).await? {
@@ -168,6 +189,15 @@ where
                     }
                 }
                 Ok(())
+            }
+            // Our proof was refused: the secrets differ. (Any other ERROR
+            // here is a refusal of the request, reported as the server
+            // wrote it.)
+            Frame::Error { message } if secret.is_some() && message.starts_with(AUTH_FAILED) => {
+                Err(Error::Auth {
+                    peer: peer.into(),
+                    reason: WRONG_SECRET.into(),
+                })
             }
             Frame::Error { message } => Err(Error::Remote {
                 peer: peer.into(),
@@ -253,16 +283,16 @@ where
             Some(s) => {
                 let expected = s.proof(b"cbt client proof", &nonce_s, &nonce_c, mode, &name);
                 if !proof_matches(&expected, &got) {
+                    let reason = if got.is_some() {
+                        "wrong secret"
+                    } else {
+                        "the client gave no secret"
+                    };
                     let _ = writer
                         .send(&Frame::Error {
-                            message: "authentication failed".into(),
+                            message: format!("{AUTH_FAILED}: {reason}"),
                         })
                         .await;
-                    let reason = if got.is_some() {
-                        "wrong proof of the secret"
-                    } else {
-                        "no proof of the secret"
-                    };
                     return Err(Error::Auth {
                         peer: peer.into(),
                         reason: reason.into(),
@@ -330,13 +360,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wrong_or_missing_secret_is_refused() {
+    async fn wrong_or_missing_secret_is_refused_with_distinct_reasons() {
         let (c, s) = pair(Some(b"wrong horse"), Some(b"correct horse")).await;
-        assert!(matches!(s, Err(Error::Auth { .. })));
-        assert!(matches!(c, Err(Error::Remote { .. })), "{c:?}");
+        assert!(
+            matches!(&s, Err(Error::Auth { reason, .. }) if reason == "wrong secret"),
+            "{s:?}"
+        );
+        assert!(
+            matches!(&c, Err(Error::Auth { reason, .. }) if reason == WRONG_SECRET),
+            "{c:?}"
+        );
         let (c, s) = pair(None, Some(b"correct horse")).await;
         assert!(matches!(s, Err(Error::Auth { .. })));
-        assert!(c.is_err());
+        assert!(
+            matches!(&c, Err(Error::Auth { reason, .. }) if reason == NO_SECRET),
+            "{c:?}"
+        );
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@
 //! - [`client`] and [`daemon`]: the one-shot pair and the `cbt serve`
 //!   daemon (push and pull), with connection cap, idle timeouts and graceful
 //!   shutdown;
+//! - [`observe`]: the [`DaemonObserver`] hook that hears of the daemon's
+//!   transfers (the command line's metrics);
 //! - [`resume`]: partial outputs kept after a failure and used as seeds;
 //!   [`partials`]: the daemon's bound on them (total bytes, age);
 //! - `preauth`: the budget and deadline of unauthenticated connections;
@@ -33,6 +35,7 @@ mod error;
 pub mod frame;
 pub mod handshake;
 pub mod names;
+pub mod observe;
 pub mod partials;
 mod preauth;
 mod progress;
@@ -55,6 +58,7 @@ pub use connection::{Counters, Link, Shutdown, ShutdownTrigger, Timeouts};
 pub use daemon::{serve, ServeOptions};
 pub use error::{Error, Result};
 pub use handshake::Secret;
+pub use observe::{DaemonObserver, Direction, FailureReason, PushDetails};
 pub use progress::{Phase, Progress, ProgressSnapshot};
 pub use receiver::{receive, ReceiveOptions};
 pub use sender::{send, SendOptions};

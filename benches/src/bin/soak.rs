@@ -423,7 +423,9 @@ impl Soak {
         to: &str,
         extra: &[&dyn AsRef<std::ffi::OsStr>],
     ) -> Result<(ExitStatus, serde_json::Value, String)> {
-        let mut c = self.cmd(&[&"send", &src, &to, &"--json"]);
+        // Reruns complete the image whatever the first attempt left: one
+        // that published before it was killed must not be refused.
+        let mut c = self.cmd(&[&"send", &src, &to, &"--json", &"--force"]);
         for a in extra {
             c.arg(a);
         }

@@ -4,7 +4,11 @@
 //!
 //! Every image reports the ranges that may hold data, so unallocated and
 //! zero regions are skipped without being read.
+//!
+//! Other formats (VMDK, VHD, VHDX, VDI, QED, LUKS, Parallels) are
+//! recognised by their magic and refused (`foreign`), never read as raw.
 
+mod foreign;
 mod qcow2;
 mod qcow2_header;
 mod raw;
@@ -87,24 +91,48 @@ pub enum ImageFormat {
     Qcow2,
 }
 
-/// Detects the format of `path` from its first bytes.
+/// Detects the format of `path` from its first bytes (and, for fixed VHD
+/// images, its last ones).
+///
+/// Formats cbt does not read (VMDK, VHD, VHDX, VDI, QED, LUKS, Parallels)
+/// are an [`Error::UnsupportedFormat`] with a conversion hint: taken as
+/// raw, they would be copied as containers rather than as disks.
 pub fn detect_format(path: &Path) -> Result<ImageFormat> {
+    use std::io::{Seek, SeekFrom};
     let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let mut magic = [0u8; 4];
+    let mut head = [0u8; foreign::HEAD_LEN];
     let mut got = 0;
-    while got < magic.len() {
-        match file.read(&mut magic[got..]) {
+    while got < head.len() {
+        match file.read(&mut head[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io(path, "read", e)),
         }
     }
-    Ok(if got == 4 && magic == QCOW2_MAGIC {
-        ImageFormat::Qcow2
+    let head = &head[..got];
+    if head.starts_with(&QCOW2_MAGIC) {
+        return Ok(ImageFormat::Qcow2);
+    }
+    // Seeking, not metadata: a block device's metadata length is 0.
+    let len = file
+        .seek(SeekFrom::End(0))
+        .map_err(|e| Error::io(path, "seek", e))?;
+    let mut tail = [0u8; foreign::TAIL_LEN];
+    let tail = if len >= (foreign::HEAD_LEN + foreign::TAIL_LEN) as u64 {
+        let n = pread_full(&file, path, &mut tail, len - foreign::TAIL_LEN as u64)?;
+        Some(&tail[..n])
     } else {
-        ImageFormat::Raw
-    })
+        None
+    };
+    match foreign::foreign_format(head, tail) {
+        Some(f) => Err(Error::UnsupportedFormat {
+            path: path.to_path_buf(),
+            format: f.name.to_string(),
+            hint: foreign::hint(f, path),
+        }),
+        None => Ok(ImageFormat::Raw),
+    }
 }
 
 /// What to open: a file, and optionally one of its internal snapshots.

@@ -127,8 +127,14 @@ pub fn parse_header(bytes: &[u8], file_len: u64, path: &Path) -> Result<Qcow2Hea
                 "dirty bit (image was not closed cleanly; run `qemu-img check -r all`)",
             ),
             (INCOMPAT_CORRUPT, "corrupt bit (qemu marked the image corrupt)"),
-            (INCOMPAT_DATA_FILE, "external data file"),
-            (INCOMPAT_EXTL2, "extended L2 entries (subclusters)"),
+            (
+                INCOMPAT_DATA_FILE,
+                "external data file (`qemu-img convert -O qcow2 IN OUT` writes a copy without it)",
+            ),
+            (
+                INCOMPAT_EXTL2,
+                "extended L2 entries (subclusters) (`qemu-img convert -O qcow2 IN OUT` writes a copy without them)",
+            ),
         ];
         for (bit, name) in named {
             if incompatible & bit != 0 {
@@ -141,7 +147,8 @@ pub fn parse_header(bytes: &[u8], file_len: u64, path: &Path) -> Result<Qcow2Hea
         if incompatible & INCOMPAT_COMPRESSION != 0 {
             let kind = if header_length > 104 { bytes[104] } else { 0 };
             let feature = match kind {
-                1 => "zstd compression".to_string(),
+                1 => "zstd compression (`qemu-img convert -O qcow2 IN OUT` writes an uncompressed copy)"
+                    .to_string(),
                 k => format!("compression type {k}"),
             };
             if kind != 0 {

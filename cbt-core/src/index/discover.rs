@@ -81,7 +81,14 @@ fn walk(dir: &Path, raw_extensions: &[String], out: &mut BTreeSet<PathBuf>) -> R
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| raw_extensions.iter().any(|r| r.eq_ignore_ascii_case(e)));
-            let is_qcow2 = matches!(detect_format(&path), Ok(ImageFormat::Qcow2));
+            let format = detect_format(&path);
+            if let Err(e @ Error::UnsupportedFormat { .. }) = &format {
+                // Said once here, not silently passed over: the operator
+                // may expect this image to seed the transfer.
+                tracing::warn!("skipping {e}");
+                continue;
+            }
+            let is_qcow2 = matches!(format, Ok(ImageFormat::Qcow2));
             if by_ext || is_qcow2 {
                 if let Ok(c) = path.canonicalize() {
                     out.insert(c);

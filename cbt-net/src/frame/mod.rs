@@ -54,6 +54,10 @@ pub enum Mode {
     /// A teleport pull's dry run: the sender describes, the client plans,
     /// nothing is transferred.
     PullTeleportPlan = 5,
+    /// A push that may replace an existing image of that name (`cbt send
+    /// --force`); a plain push to an existing name is refused unless the
+    /// daemon allows overwriting.
+    PushReplace = 6,
 }
 
 impl Mode {

@@ -109,6 +109,7 @@ pub(super) fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 3 => Mode::PushInPlace,
                 4 => Mode::PullTeleport,
                 5 => Mode::PullTeleportPlan,
+                6 => Mode::PushReplace,
                 _ => return Err(p.err("unknown mode")),
             };
             let name = p.string()?;

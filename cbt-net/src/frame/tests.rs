@@ -7,6 +7,11 @@ fn samples() -> Vec<Frame> {
             name: "vm1.img".into(),
             nonce: [7; 32],
         },
+        Frame::Hello {
+            mode: Mode::PushReplace,
+            name: "vm1.img".into(),
+            nonce: [8; 32],
+        },
         Frame::Challenge {
             nonce: [9; 32],
             auth: true,
