@@ -32,7 +32,7 @@ type Label = [(&'static str, &'static str); 1];
 
 /// Scrapes answered at once; more wait for a place.
 const MAX_SCRAPES: usize = 8;
-/// A scraper has this long to send its request.
+/// A scraper has this long to send its request, and again to read the answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest request head read (a scrape's is a few hundred bytes).
 const MAX_REQUEST: usize = 8192;
@@ -260,8 +260,15 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
         Err(_) => return Ok(()),
     }
     let response = respond(&head, metrics);
-    stream.write_all(&response).await?;
-    stream.shutdown().await
+    // A client that does not read must not keep its place either.
+    let write = async {
+        stream.write_all(&response).await?;
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, write).await {
+        Ok(r) => r,
+        Err(_) => Ok(()),
+    }
 }
 
 /// The whole response to a request head: the metrics for `GET /metrics`,
