@@ -126,6 +126,7 @@ pub fn fetch_packages(
     let start = Instant::now();
     std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, "create directory", e))?;
     let dir = Dir::open(dest)?;
+    remove_stale_downloads(dest);
     let wanted: Vec<PackageId> = wanted
         .iter()
         .cloned()
@@ -233,6 +234,39 @@ pub fn fetch_packages(
 
 /// Writes a checked index file into the cache unless it is there with the
 /// same bytes (temporary file, fsync, rename). Returns whether it wrote.
+/// Downloads older than this are left-overs of a killed process.
+const STALE_DOWNLOAD: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes temporary downloads (`.NAME.PID-N.cbt-download`) left in
+/// `dest` by a process killed mid-download, once they are a day old (a
+/// younger one may belong to a transfer running now).
+fn remove_stale_downloads(dest: &Path) {
+    let Ok(entries) = std::fs::read_dir(dest) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.ends_with(".cbt-download")) {
+            continue;
+        }
+        // Not following links: a link of that name is not ours to judge.
+        let stale = entry.file_type().is_ok_and(|t| t.is_file())
+            && entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_DOWNLOAD);
+        if stale {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!("removed a stale download {}", entry.path().display()),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
+
 /// A temporary name for `name` in the cache, unique to this download:
 /// several transfers (threads or processes) may fill one cache at once,
 /// and none may rename another's half-written file into place.
@@ -397,6 +431,31 @@ fn download_to(dir: &Dir, temp: &str, job: &Job<'_>) -> Result<u64, MirrorError>
     }
     file.sync_all().map_err(|e| Error::io(&temp_path, "sync", e))?;
     Ok(got)
+}
+
+#[cfg(test)]
+mod stale_tests {
+    use super::*;
+
+    #[test]
+    fn only_day_old_downloads_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(".a_1_all.deb.7-0.cbt-download");
+        let young = dir.path().join(".b_1_all.deb.7-1.cbt-download");
+        let other = dir.path().join("c_1_all.deb");
+        for p in [&old, &young, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let day_ago = std::time::SystemTime::now() - STALE_DOWNLOAD - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+        remove_stale_downloads(dir.path());
+        assert!(!old.exists() && young.exists() && other.exists());
+    }
 }
 
 #[cfg(test)]
