@@ -51,6 +51,10 @@ pub struct Metrics {
     replaced: Counter,
     last_success: Gauge<f64, AtomicU64>,
     rate: Histogram,
+    /// The seed index of the last finished push.
+    index_images: Gauge,
+    index_unique_blocks: Gauge,
+    index_memory: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,6 +89,9 @@ impl Metrics {
             last_success: Gauge::default(),
             // 64 KiB/s to 128 GiB/s, doubling.
             rate: Histogram::new(exponential_buckets(65536.0, 2.0, 22)),
+            index_images: Gauge::default(),
+            index_unique_blocks: Gauge::default(),
+            index_memory: Gauge::default(),
         };
         // Creating a series is all that is wanted here; the guards unlock at once.
         for d in [Direction::Push, Direction::Pull] {
@@ -152,6 +159,21 @@ impl Metrics {
             "Image bytes per second of each finished transfer",
             self.rate.clone(),
         );
+        r.register(
+            "index_images",
+            "Image views (images, backing files, snapshots, package blobs) in the seed index of the last finished push",
+            self.index_images.clone(),
+        );
+        r.register(
+            "index_unique_blocks",
+            "Distinct non-zero blocks in the seed index of the last finished push",
+            self.index_unique_blocks.clone(),
+        );
+        r.register(
+            "index_memory_bytes",
+            "Bytes of RAM the seed index of the last finished push held",
+            self.index_memory.clone(),
+        );
         self
     }
 
@@ -199,6 +221,12 @@ impl DaemonObserver for Metrics {
         }
         if !r.dry_run {
             self.rate.observe(r.observed_bandwidth);
+        }
+        if let Some(i) = &r.index {
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.index_images.set(gauge(i.images as u64));
+            self.index_unique_blocks.set(gauge(i.unique_blocks));
+            self.index_memory.set(gauge(i.memory_bytes));
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

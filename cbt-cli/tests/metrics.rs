@@ -127,6 +127,10 @@ fn counters_follow_transfers_and_failures_by_reason() {
         2.0
     );
     assert_eq!(value(&after, "cbt_local_bytes_total"), (1792 * BLOCK) as f64);
+    // That push's seed index: the first image, its 1792 distinct data blocks.
+    assert_eq!(value(&after, "cbt_index_images"), 1.0);
+    assert_eq!(value(&after, "cbt_index_unique_blocks"), 1792.0);
+    assert!(value(&after, "cbt_index_memory_bytes") > 0.0);
     assert_eq!(
         value(&after, "cbt_blocks_total{kind=\"local\"}"),
         (json_u64(&first, "blocks_local") + 1792) as f64

@@ -121,6 +121,30 @@ pub struct TransferReport {
     /// A dry run: only the teleport plan was made; nothing was transferred.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// The receiver's seed index (receiver only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexSummary>,
+}
+
+/// The size of a receiver's seed index.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct IndexSummary {
+    /// Image views indexed (images, backing files, snapshots, package blobs).
+    pub images: usize,
+    /// Distinct non-zero blocks.
+    pub unique_blocks: u64,
+    /// Bytes of RAM it held.
+    pub memory_bytes: u64,
+}
+
+impl From<&cbt_core::IndexStats> for IndexSummary {
+    fn from(s: &cbt_core::IndexStats) -> Self {
+        IndexSummary {
+            images: s.images,
+            unique_blocks: s.unique_blocks,
+            memory_bytes: s.memory_bytes,
+        }
+    }
 }
 
 impl TransferReport {
@@ -163,6 +187,7 @@ impl TransferReport {
             levels: std::collections::BTreeMap::new(),
             teleport: None,
             dry_run: false,
+            index: None,
         }
     }
 
@@ -198,6 +223,7 @@ impl TransferReport {
             levels: std::collections::BTreeMap::new(),
             teleport: Some(log),
             dry_run: true,
+            index: None,
         }
     }
 

@@ -268,23 +268,24 @@ pub async fn receive(
         Err(e) => Err(e),
     };
     match result {
-        Ok(((layout, stats, digest, output, bytes_written, compression, finished), label)) => {
+        Ok((r, label)) => {
             link.close(Duration::from_secs(10)).await;
             let mut report = TransferReport::new(
                 "receiver",
                 &peer,
                 label,
-                Some(output),
-                &layout,
-                stats,
+                Some(r.output),
+                &r.layout,
+                r.stats,
                 &counters,
                 started.elapsed().as_secs_f64(),
-                digest,
+                r.digest,
             )
-            .with_compression(&compression);
-            report.bytes_written = Some(bytes_written.0);
-            report.bytes_cloned = Some(bytes_written.1);
-            if let (Some(log), Some(body)) = (log.as_mut(), finished) {
+            .with_compression(&r.compression);
+            report.bytes_written = Some(r.bytes_written);
+            report.bytes_cloned = Some(r.bytes_cloned);
+            report.index = Some(r.index);
+            if let (Some(log), Some(body)) = (log.as_mut(), r.finished) {
                 log.record(TeleportStage::Finished, &body);
             }
             report.teleport = log;
@@ -302,15 +303,19 @@ pub async fn receive(
     }
 }
 
-type EngineResult = (
-    Layout,
-    DoneStats,
-    Digest,
-    PathBuf,
-    (u64, u64),
-    crate::compress::CompressionStats,
-    Option<Vec<u8>>,
-);
+/// What the engine hands back once the image is published.
+struct Received {
+    layout: Layout,
+    stats: DoneStats,
+    digest: Digest,
+    output: PathBuf,
+    bytes_written: u64,
+    bytes_cloned: u64,
+    compression: crate::compress::CompressionStats,
+    /// The teleport's `finished` report, if any.
+    finished: Option<Vec<u8>>,
+    index: crate::IndexSummary,
+}
 
 /// The next frame from the peer, a closed connection as an error.
 async fn next_frame(link: &mut Link) -> Result<Frame> {
@@ -432,7 +437,7 @@ fn run_engine(
     shutdown: Shutdown,
     peer: String,
     finish: Option<FinishReport>,
-) -> Result<EngineResult> {
+) -> Result<Received> {
     if begin.image_len > MAX_IMAGE_LEN {
         return Err(Error::protocol(
             &peer,
@@ -531,6 +536,7 @@ fn run_engine(
         ..
     } = engine;
     shared.index.refresh_changed_seeds();
+    let index_summary = crate::IndexSummary::from(shared.index.stats());
     let finished = match (&result, finish) {
         (Ok(_), Some(f)) => Some(f(&shared.index)),
         _ => None,
@@ -540,7 +546,7 @@ fn run_engine(
     };
     match result {
         Ok(digest) => {
-            let bytes_written = (assembly.bytes_written(), assembly.bytes_cloned());
+            let (bytes_written, bytes_cloned) = (assembly.bytes_written(), assembly.bytes_cloned());
             let published = assembly.publish()?;
             resume::cleanup(&options.output);
             if let Some(body) = &finished {
@@ -551,15 +557,17 @@ fn run_engine(
             }
             // The sender waits for this before it reports success.
             let _ = outgoing.blocking_send(Frame::Done(stats));
-            Ok((
+            Ok(Received {
                 layout,
                 stats,
                 digest,
-                published,
+                output: published,
                 bytes_written,
+                bytes_cloned,
                 compression,
                 finished,
-            ))
+                index: index_summary,
+            })
         }
         Err(e) => {
             if !(e.is_connection_loss() || matches!(e, Error::Remote { .. })) {
