@@ -1,9 +1,8 @@
 //! README's exit-code table, from the real binary: 0 success, 1 failure,
 //! 2 usage, 3 malformed or unsupported input, 4 I/O (a failed connection
 //! included); and a reader closing standard output early (`cbt ... --json
-//! | head -c 100`) is not an error. Code 5 (verification) needs an output
-//! that fails verification, which the binary cannot be made to produce on
-//! demand; its mapping is unit-tested in `src/exit_codes.rs`.
+//! | head -c 100`) is not an error. Code 5 (verification): a one-shot
+//! receiver fed by a hand-made sender whose image digest is wrong.
 
 #[macro_use]
 mod common;
@@ -120,6 +119,89 @@ fn exit_4_for_io_and_refused_connections() {
     assert_code(&out, 4);
     let out = env.cbt(&args!["copy", "no-such-image.raw", "out.raw"]);
     assert_code(&out, 4);
+}
+
+#[test]
+fn exit_5_when_the_received_image_does_not_verify() {
+    use std::sync::Arc;
+
+    use cbt_core::{open_image, Digest, ImageSpec, Layout};
+    use cbt_net::connection::{FrameReader, FrameWriter};
+    use cbt_net::frame::{Begin, Frame, GroupEntry, Mode};
+    use cbt_net::Counters;
+
+    let env = TestEnv::new();
+    // A 1 MiB all-zero image: its layout is what a real sender announces.
+    let zeros = env.path("zeros.raw");
+    fs::write(&zeros, vec![0u8; MIB as usize]).unwrap();
+    let layout = Layout::detect(open_image(&ImageSpec::file(&zeros)).unwrap().as_ref(), 4096).unwrap();
+    let groups = layout.block_count().div_ceil(64);
+
+    let mut recv = common::proc::Proc::spawn(&env, &args!["recv", "--listen", "127.0.0.1:0", "out.raw"]);
+    let addr = recv.addr();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fed: Result<(), String> = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        let counters = Arc::new(Counters::default());
+        let mut reader = FrameReader::new(r, Arc::clone(&counters), addr.clone());
+        let mut writer = FrameWriter::new(w, counters, addr.clone());
+        let limit = Duration::from_secs(30);
+        cbt_net::handshake::client(&mut reader, &mut writer, &addr, Mode::Push, "", None, limit)
+            .await
+            .unwrap();
+        writer
+            .send(&Frame::Begin(Begin {
+                image_len: layout.len(),
+                block_size: layout.block_size(),
+                group_blocks: 64,
+                regions: layout.regions().to_vec(),
+                label: "fake sender".into(),
+                window_log: 0,
+            }))
+            .await
+            .unwrap();
+        loop {
+            match reader.expect_frame(limit).await {
+                Ok(Frame::Ready { .. }) => break,
+                Ok(Frame::Keepalive) => {}
+                other => return Err(format!("expected READY, got {other:?}")),
+            }
+        }
+        writer
+            .send(&Frame::Groups {
+                entries: vec![GroupEntry::Zeros(groups)],
+            })
+            .await
+            .unwrap();
+        // Every block is there (zeros), but the image digest claimed is not theirs.
+        writer
+            .send(&Frame::End {
+                image_digest: Digest([7; 32]),
+                groups,
+            })
+            .await
+            .unwrap();
+        // The receiver answers with an error and closes.
+        loop {
+            match reader.expect_frame(limit).await {
+                Ok(Frame::Error { .. }) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = fed {
+        let _ = recv.kill9();
+        panic!("{e}\n{}", recv.log());
+    }
+    let status = wait(&mut recv.child);
+    assert_eq!(status.code(), Some(5), "{}", recv.log());
+    assert!(recv.log().contains("verif"), "{}", recv.log());
+    assert_no_output(&env.path("out.raw"));
 }
 
 #[test]
