@@ -206,6 +206,23 @@ impl Dir {
             .map_err(|e| Error::io(self.join(to), "rename", e.into()))
     }
 
+    /// Renames `from` to `to` inside this directory unless `to` exists:
+    /// true if renamed, false if `to` was there (left as it was). Where the
+    /// filesystem cannot refuse to replace, `to` is replaced.
+    pub fn rename_no_replace(&self, from: &str, to: &str) -> Result<bool> {
+        let (from, to) = (self.check_name(from)?, self.check_name(to)?);
+        match rustix::fs::renameat_with(&self.fd, from, &self.fd, to, rustix::fs::RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::EXIST) => Ok(false),
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                rustix::fs::renameat(&self.fd, from, &self.fd, to)
+                    .map(|()| true)
+                    .map_err(|e| Error::io(self.join(to), "rename", e.into()))
+            }
+            Err(e) => Err(Error::io(self.join(to), "rename", e.into())),
+        }
+    }
+
     /// Syncs the directory (so a rename in it survives a crash).
     pub fn sync(&self) -> Result<()> {
         rustix::fs::fsync(self.fd.as_fd()).map_err(|e| Error::io(&self.path, "sync directory", e.into()))
@@ -245,6 +262,18 @@ mod tests {
         assert!(dir.open_existing("a", false).unwrap().is_none());
         dir.remove("b").unwrap();
         dir.remove("b").unwrap();
+    }
+
+    #[test]
+    fn rename_no_replace_keeps_what_is_there() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        dir.create_new("first").unwrap().write_all(b"first").unwrap();
+        dir.create_new("second").unwrap().write_all(b"second").unwrap();
+        assert!(dir.rename_no_replace("first", "target").unwrap());
+        assert!(!dir.rename_no_replace("second", "target").unwrap());
+        assert_eq!(std::fs::read(d.path().join("target")).unwrap(), b"first");
+        assert_eq!(dir.entry("second").unwrap(), Entry::File(6));
     }
 
     #[test]

@@ -22,13 +22,25 @@ pub(crate) struct Candidate {
 /// Walks `roots` and returns what to index, sorted and without duplicates.
 /// Explicitly named files are taken whatever their extension; inside
 /// directories raw images are recognised by `raw_extensions`. Paths in
-/// `exclude` (canonical) are left out.
+/// `exclude` (canonical) are left out. `optional` files (extra seeds a
+/// provider prepared) are taken too, but one that is gone meanwhile (a
+/// cache another process cleaned) is skipped with a warning, where a
+/// missing root is an error.
 pub(crate) fn discover(
     roots: &[PathBuf],
+    optional: &[PathBuf],
     raw_extensions: &[String],
     exclude: &[PathBuf],
 ) -> Result<Vec<Candidate>> {
     let mut files = BTreeSet::new();
+    for file in optional {
+        match file.canonicalize() {
+            Ok(f) => {
+                files.insert(f);
+            }
+            Err(e) => tracing::warn!("skipping the extra seed {}: {e}", file.display()),
+        }
+    }
     for root in roots {
         let meta = fs::metadata(root).map_err(|e| Error::io(root, "index root", e))?;
         if meta.is_dir() {
@@ -146,4 +158,20 @@ fn add_image(path: &Path, exclude: &[PathBuf], out: &mut BTreeSet<Candidate>) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vanished_extra_seed_is_skipped_but_a_missing_root_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let seed = d.path().join("seed.blob");
+        std::fs::write(&seed, vec![1u8; 8192]).unwrap();
+        let gone = d.path().join("gone.blob");
+        let found = discover(&[], &[seed.clone(), gone.clone()], &[], &[]).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(discover(&[gone], &[seed], &[], &[]).is_err());
+    }
 }

@@ -223,9 +223,8 @@ impl Index {
             .iter()
             .map(|p| p.prepare(options.block_size, options.cache_dir.as_deref(), options.threads))
             .collect::<Result<Vec<_>>>()?;
-        let mut roots = roots.to_vec();
-        roots.extend(extra_seeds.iter().flat_map(|s| s.roots()));
-        let candidates = discover(&roots, &options.raw_extensions, &options.exclude)?;
+        let extra_roots: Vec<PathBuf> = extra_seeds.iter().flat_map(|s| s.roots()).collect();
+        let candidates = discover(roots, &extra_roots, &options.raw_extensions, &options.exclude)?;
         if candidates.len() >= 1 << IMAGE_BITS {
             return Err(Error::Config(format!(
                 "too many images to index ({})",

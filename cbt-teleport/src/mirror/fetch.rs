@@ -277,14 +277,17 @@ fn temp_name(name: &str) -> String {
 }
 
 fn save_index(dir: &Dir, name: &str, data: &[u8]) -> Result<bool, MirrorError> {
-    if let Some(mut f) = dir.open_existing(name, false)? {
-        let mut have = Vec::new();
-        let same = f.metadata().is_ok_and(|m| m.len() == data.len() as u64)
-            && f.read_to_end(&mut have).is_ok()
-            && have == data;
-        if same {
+    let holds_data = || -> Result<bool, MirrorError> {
+        let Some(mut f) = dir.open_existing(name, false)? else {
             return Ok(false);
-        }
+        };
+        let mut have = Vec::new();
+        Ok(f.metadata().is_ok_and(|m| m.len() == data.len() as u64)
+            && f.read_to_end(&mut have).is_ok()
+            && have == data)
+    };
+    if holds_data()? {
+        return Ok(false);
     }
     let temp = temp_name(name);
     let temp_path = dir.join(&temp);
@@ -293,13 +296,20 @@ fn save_index(dir: &Dir, name: &str, data: &[u8]) -> Result<bool, MirrorError> {
             .and_then(|()| f.sync_all())
             .map_err(|e| Error::io(&temp_path, "write", e))
     });
-    match written.and_then(|()| dir.rename(&temp, name)) {
-        Ok(()) => Ok(true),
-        Err(e) => {
-            let _ = dir.remove(&temp);
-            Err(e.into())
+    // As for packages: not over the same bytes another transfer saved
+    // meanwhile (their blob may be in use), over other bytes, yes.
+    let placed = written.map_err(MirrorError::from).and_then(|()| {
+        if dir.rename_no_replace(&temp, name)? {
+            return Ok(true);
         }
-    }
+        if holds_data()? {
+            return Ok(false);
+        }
+        dir.rename(&temp, name)?;
+        Ok(true)
+    });
+    let _ = dir.remove(&temp);
+    placed
 }
 
 fn run_job(dir: &Dir, job: &Job<'_>) -> Outcome {
@@ -367,25 +377,19 @@ fn sha256_of(f: &mut File) -> std::io::Result<Sha256Digest> {
 fn download(dir: &Dir, job: &Job<'_>) -> Result<u64, MirrorError> {
     let temp = temp_name(&job.name);
     let result = download_to(dir, &temp, job);
-    match result {
-        // Another transfer filling the same cache got it first: keep its
-        // file, whose blob (stamped with its inode) may be in use.
-        Ok(n) if matches!(intact(dir, &job.name, job.entry), Ok(true)) => {
-            let _ = dir.remove(&temp);
-            Ok(n)
+    let placed = result.and_then(|n| {
+        // Not over a file another transfer filling the same cache put in
+        // place meanwhile (its blob, stamped with its inode, may be in
+        // use); over a damaged one, yes.
+        if dir.rename_no_replace(&temp, &job.name)? || matches!(intact(dir, &job.name, job.entry), Ok(true)) {
+            return Ok(n);
         }
-        Ok(n) => match dir.rename(&temp, &job.name) {
-            Ok(()) => Ok(n),
-            Err(e) => {
-                let _ = dir.remove(&temp);
-                Err(e.into())
-            }
-        },
-        Err(e) => {
-            let _ = dir.remove(&temp);
-            Err(e)
-        }
-    }
+        dir.rename(&temp, &job.name)?;
+        Ok(n)
+    });
+    // Whatever happened, the temporary file goes (a no-op once renamed).
+    let _ = dir.remove(&temp);
+    placed
 }
 
 fn download_to(dir: &Dir, temp: &str, job: &Job<'_>) -> Result<u64, MirrorError> {
