@@ -10,16 +10,12 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use common::{assert_no_output, json_u64, TestEnv, XorShift};
+use common::{assert_no_output, json_u64, stderr, TestEnv, XorShift};
 
 /// Exit code for malformed or unsupported input (see `exit_codes.rs`).
 const EXIT_BAD_INPUT: i32 = 3;
 /// Exit code for a bad command line.
 const EXIT_USAGE: i32 = 2;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn file_name(p: &Path) -> String {
     p.file_name().expect("file name").to_string_lossy().into_owned()

@@ -11,9 +11,8 @@ mod common;
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::Output;
 
-use common::{assert_no_output, json_u64, TestEnv, XorShift, MIB};
+use common::{assert_code, assert_no_output, closed_port, json_u64, random_image, stderr, TestEnv, MIB};
 
 /// Exit code for a bad command line (README, "Exit codes").
 const EXIT_USAGE: i32 = 2;
@@ -21,36 +20,6 @@ const EXIT_USAGE: i32 = 2;
 const EXIT_BAD_INPUT: i32 = 3;
 /// Exit code for an I/O error, a failed connection included.
 const EXIT_IO: i32 = 4;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_code(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "expected exit {code}, got {}\n--- stderr ---\n{}",
-        out.status,
-        stderr(out)
-    );
-}
-
-/// A raw image of `mib` MiB of random bytes.
-fn random_image(env: &TestEnv, rel: &str, mib: u64, seed: u64) -> PathBuf {
-    let p = env.path(rel);
-    fs::write(&p, XorShift::new(seed).bytes((mib * MIB) as usize)).expect("write image");
-    p
-}
-
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
-fn closed_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("local address");
-    drop(l);
-    addr.to_string()
-}
 
 #[test]
 fn copy_takes_options_before_positionals_and_repeated_seeds() {

@@ -9,41 +9,11 @@ mod common;
 
 use std::fs;
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::proc::{daemon, write_secret};
-use common::{assert_no_output, write_tree, TestEnv, XorShift, MIB};
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_code(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "expected exit {code}, got {}\n--- stderr ---\n{}",
-        out.status,
-        stderr(out)
-    );
-}
-
-fn random_image(env: &TestEnv, rel: &str, mib: u64, seed: u64) -> PathBuf {
-    let p = env.path(rel);
-    fs::write(&p, XorShift::new(seed).bytes((mib * MIB) as usize)).expect("write image");
-    p
-}
-
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
-fn closed_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("local address");
-    drop(l);
-    addr.to_string()
-}
+use common::{assert_code, assert_no_output, closed_port, random_image, stderr, write_tree, TestEnv, MIB};
 
 #[test]
 fn exit_0_on_success() {

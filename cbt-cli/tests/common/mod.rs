@@ -269,6 +269,39 @@ fn show_args(args: &[OsString]) -> String {
 
 /// Panics with the tool's output unless it exited with 0.
 #[track_caller]
+/// The standard error of a finished `cbt`, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the exit code (README, "Exit codes"), showing stderr if not.
+#[track_caller]
+pub fn assert_code(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code}, got {}\n--- stderr ---\n{}",
+        out.status,
+        stderr(out)
+    );
+}
+
+/// A raw image of `mib` MiB of random bytes.
+pub fn random_image(env: &TestEnv, rel: &str, mib: u64, seed: u64) -> PathBuf {
+    let p = env.path(rel);
+    fs::write(&p, XorShift::new(seed).bytes((mib * MIB) as usize)).expect("write image");
+    p
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("local address");
+    drop(l);
+    addr.to_string()
+}
+
+#[track_caller]
 pub fn assert_success(out: &Output, what: &str, args: &[OsString]) {
     assert!(
         out.status.success(),
