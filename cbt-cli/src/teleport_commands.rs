@@ -108,20 +108,20 @@ impl std::fmt::Debug for CliTeleporter {
     }
 }
 
-/// The guest request for `image` (JSON), or why there is none.
-fn describe(image: Arc<dyn Image>, link_rate: Option<f64>) -> Result<Vec<u8>, String> {
+/// The guest request for `image`, or why there is none.
+fn describe(image: Arc<dyn Image>, link_rate: Option<f64>) -> Result<GuestRequest, String> {
     let label = image.label();
     let desc = describe_image(image, &DescribeOptions::packages_only()).map_err(|e| e.to_string())?;
     let request = GuestRequest::of(&desc, link_rate);
     if request.packages.is_empty() {
         return Err(format!("{label}: no installed packages found"));
     }
-    Ok(request.to_json())
+    Ok(request)
 }
 
 impl Teleporter for CliTeleporter {
     fn describe(&self, image: Arc<dyn Image>) -> Result<Vec<u8>, String> {
-        describe(image, self.link_rate)
+        describe(image, self.link_rate).map(|r| r.to_json())
     }
 
     fn prepare(
@@ -131,13 +131,11 @@ impl Teleporter for CliTeleporter {
         stop: &AtomicBool,
         report: &mut dyn FnMut(TeleportStage, Vec<u8>),
     ) -> Result<Prepared, String> {
-        let mut send = |stage: TeleportStage, body: Vec<u8>| {
+        let mut send = |stage: TeleportStage, value: serde_json::Value| {
             if let Some(echo) = &self.echo {
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    echo(stage, &v);
-                }
+                echo(stage, &value);
             }
-            report(stage, body);
+            report(stage, serde_json::to_vec(&value).unwrap_or_default());
         };
         let request = GuestRequest::from_json(description).unwrap_or_else(|e| GuestRequest {
             error: Some(e),
@@ -146,7 +144,7 @@ impl Teleporter for CliTeleporter {
         let resolution = self.sources.resolve(&request);
         send(
             TeleportStage::Planned,
-            serde_json::to_vec(&resolution.plan).unwrap_or_default(),
+            serde_json::to_value(&resolution.plan).unwrap_or_default(),
         );
         if dry_run {
             return Ok(Prepared {
@@ -157,7 +155,7 @@ impl Teleporter for CliTeleporter {
         let outcome = self.sources.fetch(&resolution, stop);
         send(
             TeleportStage::Prepared,
-            serde_json::to_vec(&outcome).unwrap_or_default(),
+            serde_json::to_value(&outcome).unwrap_or_default(),
         );
         let fetched = outcome.new_files;
         // The package caches are already among the index's extra seeds
@@ -257,24 +255,20 @@ fn push(config: &Config, src: &std::path::Path, dest: &str, args: TransferArgs) 
     };
     let image = open_image(&spec)?;
     let started = Instant::now();
-    let body = match describe(Arc::clone(&image), link_rate) {
-        Ok(b) => b,
-        Err(reason) => {
-            eprintln!("warning: {reason}: the destination can only use what it has");
-            GuestRequest {
-                error: Some(reason),
-                ..GuestRequest::default()
-            }
-            .to_json()
+    let request = describe(Arc::clone(&image), link_rate).unwrap_or_else(|reason| {
+        eprintln!("warning: {reason}: the destination can only use what it has");
+        GuestRequest {
+            error: Some(reason),
+            ..GuestRequest::default()
         }
-    };
+    });
     let seconds = started.elapsed().as_secs_f64();
     if !args.json {
-        print_guest(&body, seconds)?;
+        print_guest(&request, seconds)?;
     }
     let mut send_options = net_commands::send_options(config, args.send.compress.as_deref())?;
     send_options.description = Some(Description {
-        body: body.into(),
+        body: request.to_json().into(),
         dry_run: args.dry_run,
         seconds,
     });
@@ -373,8 +367,7 @@ fn finish(report: &TransferReport, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_guest(body: &[u8], seconds: f64) -> anyhow::Result<()> {
-    let r = GuestRequest::from_json(body).unwrap_or_default();
+fn print_guest(r: &GuestRequest, seconds: f64) -> anyhow::Result<()> {
     let mut out = crate::stdout::stdout();
     match &r.error {
         Some(e) => writeln!(out, "guest: not described ({e})")?,

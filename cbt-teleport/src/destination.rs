@@ -60,34 +60,28 @@ const MIN_RESOLVE_SECONDS: f64 = 1.0;
 const MIN_RATE_SAMPLE_BYTES: u64 = 1 << 20;
 
 /// The guest, as the source describes it to the destination.
+/// Every field is optional on the wire (a newer or older peer may send
+/// more or less).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GuestRequest {
     /// Distribution id (`debian`).
-    #[serde(default)]
     pub distro: Option<String>,
     /// Distribution version (`12`).
-    #[serde(default)]
     pub version: Option<String>,
     /// Native architecture (`amd64`).
-    #[serde(default)]
     pub architecture: Option<String>,
     /// Suites and components of the guest's apt sources.
-    #[serde(default)]
     pub dists: Vec<Dist>,
     /// The guest's apt source URLs (for reports).
-    #[serde(default)]
     pub sources: Vec<String>,
     /// Every installed package, exact version.
-    #[serde(default)]
     pub packages: Vec<PackageId>,
     /// Their total installed size (dpkg's `Installed-Size`), in bytes.
-    #[serde(default)]
     pub installed_bytes: u64,
     /// Link rate the source expects, bytes per second (for the decision).
-    #[serde(default)]
     pub link_rate: Option<f64>,
     /// Why the source could not describe the guest (then nothing else is set).
-    #[serde(default)]
     pub error: Option<String>,
 }
 
@@ -306,7 +300,8 @@ impl PackageSources {
                 "the guest has no installed packages to take from elsewhere".into(),
             );
         }
-        let cached = self.cached(&wanted);
+        let dirs: Vec<Option<Dir>> = self.caches.iter().map(|c| Dir::open(c).ok()).collect();
+        let cached = Self::cached(&dirs, &wanted);
         let lacking = wanted.iter().filter(|p| !cached.contains_key(*p)).count();
         if self.mirrors.is_empty() || self.caches.is_empty() {
             plan.cached = cached.len();
@@ -367,7 +362,6 @@ impl PackageSources {
                 }),
             }
         }
-        let dirs: Vec<Option<Dir>> = self.caches.iter().map(|c| Dir::open(c).ok()).collect();
         let mut to_fetch = Vec::new();
         for id in wanted {
             let entry = mirrors.iter().find_map(|m| m.lookup(&id));
@@ -446,10 +440,9 @@ impl PackageSources {
         out
     }
 
-    /// The packages of `wanted` whose `.deb` is a regular file in a cache,
-    /// with the index of the first cache that has it.
-    fn cached(&self, wanted: &[PackageId]) -> BTreeMap<PackageId, usize> {
-        let dirs: Vec<Option<Dir>> = self.caches.iter().map(|c| Dir::open(c).ok()).collect();
+    /// The packages of `wanted` whose `.deb` is a regular file in one of
+    /// the cache directories `dirs`, with the index of the first that has it.
+    fn cached(dirs: &[Option<Dir>], wanted: &[PackageId]) -> BTreeMap<PackageId, usize> {
         wanted
             .iter()
             .filter_map(|id| {
