@@ -552,11 +552,7 @@ pub fn block_origins(index: &Index, fetched: &BTreeSet<PathBuf>) -> BlockOrigins
     let blobs = PackageBlobs::of(index);
     let mut o = BlockOrigins::default();
     for (image, n) in index.images().iter().zip(index.blocks_supplied()) {
-        let blob = blobs.and_then(|b| {
-            b.contains(&image.spec.path)
-                .then(|| b.blobs.iter().find(|x| x.blob == image.spec.path))
-                .flatten()
-        });
+        let blob = blobs.and_then(|b| b.get(&image.spec.path));
         match blob {
             Some(b) if fetched.contains(&b.source) => o.blocks_from_fetched_packages += n,
             Some(_) => o.blocks_from_cached_packages += n,

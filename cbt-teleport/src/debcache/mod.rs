@@ -182,9 +182,15 @@ impl PackageBlobs {
 
     /// True if `path` (canonical) is one of the blobs.
     pub fn contains(&self, path: &Path) -> bool {
+        self.get(path).is_some()
+    }
+
+    /// The blob at `path` (canonical), if it is one.
+    pub fn get(&self, path: &Path) -> Option<&PackageBlob> {
         self.blobs
             .binary_search_by(|b| b.blob.as_path().cmp(path))
-            .is_ok()
+            .ok()
+            .map(|i| &self.blobs[i])
     }
 
     /// The package blobs `index` was built with (the first
