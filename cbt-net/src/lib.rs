@@ -66,7 +66,7 @@ pub use teleport::{Prepared, TeleportLog, Teleporter};
 pub use tls::{TlsClient, TlsServer};
 
 /// What a transfer did, from one side's point of view.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct TransferReport {
     /// "sender" or "receiver".
     pub role: &'static str,
@@ -180,14 +180,7 @@ impl TransferReport {
                 0.0
             },
             image_digest: digest.to_hex(),
-            bytes_written: None,
-            bytes_cloned: None,
-            uncompressed_bytes: 0,
-            compressed_bytes: 0,
-            levels: std::collections::BTreeMap::new(),
-            teleport: None,
-            dry_run: false,
-            index: None,
+            ..TransferReport::default()
         }
     }
 
@@ -204,26 +197,12 @@ impl TransferReport {
             role,
             peer: peer.to_string(),
             source,
-            output: None,
-            image_bytes: 0,
-            blocks_total: 0,
-            blocks_zero: 0,
-            blocks_local: 0,
-            blocks_sent: 0,
-            blocks_repaired: 0,
             wire_bytes_sent: counters.sent.load(Ordering::Relaxed),
             wire_bytes_received: counters.received.load(Ordering::Relaxed),
             seconds,
-            observed_bandwidth: 0.0,
-            image_digest: String::new(),
-            bytes_written: None,
-            bytes_cloned: None,
-            uncompressed_bytes: 0,
-            compressed_bytes: 0,
-            levels: std::collections::BTreeMap::new(),
             teleport: Some(log),
             dry_run: true,
-            index: None,
+            ..TransferReport::default()
         }
     }
 
