@@ -20,6 +20,9 @@ pub enum Exit {
     Io = 4,
     /// The output did not verify against the source.
     Verification = 5,
+    /// A functional copy (`cbt teleport --functional`) was rebuilt and
+    /// verified, but some packages are at other versions than the source's.
+    VersionsDiffer = 6,
 }
 
 /// A command line or configuration refused by cbt's own checks (clap's
@@ -57,6 +60,19 @@ impl Exit {
         for cause in err.chain() {
             if cause.is::<UsageError>() {
                 return Exit::Usage;
+            }
+            if cause.is::<crate::rebuild_commands::VersionsDiffer>() {
+                return Exit::VersionsDiffer;
+            }
+            match cause.downcast_ref::<cbt_teleport::rebuild::RebuildError>() {
+                Some(cbt_teleport::rebuild::RebuildError::Differs { .. }) => return Exit::Verification,
+                Some(cbt_teleport::rebuild::RebuildError::Failed(_)) => return Exit::Failure,
+                Some(cbt_teleport::rebuild::RebuildError::Core(e)) => {
+                    if let Some(exit) = Exit::of_core(e) {
+                        return exit;
+                    }
+                }
+                _ => {}
             }
             let core = match cause.downcast_ref::<cbt_teleport::MirrorError>() {
                 Some(cbt_teleport::MirrorError::Local(e)) => Some(e),

@@ -13,6 +13,7 @@ mod mirror_commands;
 mod net_commands;
 mod progress;
 mod rates;
+mod rebuild_commands;
 mod serve_commands;
 mod serve_config;
 mod stdout;

@@ -120,6 +120,10 @@ fn describe(image: Arc<dyn Image>, link_rate: Option<f64>) -> Result<GuestReques
 }
 
 impl Teleporter for CliTeleporter {
+    fn user_data(&self, image: Arc<dyn Image>) -> Result<cbt_net::UserDataImage, String> {
+        crate::rebuild_commands::user_data_image(image)
+    }
+
     fn describe(&self, image: Arc<dyn Image>) -> Result<Vec<u8>, String> {
         describe(image, self.link_rate).map(|r| r.to_json())
     }
@@ -209,6 +213,18 @@ pub struct TransferArgs {
     /// Push: replace the daemon's existing image of that name.
     #[arg(long)]
     pub force: bool,
+    /// Rebuild at the destination instead of copying blocks: clone the
+    /// closest --seed image, install and remove packages with the guest's
+    /// own package manager (the source's versions, else the nearest a
+    /// mirror has), then write the source's user data, moved through the
+    /// block engine. SRC is a local image or HOST:PORT/NAME; DEST the new
+    /// image (a qcow2 overlay over the candidate). Runs as root.
+    #[arg(long)]
+    pub functional: bool,
+    /// --functional: go on when a maintainer script fails or a package is
+    /// nowhere to be found (reported; the result is not a functional match).
+    #[arg(long, requires = "functional")]
+    pub keep_going: bool,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -222,6 +238,9 @@ pub fn teleport(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
             "give SRC and DEST: an image and HOST:PORT[/NAME], or HOST:PORT/NAME and an output path"
         );
     };
+    if args.functional {
+        return crate::rebuild_commands::functional(config, args, &src, &dest);
+    }
     let local = PathBuf::from(&src);
     if local.exists() {
         return push(config, &local, &dest, args);

@@ -46,7 +46,9 @@ pub use pipeline::{
 };
 mod index;
 
-pub use index::{Index, IndexOptions, IndexStats, IndexedImage, Location, PreparedSeeds, SeedProvider};
+pub use index::{
+    discover_images, Index, IndexOptions, IndexStats, IndexedImage, Location, PreparedSeeds, SeedProvider,
+};
 mod output;
 mod reconstruct;
 mod safe_fs;

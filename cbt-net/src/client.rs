@@ -255,6 +255,26 @@ pub async fn pull_teleport(
     receive(link, receive_options, shutdown).await
 }
 
+/// Receives the user data of the guest a daemon exports as `name` (a
+/// functional pull): the daemon describes the guest and sends a pack of
+/// its user data, which `receive_options.teleporter` sees described and
+/// which is written to `receive_options.output` like any image.
+pub async fn pull_functional(
+    addr: &str,
+    name: &str,
+    receive_options: ReceiveOptions,
+    options: &ClientOptions,
+    shutdown: Shutdown,
+) -> Result<TransferReport> {
+    if receive_options.teleporter.is_none() {
+        return Err(Error::Config(
+            "a functional pull needs a teleporter to take the description".into(),
+        ));
+    }
+    let link = connect(addr, Mode::PullFunctional, name, options, &shutdown).await?;
+    receive(link, receive_options, shutdown).await
+}
+
 async fn wait(mut s: Shutdown) {
     s.wait().await
 }
@@ -305,7 +325,7 @@ pub async fn receive_once(
                     (Mode::Push | Mode::PushInPlace | Mode::PushReplace, false) => {
                         Some("this is a one-shot receiver: send without a /NAME")
                     }
-                    (Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan, _) => {
+                    (Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan | Mode::PullFunctional, _) => {
                         Some("this is a one-shot receiver: it only accepts pushes")
                     }
                 };

@@ -274,7 +274,7 @@ async fn connection(
         Mode::Push | Mode::PushInPlace | Mode::PushReplace => {
             push(halves, &turn_away, &name, state, stop).await;
         }
-        Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan => {
+        Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan | Mode::PullFunctional => {
             pull(halves, &turn_away, &name, o, stop).await;
         }
     }
@@ -414,7 +414,27 @@ async fn pull(
     writer.set_rate_limit(o.bwlimit);
     let link = Link::spawn(reader, writer, o.timeouts, stop.clone());
     let mut send_options = o.send.clone();
-    if mode != Mode::Pull {
+    // A functional pull sends the guest's user data instead of the image;
+    // `_scratch` keeps its temporary file until the transfer is over.
+    let mut _scratch = None;
+    let mut image = image;
+    if mode == Mode::PullFunctional {
+        match user_data_export(o.receive.teleporter.clone(), image).await {
+            Ok((description, user_data)) => {
+                send_options.description = Some(description);
+                image = user_data.image;
+                _scratch = Some(user_data.scratch);
+            }
+            Err(reason) => {
+                let reason = format!("{name}: no functional copy: {reason}");
+                tracing::warn!(%peer, "{reason}");
+                if let Some(ob) = observer {
+                    ob.transfer_failed(Direction::Pull, &Error::Refused(reason.clone()));
+                }
+                return link.fail(reason).await;
+            }
+        }
+    } else if mode != Mode::Pull {
         let dry_run = mode == Mode::PullTeleportPlan;
         send_options.description =
             Some(describe_export(o.receive.teleporter.clone(), Arc::clone(&image), dry_run).await);
@@ -464,6 +484,25 @@ async fn describe_export(
         dry_run,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// The description and user-data image of an exported image, for a
+/// functional pull.
+async fn user_data_export(
+    teleporter: Option<Arc<dyn crate::Teleporter>>,
+    image: Arc<dyn Image>,
+) -> std::result::Result<(crate::teleport::Description, crate::teleport::UserDataImage), String> {
+    let started = std::time::Instant::now();
+    let t = teleporter.ok_or_else(|| "this server cannot describe images".to_string())?;
+    let user_data = tokio::task::spawn_blocking(move || t.user_data(image))
+        .await
+        .unwrap_or_else(|e| Err(format!("describe thread failed: {e}")))?;
+    let description = crate::teleport::Description {
+        body: user_data.description.clone().into(),
+        dry_run: false,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((description, user_data))
 }
 
 async fn open_export(export: &Path, name: &str) -> std::result::Result<Arc<dyn Image>, String> {

@@ -51,7 +51,8 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 pub use client::{
-    parse_target, pull, pull_teleport, push, receive_once, ClientOptions, Target, DEFAULT_PORT,
+    parse_target, pull, pull_functional, pull_teleport, push, receive_once, ClientOptions, Target,
+    DEFAULT_PORT,
 };
 pub use compress::Compression;
 pub use connection::{Counters, Link, Shutdown, ShutdownTrigger, Timeouts};
@@ -62,7 +63,7 @@ pub use observe::{DaemonObserver, Direction, FailureReason, PushDetails};
 pub use progress::{Phase, Progress, ProgressSnapshot};
 pub use receiver::{receive, ReceiveOptions};
 pub use sender::{send, SendOptions};
-pub use teleport::{Prepared, TeleportLog, Teleporter};
+pub use teleport::{Prepared, TeleportLog, Teleporter, UserDataImage};
 pub use tls::{TlsClient, TlsServer};
 
 /// What a transfer did, from one side's point of view.

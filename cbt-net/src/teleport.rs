@@ -54,8 +54,35 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
+/// A guest's user data, as an image to send instead of the guest's image
+/// (a functional pull, [`crate::frame::Mode::PullFunctional`]).
+pub struct UserDataImage {
+    /// The guest's description (JSON), sent before the image.
+    pub description: Vec<u8>,
+    /// The user data (a pack the receiver's [`Teleporter`] understands).
+    pub image: Arc<dyn Image>,
+    /// Owns what the image lives in (a temporary file) until the
+    /// transfer is over.
+    pub scratch: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for UserDataImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserDataImage")
+            .field("image", &self.image.label())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Describes images and prepares seeds from descriptions.
 pub trait Teleporter: Send + Sync + std::fmt::Debug {
+    /// Sender side of a functional pull: the guest's description and its
+    /// user data as an image. By default there is none.
+    fn user_data(&self, image: Arc<dyn Image>) -> std::result::Result<UserDataImage, String> {
+        let _ = image;
+        Err("this server cannot make functional copies".into())
+    }
+
     /// Sender side: the description of the guest in `image` (JSON), or
     /// why there is none (the transfer then goes on without it).
     fn describe(&self, image: Arc<dyn Image>) -> std::result::Result<Vec<u8>, String>;

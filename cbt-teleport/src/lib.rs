@@ -36,6 +36,7 @@ mod destination;
 mod inspect;
 pub mod mirror;
 mod plan;
+pub mod rebuild;
 
 pub use debcache::{
     estimate_with_packages, index_name, prepare_package_blobs, read_deb, read_index, BlobSource, DebControl,

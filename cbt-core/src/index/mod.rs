@@ -29,6 +29,18 @@ use cache::{DigestCache, FileStamp, ImageDigests};
 use discover::{discover, Candidate};
 pub use seeds::{PreparedSeeds, SeedProvider};
 
+/// The images (and internal snapshots) an index of `roots` would hold,
+/// found as [`Index::build`] finds them (raw files by
+/// `options.raw_extensions`, qcow2 by magic, backing files included).
+pub fn discover_images(roots: &[PathBuf], options: &IndexOptions) -> Result<Vec<ImageSpec>> {
+    Ok(
+        discover::discover(roots, &[], &options.raw_extensions, &options.exclude)?
+            .into_iter()
+            .map(|c| c.spec)
+            .collect(),
+    )
+}
+
 const SHARD_BITS: u32 = 12;
 const SHARDS: usize = 1 << SHARD_BITS;
 const IMAGE_BITS: u32 = 20;

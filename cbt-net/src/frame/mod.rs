@@ -58,12 +58,20 @@ pub enum Mode {
     /// --force`); a plain push to an existing name is refused unless the
     /// daemon allows overwriting.
     PushReplace = 6,
+    /// A functional pull: the sender describes the guest and sends its
+    /// user data (a pack image made by its [`crate::Teleporter`]) instead
+    /// of the image; the client rebuilds the rest from its own images
+    /// and packages.
+    PullFunctional = 7,
 }
 
 impl Mode {
     /// True for the modes in which the client receives.
     pub fn is_pull(self) -> bool {
-        matches!(self, Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan)
+        matches!(
+            self,
+            Mode::Pull | Mode::PullTeleport | Mode::PullTeleportPlan | Mode::PullFunctional
+        )
     }
 }
 

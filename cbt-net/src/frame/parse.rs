@@ -110,6 +110,7 @@ pub(super) fn parse(t: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 4 => Mode::PullTeleport,
                 5 => Mode::PullTeleportPlan,
                 6 => Mode::PushReplace,
+                7 => Mode::PullFunctional,
                 _ => return Err(p.err("unknown mode")),
             };
             let name = p.string()?;

@@ -50,6 +50,8 @@ pub struct Meta {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// Modification time: seconds since the epoch and nanoseconds.
+    pub mtime: (i64, u32),
 }
 
 /// A read-only guest filesystem.
@@ -348,6 +350,7 @@ impl GuestFs for Ext4Fs {
                 mode: u32::from(m.mode()),
                 uid: m.uid(),
                 gid: m.gid(),
+                mtime: (m.modified().seconds(), m.modified().nanoseconds()),
             })),
             Err(ext4_view::Ext4Error::NotFound | ext4_view::Ext4Error::NotADirectory) => Ok(None),
             Err(e) => Err(self.fail(path, e)),
@@ -462,6 +465,7 @@ impl GuestFs for HostDirFs {
                 mode: m.mode(),
                 uid: m.uid(),
                 gid: m.gid(),
+                mtime: (m.mtime(), m.mtime_nsec().clamp(0, 999_999_999) as u32),
             })),
             Err(e)
                 if matches!(

@@ -33,7 +33,8 @@ pub use guestfs::{GuestFs, HostDirFs};
 pub use manifest::{EntryKind, Manifest, ManifestEntry, SymlinkEntry};
 pub use osrelease::OsRelease;
 
-use guestfs::{guest_name, read_file, Ext4Fs, Kind, Resolver};
+use guestfs::{guest_name, read_file, Resolver};
+pub(crate) use guestfs::{Ext4Fs, Kind};
 
 /// Largest configuration file read (os-release, hostname, sources).
 const MAX_CONFIG_FILE: u64 = 4 << 20;

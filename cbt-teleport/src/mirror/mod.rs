@@ -453,6 +453,15 @@ impl Mirror {
         self.packages.get(id)
     }
 
+    /// Every version of `name` for `architecture` the mirror lists.
+    pub fn versions(&self, name: &str, architecture: &str) -> Vec<&str> {
+        self.packages
+            .keys()
+            .filter(|id| id.name == name && id.architecture == architecture)
+            .map(|id| id.version.as_str())
+            .collect()
+    }
+
     /// The full URL of a pool entry.
     pub fn entry_url(&self, entry: &PoolEntry) -> String {
         format!("{}/{}", self.url, entry.filename)

@@ -1,0 +1,314 @@
+//! `cbt teleport --functional`: a package-level rebuild at the destination
+//! (see `cbt_teleport::rebuild`). `SRC` is a local image, or
+//! `HOST:PORT/NAME` on a daemon that makes the user-data pack and sends it
+//! through the block engine; `OUT` is the rebuilt image (a qcow2 overlay
+//! over the best local candidate).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use cbt_core::{open_image, Image, ImageSpec};
+use cbt_net::frame::TeleportStage;
+use cbt_net::{parse_target, Prepared, ReceiveOptions, Teleporter, TransferReport, UserDataImage};
+use cbt_teleport::rebuild::{pack_user_data, rebuild, RebuildOptions, RebuildReport, UserData};
+use cbt_teleport::GuestRequest;
+
+use crate::cli::Config;
+use crate::net_commands::{self, Tls};
+use crate::teleport_commands::TransferArgs;
+
+/// A functional copy finished, but some packages are at other versions
+/// than the source's (exit code 6).
+#[derive(Debug)]
+pub struct VersionsDiffer(pub String);
+
+impl std::fmt::Display for VersionsDiffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for VersionsDiffer {}
+
+/// The sender's side of a functional pull: the guest request and its
+/// user-data pack, in a temporary directory that lives as long as the
+/// transfer.
+pub fn user_data_image(image: Arc<dyn Image>) -> Result<UserDataImage, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("cbt-userdata")
+        .tempdir()
+        .map_err(|e| format!("no temporary directory for the user data: {e}"))?;
+    let path = dir.path().join("user-data.pack");
+    let (request, _) = pack_user_data(image, &path).map_err(|e| e.to_string())?;
+    let pack = open_image(&ImageSpec::file(path)).map_err(|e| e.to_string())?;
+    Ok(UserDataImage {
+        description: request.to_json(),
+        image: pack,
+        scratch: Box::new(dir),
+    })
+}
+
+/// The receiving side: keeps the description for the rebuild.
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Option<Vec<u8>>>);
+
+impl Teleporter for Recorder {
+    fn describe(&self, _image: Arc<dyn Image>) -> Result<Vec<u8>, String> {
+        Err("a functional pull's client does not describe".into())
+    }
+
+    fn prepare(
+        &self,
+        description: &[u8],
+        _dry_run: bool,
+        _stop: &AtomicBool,
+        _report: &mut dyn FnMut(TeleportStage, Vec<u8>),
+    ) -> Result<Prepared, String> {
+        if let Ok(mut d) = self.0.lock() {
+            *d = Some(description.to_vec());
+        }
+        Ok(Prepared {
+            seeds: Vec::new(),
+            finish: None,
+        })
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `cbt teleport --functional SRC OUT`.
+pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> anyhow::Result<()> {
+    if args.dry_run || args.force || args.snapshot.is_some() {
+        crate::bail_usage!("--functional does not take --dry-run, --force or --snapshot");
+    }
+    if args.seeds.is_empty() {
+        crate::bail_usage!("--functional needs the images to build on: give --seed ROOT");
+    }
+    if config.package_caches.is_empty() {
+        crate::bail_usage!("--functional needs a package cache to use and fill: give --package-cache DIR");
+    }
+    if !is_root() {
+        crate::bail_usage!(
+            "--functional must run as root: it attaches the clone (FUSE, a loop device), mounts it and runs the guest's package manager in a chroot"
+        );
+    }
+    let out = PathBuf::from(out);
+    if out.exists() {
+        bail!("{}: already exists; give the path of a new image", out.display());
+    }
+    for s in &args.seeds {
+        if !s.exists() {
+            bail!("{}: seed root does not exist", s.display());
+        }
+    }
+    let options = RebuildOptions {
+        seeds: args.seeds.clone(),
+        index: config.index.clone(),
+        sources: args.mirror.sources(&config.package_caches)?,
+        keep_going: args.keep_going,
+    };
+    let pack_path = hidden_next_to(&out, "cbt-userdata");
+    let _ = std::fs::remove_file(&pack_path);
+    let _cleanup = RemoveOnDrop(pack_path.clone());
+    let local = Path::new(src);
+    let (request, transfer, describe_seconds) = if local.exists() {
+        let started = Instant::now();
+        let image = open_image(&ImageSpec::file(local))?;
+        let (request, _) = pack_user_data(image, &pack_path).with_context(|| format!("describing {src}"))?;
+        (request, None, started.elapsed().as_secs_f64())
+    } else {
+        let target = parse_target(src).map_err(anyhow::Error::msg)?;
+        let Some(name) = target.name else {
+            bail!("{src}: no such image, and not HOST:PORT/NAME");
+        };
+        pull_user_data(config, &args, &target.addr, &name, &pack_path)?
+    };
+    let user = UserData::open(&pack_path)?;
+    let mut report = rebuild(&request, &user, &out, &options)?;
+    report.phases.describe = describe_seconds;
+    if let Some(t) = &transfer {
+        report.phases.transfer = (t.seconds - describe_seconds).max(0.0);
+    }
+    print(&report, transfer.as_ref(), args.json)?;
+    if !report.functional_match {
+        return Err(VersionsDiffer(format!(
+            "{}: rebuilt and verified, but {} packages differ in version from the source (listed above)",
+            out.display(),
+            report.verification.version_differences.len()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Pulls the user-data pack of `name` into `pack_path`; returns the
+/// guest request, the transfer and the seconds the daemon took to describe.
+fn pull_user_data(
+    config: &Config,
+    args: &TransferArgs,
+    addr: &str,
+    name: &str,
+    pack_path: &Path,
+) -> anyhow::Result<(GuestRequest, Option<TransferReport>, f64)> {
+    let client = net_commands::client_options(&args.net, None, Tls::Client(&args.tls))?;
+    let mut receive = ReceiveOptions::new(pack_path.to_path_buf());
+    receive.seeds = args.seeds.clone();
+    receive.index = config.index.clone();
+    receive.verify_readback = config.verify_readback;
+    let recorder = Arc::new(Recorder::default());
+    receive.teleporter = Some(Arc::clone(&recorder) as Arc<dyn Teleporter>);
+    let counters = Arc::new(cbt_net::Progress::default());
+    receive.progress = Some(Arc::clone(&counters));
+    let show = crate::progress::wanted(config.progress, args.json);
+    let bar = crate::progress::Bar::start(show, move || crate::progress::receiving(&counters.snapshot()));
+    let (a, n) = (addr.to_string(), name.to_string());
+    let report = net_commands::run_with_signals(|shutdown| async move {
+        cbt_net::pull_functional(&a, &n, receive, &client, shutdown).await
+    })?;
+    drop(bar);
+    let body = recorder.0.lock().ok().and_then(|mut d| d.take());
+    let Some(body) = body else {
+        bail!("{addr}: sent the user data without describing the guest");
+    };
+    let request = GuestRequest::from_json(&body).map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+    if let Some(e) = &request.error {
+        bail!("{addr}: could not describe {name}: {e}");
+    }
+    let describe = report
+        .teleport
+        .as_ref()
+        .and_then(|t| t.describe_seconds)
+        .unwrap_or(0.0);
+    Ok((request, Some(report), describe))
+}
+
+fn hidden_next_to(out: &Path, suffix: &str) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!(".{name}.{suffix}"))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(cbt_core::temp_path_for(&self.0));
+    }
+}
+
+fn print(report: &RebuildReport, transfer: Option<&TransferReport>, json: bool) -> anyhow::Result<()> {
+    if json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            rebuild: &'a RebuildReport,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            transfer: Option<&'a TransferReport>,
+        }
+        return Ok(crate::stdout::print_json(&Out {
+            rebuild: report,
+            transfer,
+        })?);
+    }
+    let mut out = crate::stdout::stdout();
+    writeln!(out, "rebuilt {} on {}", report.output, report.candidate)?;
+    for c in &report.candidates {
+        match (&c.package_changes, &c.rejected) {
+            (Some(n), _) => writeln!(out, "  candidate {}: {n} package changes", c.image)?,
+            (None, Some(why)) => writeln!(out, "  candidate {}: not usable: {why}", c.image)?,
+            _ => {}
+        }
+    }
+    let p = &report.packages;
+    let exact = p.installed.iter().filter(|i| i.exact).count();
+    writeln!(
+        out,
+        "  packages: {} installed ({exact} at the source's version, {} nearest), {} removed, {:.1} MB downloaded",
+        p.installed.len(),
+        p.installed.len() - exact,
+        p.removed.len(),
+        p.downloaded_bytes as f64 / 1e6
+    )?;
+    for f in &p.failures {
+        writeln!(
+            out,
+            "  package manager failed on {}:\n    {}",
+            f.package,
+            f.output.trim().replace('\n', "\n    ")
+        )?;
+    }
+    for u in &p.unavailable {
+        writeln!(out, "  not available anywhere: {u}")?;
+    }
+    let u = &report.user_data;
+    writeln!(
+        out,
+        "  user data: {} files ({:.1} MB), {} symlinks, {} directories written; {} files deleted",
+        u.files,
+        u.bytes as f64 / 1e6,
+        u.symlinks,
+        u.dirs,
+        u.deleted
+    )?;
+    for s in &report.skipped {
+        writeln!(out, "  not carried: {s}")?;
+    }
+    if let Some(t) = transfer {
+        writeln!(
+            out,
+            "  link: {} bytes received ({} of {} blocks sent, {} found locally)",
+            t.wire_bytes_received, t.blocks_sent, t.blocks_total, t.blocks_local
+        )?;
+    }
+    let v = &report.verification;
+    writeln!(
+        out,
+        "  verified: {} packages, {} user files checked, {} version differences",
+        v.packages,
+        v.files_checked,
+        v.version_differences.len()
+    )?;
+    for d in &v.version_differences {
+        writeln!(
+            out,
+            "    {}: source {}, rebuild {}",
+            d.package,
+            d.source.as_deref().unwrap_or("(none)"),
+            d.rebuild.as_deref().unwrap_or("(none)")
+        )?;
+    }
+    let ph = &report.phases;
+    writeln!(
+        out,
+        "  time: describe {:.1} s, transfer {:.1} s, pick {:.1} s, clone {:.1} s, packages {:.1} s, user data {:.1} s, verify {:.1} s",
+        ph.describe, ph.transfer, ph.pick, ph.clone, ph.packages, ph.user_data, ph.verify
+    )?;
+    writeln!(
+        out,
+        "  result: {}",
+        if report.functional_match {
+            "functional match"
+        } else {
+            "rebuilt with other package versions"
+        }
+    )?;
+    Ok(())
+}
