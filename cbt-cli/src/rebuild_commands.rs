@@ -54,9 +54,10 @@ pub fn user_data_image(image: Arc<dyn Image>) -> Result<UserDataImage, String> {
     })
 }
 
-/// The receiving side: keeps the description for the rebuild.
+/// The receiving side: keeps the description for the rebuild, and when it
+/// arrived (the daemon describes and packs before it sends it).
 #[derive(Debug, Default)]
-struct Recorder(Mutex<Option<Vec<u8>>>);
+struct Recorder(Mutex<Option<(Vec<u8>, Instant)>>);
 
 impl Teleporter for Recorder {
     fn describe(&self, _image: Arc<dyn Image>) -> Result<Vec<u8>, String> {
@@ -71,7 +72,7 @@ impl Teleporter for Recorder {
         _report: &mut dyn FnMut(TeleportStage, Vec<u8>),
     ) -> Result<Prepared, String> {
         if let Ok(mut d) = self.0.lock() {
-            *d = Some(description.to_vec());
+            *d = Some((description.to_vec(), Instant::now()));
         }
         Ok(Prepared {
             seeds: Vec::new(),
@@ -115,6 +116,12 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
         if !s.exists() {
             bail!("{}: seed root does not exist", s.display());
         }
+    }
+    // Archives are downloaded into the first cache; the index of a pull
+    // reads all of them, so it must exist from the start.
+    if let Some(first) = config.package_caches.first() {
+        std::fs::create_dir_all(first)
+            .with_context(|| format!("cannot create the package cache {}", first.display()))?;
     }
     let options = RebuildOptions {
         seeds: args.seeds.clone(),
@@ -177,23 +184,20 @@ fn pull_user_data(
     let show = crate::progress::wanted(config.progress, args.json);
     let bar = crate::progress::Bar::start(show, move || crate::progress::receiving(&counters.snapshot()));
     let (a, n) = (addr.to_string(), name.to_string());
+    let started = Instant::now();
     let report = net_commands::run_with_signals(|shutdown| async move {
         cbt_net::pull_functional(&a, &n, receive, &client, shutdown).await
     })?;
     drop(bar);
     let body = recorder.0.lock().ok().and_then(|mut d| d.take());
-    let Some(body) = body else {
+    let Some((body, described)) = body else {
         bail!("{addr}: sent the user data without describing the guest");
     };
     let request = GuestRequest::from_json(&body).map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
     if let Some(e) = &request.error {
         bail!("{addr}: could not describe {name}: {e}");
     }
-    let describe = report
-        .teleport
-        .as_ref()
-        .and_then(|t| t.describe_seconds)
-        .unwrap_or(0.0);
+    let describe = described.saturating_duration_since(started).as_secs_f64();
     Ok((request, Some(report), describe))
 }
 

@@ -26,6 +26,7 @@ macro_rules! args {
 }
 
 pub mod aptrepo;
+pub mod dpkg_guest;
 pub mod guest;
 pub mod proc;
 pub mod teleport_world;

@@ -1,0 +1,416 @@
+//! End-to-end tests of `cbt teleport --functional`: a package-level
+//! rebuild of a source guest on a different local candidate, with the
+//! guest's own dpkg run in a chroot of the clone, packages from a real apt
+//! repository served on 127.0.0.1, and the user data pulled from a daemon
+//! through the block engine.
+//!
+//! The guests (`common::dpkg_guest`) carry the host's dpkg and its
+//! libraries, so the package manager really runs. The source has `tool`
+//! and `webby` and user data under /srv and /home; the candidate has
+//! `tool`, `junk` and user data of its own (one file the source lacks,
+//! one with other content). Every check reads the result independently
+//! of the rebuild's own report: `cbt describe` of the output (packages,
+//! user-data manifest with digests, modes, owners), the candidate's
+//! digest before and after, the output directory and the mount table.
+
+// Test code: a panic with its message is the failure report.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use common::aptrepo::{index_repo, json_of, run_tool, Server};
+use common::dpkg_guest::{base_tree, build_deb, install, require_rebuild_support};
+use common::guest::random;
+use common::proc::Proc;
+use common::{assert_code, stderr, TestEnv};
+
+/// Bytes of the source's pseudo-random site file.
+const SITE_BYTES: usize = 300_000;
+
+struct World {
+    env: TestEnv,
+    source: PathBuf,
+    candidate: PathBuf,
+    repo: PathBuf,
+    server: Server,
+    cache: PathBuf,
+}
+
+/// A postinst that fails, saying so.
+const FAILING_POSTINST: &str = "#!/bin/sh\necho 'postinst says no' >&2\nexit 1\n";
+
+/// `webby` is in the repository at `webby_in_repo`; `broken_in_repo`
+/// puts a `broken` 1.0 whose postinst fails there, while the source has
+/// a working `broken` 1.0 installed.
+fn world(webby_in_repo: &str, with_broken: bool) -> World {
+    require_rebuild_support();
+    let env = TestEnv::new();
+    let debs = env.dir("debs-built");
+    let tool_deb = build_deb(
+        &env,
+        &debs,
+        "tool",
+        "1.0",
+        &[("/usr/share/tool/data", random(1, 50_000))],
+        None,
+    );
+    let webby = |v: &str| {
+        build_deb(
+            &env,
+            &debs.join(v),
+            "webby",
+            v,
+            &[("/usr/share/webby/data", random(2, 200_000))],
+            None,
+        )
+    };
+    let webby_source = webby("2.0");
+    let junk = build_deb(
+        &env,
+        &debs,
+        "junk",
+        "1.0",
+        &[("/usr/share/junk/data", random(3, 30_000))],
+        None,
+    );
+
+    let source_tree = base_tree(&env, "source-tree");
+    let mut source_debs = vec![tool_deb.clone(), webby_source];
+    if with_broken {
+        let good = build_deb(
+            &env,
+            &debs.join("good"),
+            "broken",
+            "1.0",
+            &[("/usr/share/broken/x", b"x".to_vec())],
+            Some("#!/bin/sh\nexit 0\n"),
+        );
+        source_debs.push(good);
+    }
+    install(&source_tree, &source_debs);
+    fs::create_dir_all(source_tree.join("srv/site")).unwrap();
+    fs::create_dir_all(source_tree.join("home/user")).unwrap();
+    fs::write(source_tree.join("srv/site/index.html"), random(10, SITE_BYTES)).unwrap();
+    fs::write(source_tree.join("home/user/notes.txt"), b"the source's notes\n").unwrap();
+    std::os::unix::fs::symlink("site/index.html", source_tree.join("srv/current")).unwrap();
+    run_tool(
+        Command::new("chown")
+            .args(["-R", "1000:1000"])
+            .arg(source_tree.join("home/user")),
+        "chown",
+    );
+    run_tool(
+        Command::new("chmod")
+            .arg("640")
+            .arg(source_tree.join("home/user/notes.txt")),
+        "chmod",
+    );
+    run_tool(
+        Command::new("touch")
+            .args(["-d", "2021-03-04 05:06:07"])
+            .arg(source_tree.join("home/user/notes.txt")),
+        "touch",
+    );
+    let source = env.ext4(&source_tree, "export/source.img", 64);
+
+    let candidate_tree = base_tree(&env, "candidate-tree");
+    install(&candidate_tree, &[tool_deb, junk]);
+    fs::create_dir_all(candidate_tree.join("srv")).unwrap();
+    fs::create_dir_all(candidate_tree.join("home/user")).unwrap();
+    fs::write(
+        candidate_tree.join("srv/old.txt"),
+        b"only the candidate has this\n",
+    )
+    .unwrap();
+    fs::write(
+        candidate_tree.join("home/user/notes.txt"),
+        b"the candidate's notes\n",
+    )
+    .unwrap();
+    let candidate = env.ext4(&candidate_tree, "seeds/candidate.img", 64);
+
+    let repo = env.dir("repo");
+    let pool = repo.join("pool/main");
+    let repo_webby = if webby_in_repo == "2.0" {
+        debs.join("2.0/webby_2.0_amd64.deb")
+    } else {
+        webby(webby_in_repo)
+    };
+    fs::create_dir_all(&pool).unwrap();
+    fs::copy(&repo_webby, pool.join(repo_webby.file_name().unwrap())).unwrap();
+    if with_broken {
+        let bad = build_deb(
+            &env,
+            &debs.join("bad"),
+            "broken",
+            "1.0",
+            &[("/usr/share/broken/x", b"x".to_vec())],
+            Some(FAILING_POSTINST),
+        );
+        fs::copy(&bad, pool.join("broken_1.0_amd64.deb")).unwrap();
+    }
+    index_repo(&repo);
+    let server = Server::start(&repo);
+    let cache = env.root().join("packages");
+    World {
+        env,
+        source,
+        candidate,
+        repo,
+        server,
+        cache,
+    }
+}
+
+impl World {
+    fn cbt(&self, args: &[OsString]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_cbt"))
+            .arg("--cache")
+            .arg(self.env.cache_dir())
+            .arg("--package-cache")
+            .arg(&self.cache)
+            .args(args)
+            .env_remove("CBT_LOG")
+            .env_remove("http_proxy")
+            .output()
+            .unwrap()
+    }
+
+    fn rebuild_args(&self, src: &dyn AsRef<std::ffi::OsStr>, out: &Path, extra: &[&str]) -> Vec<OsString> {
+        let mut a = args![
+            "teleport",
+            "--functional",
+            src,
+            out,
+            "--seed",
+            self.candidate,
+            "--mirror",
+            self.server.url(),
+            "--json",
+            "--progress",
+            "none"
+        ]
+        .to_vec();
+        a.extend(extra.iter().map(OsString::from));
+        a
+    }
+
+    fn describe(&self, image: &Path) -> Value {
+        let out = self.cbt(&args!["describe", image, "--json"]);
+        assert_code(&out, 0);
+        json_of(&out)
+    }
+}
+
+fn digest(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn packages(desc: &Value) -> Vec<String> {
+    let mut p: Vec<String> = desc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "installed")
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap()
+            )
+        })
+        .collect();
+    p.sort();
+    p
+}
+
+/// The user files of a description: (path, digest, mode, uid, gid).
+fn user_files(desc: &Value) -> Vec<(String, String, u64, u64, u64)> {
+    let mut f: Vec<_> = desc["user_data"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] != "package_state")
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["blake3"].as_str().unwrap().to_string(),
+                f["mode"].as_u64().unwrap(),
+                f["uid"].as_u64().unwrap(),
+                f["gid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    f.sort();
+    f
+}
+
+/// Nothing of the rebuild is left: no temporary file next to `out`, no
+/// mount under the test's directory.
+fn assert_clean(env: &TestEnv, out: &Path) {
+    let dir = out.parent().unwrap();
+    let hidden: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "left next to the output: {hidden:?}");
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let root = env.root().to_string_lossy().into_owned();
+    assert!(!mounts.contains(&root), "a mount is left under {root}:\n{mounts}");
+}
+
+#[test]
+fn a_pull_from_a_daemon_rebuilds_the_guest_on_the_candidate() {
+    let w = world("2.0", false);
+    let before = digest(&w.candidate);
+    let source_desc = w.describe(&w.source);
+    let data = w.env.dir("daemon-data");
+    let mut daemon = Proc::spawn(
+        &w.env,
+        &args![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data,
+            "--export",
+            w.env.root().join("export")
+        ],
+    );
+    let addr = daemon.addr();
+    let out = w.env.dir("out").join("rebuilt.qcow2");
+    let run = w.cbt(&w.rebuild_args(&format!("{addr}/source.img"), &out, &[]));
+    assert_code(&run, 0);
+    let report = json_of(&run);
+    assert_eq!(report["functional_match"], true, "{report:#}");
+    let installed: Vec<&str> = report["packages"]["installed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["wanted"].as_str().unwrap())
+        .collect();
+    assert_eq!(installed, ["webby:amd64 2.0"]);
+    assert_eq!(
+        report["packages"]["removed"],
+        serde_json::json!(["junk:amd64 1.0"])
+    );
+    assert!(
+        report["user_data"]["deleted"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
+
+    // The result, read by `cbt describe`: the source's packages and user data.
+    let rebuilt = w.describe(&out);
+    assert_eq!(packages(&rebuilt), packages(&source_desc));
+    assert_eq!(user_files(&rebuilt), user_files(&source_desc));
+    let symlinks = |d: &Value| d["user_data"]["symlinks"].clone();
+    assert_eq!(symlinks(&rebuilt), symlinks(&source_desc));
+    assert!(!user_files(&rebuilt).iter().any(|f| f.0 == "/srv/old.txt"));
+    let notes = user_files(&rebuilt)
+        .into_iter()
+        .find(|f| f.0 == "/home/user/notes.txt")
+        .unwrap();
+    assert_eq!((notes.2 & 0o7777, notes.3, notes.4), (0o640, 1000, 1000));
+
+    // Only the user data crossed the link (the site file is random): not
+    // the packages, nor the host tools both guests hold.
+    let wire = report["transfer"]["wire_bytes_received"].as_u64().unwrap();
+    assert!(wire > SITE_BYTES as u64, "{wire} bytes cannot hold the site file");
+    assert!(
+        wire < 2 * SITE_BYTES as u64,
+        "{wire} bytes over the link for {SITE_BYTES} of new user data"
+    );
+    assert_eq!(digest(&w.candidate), before, "the candidate was written");
+    assert_clean(&w.env, &out);
+    drop(daemon);
+}
+
+#[test]
+fn only_newer_versions_on_the_mirror_rebuild_with_a_distinct_exit_code() {
+    let w = world("2.1", false);
+    let out = w.env.dir("out").join("rebuilt.qcow2");
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 6);
+    let report = json_of(&run);
+    assert_eq!(report["functional_match"], false);
+    assert_eq!(
+        report["verification"]["version_differences"],
+        serde_json::json!([{"package": "webby:amd64", "source": "2.0", "rebuild": "2.1"}])
+    );
+    assert!(stderr(&run).contains("differ in version"), "{}", stderr(&run));
+    assert!(out.exists(), "a rebuild with other versions is still published");
+    let rebuilt = w.describe(&out);
+    assert!(packages(&rebuilt).contains(&"webby 2.1".to_string()));
+    assert_eq!(user_files(&rebuilt), user_files(&w.describe(&w.source)));
+    assert_clean(&w.env, &out);
+}
+
+#[test]
+fn a_failing_maintainer_script_stops_the_rebuild_unless_keep_going() {
+    let w = world("2.0", true);
+    let before = digest(&w.candidate);
+    let out = w.env.dir("out").join("rebuilt.qcow2");
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 1);
+    let err = stderr(&run);
+    assert!(
+        err.contains("broken") && err.contains("postinst says no"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a failed rebuild was published");
+    assert_clean(&w.env, &out);
+    assert_eq!(digest(&w.candidate), before);
+
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &["--keep-going"]));
+    assert_code(&run, 6);
+    let report = json_of(&run);
+    let failures = report["packages"]["failures"].as_array().unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["package"].as_str().unwrap().starts_with("broken")),
+        "{report:#}"
+    );
+    assert!(out.exists());
+    assert_clean(&w.env, &out);
+    assert_eq!(digest(&w.candidate), before);
+    let _ = &w.repo;
+}
+
+#[test]
+fn refusals_name_what_is_missing() {
+    let env = TestEnv::new();
+    let img = env.path("x.img");
+    fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let cbt = |a: &[OsString]| Command::new(env!("CARGO_BIN_EXE_cbt")).args(a).output().unwrap();
+    let out = env.path("out.qcow2");
+    let run = cbt(&args![
+        "teleport",
+        "--functional",
+        img,
+        out,
+        "--package-cache",
+        env.path("c")
+    ]);
+    assert_code(&run, 2);
+    assert!(stderr(&run).contains("--seed"), "{}", stderr(&run));
+    let run = cbt(&args!["teleport", "--functional", img, out, "--seed", img]);
+    assert_code(&run, 2);
+    assert!(stderr(&run).contains("--package-cache"), "{}", stderr(&run));
+    let run = cbt(&args!["teleport", img, "127.0.0.1:1/x", "--keep-going"]);
+    assert_code(&run, 2);
+}
