@@ -307,56 +307,44 @@ EOF
 		rm -f "$out"
 	done
 
-	# The carried user data, compressed: a tar of the files the functional
-	# report lists (or, failing that, of every user-data file `cbt describe`
-	# lists), read from IMAGE mounted read-only, through zstd -3.
-	local ud_comp
-	ud_comp=$(user_data_compressed "$image" "$work")
-	summary "$results" "$ud_comp" "$work"
+	# The carried user data, compressed (see user_data_compressed).
+	user_data_compressed "$image" "$work"
+	summary "$work"
 }
 
-# Prints "BYTES_RAW BYTES_ZSTD3 FILES SOURCE" for the user data of IMAGE.
+# Writes WORK/user-data.json: the user data of IMAGE as `cbt describe` lists
+# it (every file but package_state: what the user-data pack carries, whose
+# sizes add up to the report's user_data.bytes), tarred from IMAGE mounted
+# read-only, raw and through zstd -3.
 user_data_compressed() {
 	local image=$1 work=$2
 	"$CBT" --no-cache describe "$image" --json >"$work/describe.json"
-	python3 - "$work/functional.json" "$work/describe.json" "$work/user-data.list" <<'EOF' >"$work/user-data.src"
+	python3 - "$work/describe.json" "$work/user-data.list" >"$work/user-data.files" <<'EOF'
 import json, sys
-rep, desc, out = sys.argv[1:4]
-paths, source = None, None
-try:
-    r = json.load(open(rep))
-    files = (r.get("user_data") or {}).get("files")
-    if isinstance(files, list) and files:
-        paths = [f["path"] if isinstance(f, dict) else f for f in files]
-        source = "functional report user_data.files"
-except Exception:
-    pass
-if paths is None:
-    d = json.load(open(desc))
-    paths = [f["path"] for f in d["user_data"]["files"]]
-    source = "cbt describe user_data.files"
-with open(out, "wb") as f:
-    for p in paths:
-        f.write(p.lstrip("/").encode() + b"\0")
-print(source)
+d = json.load(open(sys.argv[1]))
+files = [f for f in d["user_data"]["files"] if f["kind"] != "package_state"]
+with open(sys.argv[2], "wb") as f:
+    for x in files:
+        f.write(x["path"].lstrip("/").encode() + b"\0")
+print(len(files), sum(x["size"] for x in files))
 EOF
 	local fs_off
 	fs_off=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(next(f["offset"] for f in d["filesystems"] if f.get("root")))' "$work/describe.json")
 	mount -o ro,noload,loop,offset="$fs_off" "$image" "$work/mnt"
-	local raw zst n
-	raw=$(tar -C "$work/mnt" --null -T "$work/user-data.list" -cf - 2>/dev/null | wc -c)
-	zst=$(tar -C "$work/mnt" --null -T "$work/user-data.list" -cf - 2>/dev/null | zstd -3 -T1 -c | wc -c)
+	local raw zst
+	raw=$(tar -C "$work/mnt" --null -T "$work/user-data.list" -cf - | wc -c)
+	zst=$(tar -C "$work/mnt" --null -T "$work/user-data.list" -cf - | zstd -3 -T1 -c | wc -c)
 	umount "$work/mnt"
-	n=$(tr -cd '\0' <"$work/user-data.list" | wc -c)
-	echo "$raw $zst $n $(cat "$work/user-data.src" | tr ' ' '_')"
+	python3 -c 'import json,sys; n,b=map(int,open(sys.argv[1]).read().split()); print(json.dumps({"files": n, "file_bytes": b, "tar_bytes": int(sys.argv[2]), "zstd3_bytes": int(sys.argv[3])}))' \
+		"$work/user-data.files" "$raw" "$zst" >"$work/user-data.json"
 }
 
 summary() {
-	local results=$1 ud=$2 work=$3
-	python3 - "$results" $ud <<'EOF' | tee "$work/summary.txt"
+	local work=$1
+	python3 - "$work/results.jsonl" "$work/user-data.json" <<'EOF' | tee "$work/summary.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-tar_bytes, zst_bytes, nfiles, source = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].replace("_", " ")
+ud = json.load(open(sys.argv[2]))
 by = {r["run"]: r for r in rows}
 print(f"{'run':<15} {'seconds':>9} {'link bytes':>14} {'tool bytes':>14} {'exit':>5}")
 for r in rows:
@@ -368,13 +356,14 @@ if f:
         if o and o["seconds"] and o["link_bytes"]:
             print(f"functional / {other}: time {100 * f['seconds'] / o['seconds']:.1f}%, "
                   f"link bytes {100 * f['link_bytes'] / o['link_bytes']:.1f}%")
-    print(f"user data carried: {f.get('user_data_bytes')} bytes (report); tar of {nfiles} files "
-          f"({source}): {tar_bytes:,} bytes, zstd -3: {zst_bytes:,} bytes")
-    limit = zst_bytes * 1.05
+    print(f"user data carried: {f.get('user_data_bytes')} bytes (report); cbt describe: {ud['files']} files, "
+          f"{ud['file_bytes']:,} bytes; tar {ud['tar_bytes']:,} bytes; tar | zstd -3: {ud['zstd3_bytes']:,} bytes")
+    zst = ud["zstd3_bytes"]
+    limit = zst * 1.05
     for key in ("link_bytes", "wire_bytes"):
         v = f[key]
         print(f"target ({key}) {v:,} <= {limit:,.0f} (user data zstd -3 + 5%): "
-              f"{'met' if v <= limit else 'missed'} ({100 * v / zst_bytes:.1f}% of the compressed user data)")
+              f"{'met' if v <= limit else 'missed'} ({100 * v / zst:.1f}% of the compressed user data)")
 EOF
 }
 
@@ -383,3 +372,4 @@ newer-mirror) newer_mirror "$2" "$3" ;;
 run) shift; run "$@" ;;
 *) sed -n '2,33p' "$0"; exit 2 ;;
 esac
+

@@ -61,7 +61,7 @@ pub enum RebuildError {
 pub type Result<T> = std::result::Result<T, RebuildError>;
 
 pub use apply::{Applied, GuestRoot};
-pub use pack::{write_pack, PackDir, PackFile, PackIndex, PackLink};
+pub use pack::{check_path, write_pack, PackDir, PackFile, PackIndex, PackLink, ALIGN as PACK_ALIGN};
 pub use packages::{Install, PackageChanges, PackageFailure};
 pub use version::{compare as compare_versions, nearest as nearest_version};
 

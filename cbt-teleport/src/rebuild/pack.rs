@@ -115,34 +115,30 @@ impl PackIndex {
 
     /// Reads and checks the index of the pack in `file` (named `label`).
     pub fn parse(file: &File, label: &Path) -> Result<PackIndex> {
-        let bad = |reason: String| Error::malformed(label, format!("not a usable user-data pack: {reason}"));
         let len = file.metadata().map_err(|e| Error::io(label, "stat", e))?.len();
+        let bad = |reason: String| Error::malformed(label, format!("not a usable user-data pack: {reason}"));
         let mut header = [0u8; HEADER as usize];
         if len < HEADER {
             return Err(bad(format!("{len} bytes, shorter than its header")));
         }
         file.read_exact_at(&mut header, 0)
             .map_err(|e| Error::io(label, "read", e))?;
-        if &header[..8] != MAGIC {
-            return Err(bad("wrong magic".into()));
-        }
-        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-        if version != VERSION {
-            return Err(bad(format!("version {version}, this cbt reads {VERSION}")));
-        }
-        let index_len = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
-        if index_len > MAX_INDEX_BYTES || HEADER + index_len > len {
-            return Err(bad(format!("index of {index_len} bytes does not fit")));
-        }
+        let index_len = check_header(&header, len).map_err(bad)?;
         let mut json = vec![0u8; index_len as usize];
         file.read_exact_at(&mut json, HEADER)
             .map_err(|e| Error::io(label, "read", e))?;
-        if blake3::hash(&json).as_bytes() != &header[24..56] {
-            return Err(bad("the index does not match its checksum".into()));
-        }
-        let index: PackIndex = serde_json::from_slice(&json).map_err(|e| bad(format!("index: {e}")))?;
-        index.check(data_start(index_len), len).map_err(bad)?;
-        Ok(index)
+        decode(&header, &json, len).map_err(bad)
+    }
+
+    /// [`PackIndex::parse`] of a pack held in memory (`data` is its start,
+    /// `len` its whole length): for tests and fuzzing.
+    pub fn parse_bytes(data: &[u8], len: u64) -> std::result::Result<PackIndex, String> {
+        let header = data.get(..HEADER as usize).ok_or("shorter than its header")?;
+        let index_len = check_header(header, len)?;
+        let json = data
+            .get(HEADER as usize..(HEADER + index_len) as usize)
+            .ok_or("the index is cut short")?;
+        decode(header, json, len)
     }
 
     /// Bounds every entry: paths, ids, and file extents inside the pack,
@@ -199,6 +195,31 @@ fn check_ids(path: &str, uid: u32, gid: u32, mtime: (i64, u32)) -> std::result::
         return Err(format!("{path}: impossible owner or time"));
     }
     Ok(())
+}
+
+/// Checks magic and version; returns the index length, bounded.
+fn check_header(header: &[u8], len: u64) -> std::result::Result<u64, String> {
+    if header.len() < HEADER as usize || &header[..8] != MAGIC {
+        return Err("wrong magic".into());
+    }
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if version != VERSION {
+        return Err(format!("version {version}, this cbt reads {VERSION}"));
+    }
+    let index_len = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
+    if index_len > MAX_INDEX_BYTES || HEADER + index_len > len {
+        return Err(format!("index of {index_len} bytes does not fit"));
+    }
+    Ok(index_len)
+}
+
+fn decode(header: &[u8], json: &[u8], len: u64) -> std::result::Result<PackIndex, String> {
+    if blake3::hash(json).as_bytes()[..] != header[24..56] {
+        return Err("the index does not match its checksum".into());
+    }
+    let index: PackIndex = serde_json::from_slice(json).map_err(|e| format!("index: {e}"))?;
+    index.check(data_start(json.len() as u64), len)?;
+    Ok(index)
 }
 
 fn data_start(index_len: u64) -> u64 {
