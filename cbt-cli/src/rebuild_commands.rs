@@ -128,6 +128,7 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
         index: config.index.clone(),
         sources: args.mirror.sources(&config.package_caches)?,
         keep_going: args.keep_going,
+        stop: stop_on_signal()?,
     };
     let pack_path = hidden_next_to(&out, "cbt-userdata");
     let _ = std::fs::remove_file(&pack_path);
@@ -199,6 +200,39 @@ fn pull_user_data(
     }
     let describe = described.saturating_duration_since(started).as_secs_f64();
     Ok((request, Some(report), describe))
+}
+
+/// A flag set on SIGINT or SIGTERM, so that the rebuild stops between
+/// phases and unmounts its clone instead of dying with it mounted.
+fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("cannot start the signal handler")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            // Registered before the rebuild starts, so no signal is missed.
+            let (Ok(mut int), Ok(mut term)) =
+                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+            else {
+                let _ = ready_tx.send(());
+                return;
+            };
+            let _ = ready_tx.send(());
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("cbt: signal received: stopping after this phase (the clone is removed)");
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    });
+    let _ = ready_rx.recv();
+    Ok(stop)
 }
 
 fn hidden_next_to(out: &Path, suffix: &str) -> PathBuf {

@@ -28,6 +28,7 @@ mod version;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -80,6 +81,20 @@ pub struct RebuildOptions {
     pub sources: PackageSources,
     /// Go on after a maintainer script fails or a package is nowhere.
     pub keep_going: bool,
+    /// Set (by a signal handler) to stop between phases; the clone is
+    /// then detached and removed, nothing published.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl RebuildOptions {
+    fn check_stop(&self) -> Result<()> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(RebuildError::Failed(
+                "stopped by a signal: nothing was published".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One candidate as the pick saw it.
@@ -275,6 +290,7 @@ pub fn rebuild(
     attach::create_overlay(&spec.path, format, &partial)?;
     let mut attached = attach::Attached::attach(&partial, fs_offset, fs_len, &work)?;
     phases.clone = t.elapsed().as_secs_f64();
+    options.check_stop()?;
 
     let t = Instant::now();
     let root = GuestRoot::open(attached.root())?;
@@ -288,6 +304,7 @@ pub fn rebuild(
     packages::apply(attached.root(), &root, &mut changes, &remove, options.keep_going)?;
     attached.unmount_system_dirs()?;
     phases.packages = t.elapsed().as_secs_f64();
+    options.check_stop()?;
 
     let t = Instant::now();
     let mut applied = root.apply(&user.file, &user.index)?;
@@ -295,6 +312,7 @@ pub fn rebuild(
     drop(root);
     attached.detach()?;
     phases.user_data = t.elapsed().as_secs_f64();
+    options.check_stop()?;
 
     let t = Instant::now();
     let verification = verify(request, &user.index, &partial, (fs_offset, fs_len))?;
