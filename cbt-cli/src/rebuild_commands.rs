@@ -16,7 +16,7 @@ use serde::Serialize;
 use cbt_core::{open_image, Image, ImageSpec};
 use cbt_net::frame::TeleportStage;
 use cbt_net::{parse_target, Prepared, ReceiveOptions, Teleporter, TransferReport, UserDataImage};
-use cbt_teleport::rebuild::{pack_user_data, rebuild, RebuildOptions, RebuildReport, UserData};
+use cbt_teleport::rebuild::{hidden_path, pack_user_data, rebuild, RebuildOptions, RebuildReport, UserData};
 use cbt_teleport::GuestRequest;
 
 use crate::cli::Config;
@@ -108,6 +108,13 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
             "--functional must run as root: it attaches the clone (FUSE, a loop device), mounts it and runs the guest's package manager in a chroot"
         );
     }
+    let looks_remote = parse_target(out).is_ok_and(|t| t.name.is_some());
+    let parent = Path::new(out).parent().filter(|p| !p.as_os_str().is_empty());
+    if looks_remote && parent.is_some_and(|p| !p.exists()) {
+        crate::bail_usage!(
+            "{out}: a functional rebuild runs at the destination; there, run cbt teleport --functional HOST:PORT/NAME OUT (a pull from the daemon that exports the image)"
+        );
+    }
     let out = PathBuf::from(out);
     if out.exists() {
         bail!("{}: already exists; give the path of a new image", out.display());
@@ -130,7 +137,7 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
         keep_going: args.keep_going,
         stop: stop_on_signal()?,
     };
-    let pack_path = hidden_next_to(&out, "cbt-userdata");
+    let pack_path = hidden_path(&out, "cbt-userdata");
     let _ = std::fs::remove_file(&pack_path);
     let _cleanup = RemoveOnDrop(pack_path.clone());
     let local = Path::new(src);
@@ -235,14 +242,7 @@ fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn hidden_next_to(out: &Path, suffix: &str) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    out.with_file_name(format!(".{name}.{suffix}"))
-}
-
+/// Removes the received pack (and a partial one) however the command ends.
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {

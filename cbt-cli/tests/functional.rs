@@ -413,4 +413,21 @@ fn refusals_name_what_is_missing() {
     assert!(stderr(&run).contains("--package-cache"), "{}", stderr(&run));
     let run = cbt(&args!["teleport", img, "127.0.0.1:1/x", "--keep-going"]);
     assert_code(&run, 2);
+    // A push: the rebuild happens where the image goes, by a pull there.
+    let run = cbt(&args![
+        "teleport",
+        "--functional",
+        img,
+        "127.0.0.1:1/x",
+        "--seed",
+        img,
+        "--package-cache",
+        env.path("c")
+    ]);
+    assert_code(&run, 2);
+    assert!(
+        stderr(&run).contains("runs at the destination"),
+        "{}",
+        stderr(&run)
+    );
 }

@@ -277,7 +277,7 @@ pub fn rebuild(
 
     let t = Instant::now();
     let partial = cbt_core::temp_path_for(out);
-    let work = with_suffix(out, "cbt-rebuild");
+    let work = hidden_path(out, "cbt-rebuild");
     if work.exists() {
         return Err(RebuildError::Failed(format!(
             "{}: exists: another rebuild of this name is running, or one was killed (unmount {}/root and remove it)",
@@ -363,7 +363,9 @@ fn guest_name(r: &GuestRequest) -> String {
         .join(" ")
 }
 
-fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
+/// `.NAME.SUFFIX` next to `out`: where a rebuild keeps its work (the
+/// mount, `cbt-rebuild`) and its received pack (`cbt-userdata`).
+pub fn hidden_path(out: &Path, suffix: &str) -> PathBuf {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
