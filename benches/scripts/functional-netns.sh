@@ -32,13 +32,19 @@
 #       B's veth (rx + tx, IP headers included) and, for each tool, as it
 #       reports them. Needs root.
 #
-# CBT (default: target/release/cbt) is the binary used on both ends.
+# CBT (default: target/release/cbt) is the binary used on both ends. RUNS
+# (default "functional cbt-pull rsync-inplace rsync-temp") picks the runs;
+# SERVE_OPTS is added to A's `cbt serve` (e.g. "--compress zstd:3").
 set -euo pipefail
 
 CBT=${CBT:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/cbt}
 SUITE=${SUITE:-bookworm}
 NS_A=cbtA NS_B=cbtB IP_A=10.78.0.1 IP_B=10.78.0.2
 PORT_CBT=4740 PORT_RSYNC=8730 PORT_MIRROR=8088
+RUNS=${RUNS:-functional cbt-pull rsync-inplace rsync-temp}
+SERVE_OPTS=${SERVE_OPTS:-}
+
+want() { [[ " $RUNS " == *" $1 "* ]]; }
 
 # --- newer-mirror ---------------------------------------------------------
 
@@ -181,7 +187,7 @@ run() {
 	local name
 	name=$(basename "$image")
 	rm -rf "$work"
-	mkdir -p "$work"/{export,data,empty-cache,out,mnt,cbt-cache}
+	mkdir -p "$work"/{export,data,empty-cache,out,mnt}
 	WORK_MNT=$work/mnt
 	trap teardown EXIT
 	ln "$image" "$work/export/$name" 2>/dev/null || cp --reflink=auto --sparse=always "$image" "$work/export/$name"
@@ -193,7 +199,7 @@ run() {
 	wait_port $NS_B 127.0.0.1 $PORT_MIRROR mirror
 	# A: cbt daemon exporting the image, and an rsync daemon.
 	ip netns exec $NS_A "$CBT" --no-cache serve --listen $IP_A:$PORT_CBT --data "$work/data" \
-		--export "$work/export" 2>"$work/serve.log" &
+		--export "$work/export" $SERVE_OPTS 2>"$work/serve.log" &
 	wait_log "$work/serve.log" "listening on" "cbt serve"
 	cat >"$work/rsyncd.conf" <<EOF
 use chroot = no
@@ -212,17 +218,18 @@ EOF
 
 	local results=$work/results.jsonl
 	: >"$results"
-	local t0 t1 l0 l1 rc
+	local t0 t1 l0 l1 rc same
 
 	# 1. functional rebuild
-	drop_caches
-	l0=$(link_bytes) t0=$(now) rc=0
-	ip netns exec $NS_B "$CBT" --no-cache --package-cache "$work/empty-cache" teleport --functional \
-		$IP_A:$PORT_CBT/"$name" "$work/out/functional.qcow2" --seed "$seed" \
-		--mirror http://127.0.0.1:$PORT_MIRROR/debian --progress none --json \
-		>"$work/functional.json" 2>"$work/functional.err" || rc=$?
-	t1=$(now) l1=$(link_bytes)
-	python3 - "$work/functional.json" "$rate" "$t0" "$t1" "$l0" "$l1" "$rc" >>"$results" <<'EOF'
+	if want functional; then
+		drop_caches
+		l0=$(link_bytes) t0=$(now) rc=0
+		ip netns exec $NS_B "$CBT" --no-cache --package-cache "$work/empty-cache" teleport --functional \
+			$IP_A:$PORT_CBT/"$name" "$work/out/functional.qcow2" --seed "$seed" \
+			--mirror http://127.0.0.1:$PORT_MIRROR/debian --progress none --json \
+			>"$work/functional.json" 2>"$work/functional.err" || rc=$?
+		t1=$(now) l1=$(link_bytes)
+		python3 - "$work/functional.json" "$rate" "$t0" "$t1" "$l0" "$l1" "$rc" >>"$results" <<'EOF'
 import json, sys
 path, rate, t0, t1, l0, l1, rc = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:5]), *map(int, sys.argv[5:8])
 try:
@@ -240,18 +247,20 @@ out = {"run": "functional", "rate": rate, "exit": rc, "seconds": round(t1 - t0, 
        "packages": {k: v for k, v in (r.get("packages") or {}).items() if not isinstance(v, list)}}
 print(json.dumps(out))
 EOF
-	tail -n1 "$results"
-	rm -f "$work/out/functional.qcow2"
+		tail -n1 "$results"
+		rm -f "$work/out/functional.qcow2"
+	fi
 
 	# 2. block-level pull with the same seed
-	drop_caches
-	l0=$(link_bytes) t0=$(now) rc=0
-	ip netns exec $NS_B "$CBT" --no-cache recv $IP_A:$PORT_CBT/"$name" "$work/out/pull.raw" \
-		--seed "$seed" --progress none --json >"$work/pull.json" 2>"$work/pull.err" || rc=$?
-	t1=$(now) l1=$(link_bytes)
-	local same=false
-	[ $rc -ne 0 ] || ! cmp -s "$image" "$work/out/pull.raw" || same=true
-	python3 - "$work/pull.json" "$rate" "$t0" "$t1" "$l0" "$l1" "$rc" "$same" >>"$results" <<'EOF'
+	if want cbt-pull; then
+		drop_caches
+		l0=$(link_bytes) t0=$(now) rc=0
+		ip netns exec $NS_B "$CBT" --no-cache recv $IP_A:$PORT_CBT/"$name" "$work/out/pull.raw" \
+			--seed "$seed" --progress none --json >"$work/pull.json" 2>"$work/pull.err" || rc=$?
+		t1=$(now) l1=$(link_bytes)
+		same=false
+		[ $rc -ne 0 ] || ! cmp -s "$image" "$work/out/pull.raw" || same=true
+		python3 - "$work/pull.json" "$rate" "$t0" "$t1" "$l0" "$l1" "$rc" "$same" >>"$results" <<'EOF'
 import json, sys
 path, rate, t0, t1, l0, l1, rc, same = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:5]), *map(int, sys.argv[5:8]), sys.argv[8]
 try:
@@ -264,12 +273,14 @@ print(json.dumps({"run": "cbt-pull", "rate": rate, "exit": rc, "seconds": round(
                   "wire_bytes_received": r.get("wire_bytes_received"), "blocks_sent": r.get("blocks_sent"),
                   "identical": same == "true"}))
 EOF
-	tail -n1 "$results"
-	rm -f "$work/out/pull.raw"
+		tail -n1 "$results"
+		rm -f "$work/out/pull.raw"
+	fi
 
 	# 3. rsync against the seed as basis
 	local mode
-	for mode in inplace temp; do
+	for mode in $RUNS; do
+		case $mode in rsync-inplace) mode=inplace ;; rsync-temp) mode=temp ;; *) continue ;; esac
 		local out=$work/out/rsync-$mode.raw tc0 tc1
 		rm -f "$out"
 		tc0=$(now)
@@ -370,6 +381,6 @@ EOF
 case ${1:-} in
 newer-mirror) newer_mirror "$2" "$3" ;;
 run) shift; run "$@" ;;
-*) sed -n '2,33p' "$0"; exit 2 ;;
+*) sed -n "2,/^set -e/{/^set -e/!p}" "$0"; exit 2 ;;
 esac
 

@@ -16,7 +16,10 @@ use serde::Serialize;
 use cbt_core::{open_image, Image, ImageSpec};
 use cbt_net::frame::TeleportStage;
 use cbt_net::{parse_target, Prepared, ReceiveOptions, Teleporter, TransferReport, UserDataImage};
-use cbt_teleport::rebuild::{hidden_path, pack_user_data, rebuild, RebuildOptions, RebuildReport, UserData};
+use cbt_teleport::rebuild::{
+    finish_rebuild, hidden_path, pack_user_data, prepare_clone, PreparedClone, RebuildError, RebuildOptions,
+    RebuildReport, UserData,
+};
 use cbt_teleport::GuestRequest;
 
 use crate::cli::Config;
@@ -54,10 +57,43 @@ pub fn user_data_image(image: Arc<dyn Image>) -> Result<UserDataImage, String> {
     })
 }
 
-/// The receiving side: keeps the description for the rebuild, and when it
-/// arrived (the daemon describes and packs before it sends it).
-#[derive(Debug, Default)]
-struct Recorder(Mutex<Option<(Vec<u8>, Instant)>>);
+/// The receiving side: keeps the description, and when it arrived (the
+/// daemon describes and packs before it sends it), and starts preparing
+/// the clone from it while the user data is still in transit.
+#[derive(Debug)]
+struct Recorder {
+    description: Mutex<Option<(Vec<u8>, Instant)>>,
+    clone: Mutex<Option<Background>>,
+    options: RebuildOptions,
+    out: PathBuf,
+}
+
+/// The clone being prepared on its own thread. Dropped before it was
+/// taken (the transfer failed), it is stopped at its next phase and
+/// joined, so its mounts are undone before cbt exits.
+#[derive(Debug)]
+struct Background {
+    handle: Option<std::thread::JoinHandle<Result<PreparedClone, RebuildError>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Background {
+    fn join(mut self) -> anyhow::Result<PreparedClone> {
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => Ok(r?),
+            _ => bail!("preparing the clone failed (its thread panicked)"),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = h.join();
+        }
+    }
+}
 
 impl Teleporter for Recorder {
     fn describe(&self, _image: Arc<dyn Image>) -> Result<Vec<u8>, String> {
@@ -71,8 +107,21 @@ impl Teleporter for Recorder {
         _stop: &AtomicBool,
         _report: &mut dyn FnMut(TeleportStage, Vec<u8>),
     ) -> Result<Prepared, String> {
-        if let Ok(mut d) = self.0.lock() {
+        if let Ok(mut d) = self.description.lock() {
             *d = Some((description.to_vec(), Instant::now()));
+        }
+        if let Ok(request) = GuestRequest::from_json(description) {
+            if request.error.is_none() {
+                let (options, out) = (self.options.clone(), self.out.clone());
+                let stop = Arc::clone(&options.stop);
+                let handle = std::thread::Builder::new()
+                    .name("cbt-clone".into())
+                    .spawn(move || prepare_clone(&request, &out, &options))
+                    .ok();
+                if let Ok(mut c) = self.clone.lock() {
+                    *c = Some(Background { handle, stop });
+                }
+            }
         }
         Ok(Prepared {
             seeds: Vec::new(),
@@ -141,20 +190,22 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
     let _ = std::fs::remove_file(&pack_path);
     let _cleanup = RemoveOnDrop(pack_path.clone());
     let local = Path::new(src);
-    let (request, transfer, describe_seconds) = if local.exists() {
+    let (request, transfer, describe_seconds, clone) = if local.exists() {
         let started = Instant::now();
         let image = open_image(&ImageSpec::file(local))?;
         let (request, _) = pack_user_data(image, &pack_path).with_context(|| format!("describing {src}"))?;
-        (request, None, started.elapsed().as_secs_f64())
+        let seconds = started.elapsed().as_secs_f64();
+        let clone = prepare_clone(&request, &out, &options)?;
+        (request, None, seconds, clone)
     } else {
         let target = parse_target(src).map_err(anyhow::Error::msg)?;
         let Some(name) = target.name else {
             bail!("{src}: no such image, and not HOST:PORT/NAME");
         };
-        pull_user_data(config, &args, &target.addr, &name, &pack_path)?
+        pull_user_data(config, &args, &target.addr, &name, &pack_path, &out, &options)?
     };
     let user = UserData::open(&pack_path)?;
-    let mut report = rebuild(&request, &user, &out, &options)?;
+    let mut report = finish_rebuild(clone, &request, &user, &out, &options)?;
     report.phases.describe = describe_seconds;
     if let Some(t) = &transfer {
         report.phases.transfer = (t.seconds - describe_seconds).max(0.0);
@@ -179,13 +230,20 @@ fn pull_user_data(
     addr: &str,
     name: &str,
     pack_path: &Path,
-) -> anyhow::Result<(GuestRequest, Option<TransferReport>, f64)> {
+    out: &Path,
+    options: &RebuildOptions,
+) -> anyhow::Result<(GuestRequest, Option<TransferReport>, f64, PreparedClone)> {
     let client = net_commands::client_options(&args.net, None, Tls::Client(&args.tls))?;
     let mut receive = ReceiveOptions::new(pack_path.to_path_buf());
     receive.seeds = args.seeds.clone();
     receive.index = config.index.clone();
     receive.verify_readback = config.verify_readback;
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(Recorder {
+        description: Mutex::new(None),
+        clone: Mutex::new(None),
+        options: options.clone(),
+        out: out.to_path_buf(),
+    });
     receive.teleporter = Some(Arc::clone(&recorder) as Arc<dyn Teleporter>);
     let counters = Arc::new(cbt_net::Progress::default());
     receive.progress = Some(Arc::clone(&counters));
@@ -193,11 +251,15 @@ fn pull_user_data(
     let bar = crate::progress::Bar::start(show, move || crate::progress::receiving(&counters.snapshot()));
     let (a, n) = (addr.to_string(), name.to_string());
     let started = Instant::now();
-    let report = net_commands::run_with_signals(|shutdown| async move {
+    let pulled = net_commands::run_with_signals(|shutdown| async move {
         cbt_net::pull_functional(&a, &n, receive, &client, shutdown).await
-    })?;
+    });
     drop(bar);
-    let body = recorder.0.lock().ok().and_then(|mut d| d.take());
+    // Whatever happened to the transfer, the clone's thread is ours now:
+    // on an error below, dropping it stops and joins it.
+    let clone = recorder.clone.lock().ok().and_then(|mut c| c.take());
+    let report = pulled?;
+    let body = recorder.description.lock().ok().and_then(|mut d| d.take());
     let Some((body, described)) = body else {
         bail!("{addr}: sent the user data without describing the guest");
     };
@@ -206,7 +268,10 @@ fn pull_user_data(
         bail!("{addr}: could not describe {name}: {e}");
     }
     let describe = described.saturating_duration_since(started).as_secs_f64();
-    Ok((request, Some(report), describe))
+    let Some(clone) = clone else {
+        bail!("{addr}: the guest description could not be used to prepare a clone");
+    };
+    Ok((request, Some(report), describe, clone.join()?))
 }
 
 /// A flag set on SIGINT or SIGTERM, so that the rebuild stops between

@@ -431,3 +431,52 @@ fn refusals_name_what_is_missing() {
         stderr(&run)
     );
 }
+
+#[test]
+fn a_daemon_that_cannot_describe_its_image_says_why_and_nothing_is_left() {
+    require_rebuild_support();
+    let env = TestEnv::new();
+    let export = env.dir("export");
+    fs::write(export.join("noise.img"), random(7, 4 << 20)).unwrap();
+    let seed = env.path("seed.img");
+    fs::write(&seed, vec![0u8; 1 << 20]).unwrap();
+    let data = env.dir("daemon-data");
+    let mut daemon = Proc::spawn(
+        &env,
+        &args![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data,
+            "--export",
+            export
+        ],
+    );
+    let addr = daemon.addr();
+    let out = env.dir("out").join("rebuilt.qcow2");
+    let run = Command::new(env!("CARGO_BIN_EXE_cbt"))
+        .args(args![
+            "--package-cache",
+            env.path("packages"),
+            "teleport",
+            "--functional",
+            format!("{addr}/noise.img"),
+            out,
+            "--seed",
+            seed,
+            "--progress",
+            "none"
+        ])
+        .output()
+        .unwrap();
+    assert_code(&run, 1);
+    let err = stderr(&run);
+    assert!(
+        err.contains("noise.img") && err.contains("no functional copy"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert_clean(&env, &out);
+    drop(daemon);
+}

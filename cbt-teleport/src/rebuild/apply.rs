@@ -38,6 +38,7 @@ pub struct Applied {
 }
 
 /// A mounted guest root, opened once; every path below it resolves inside it.
+#[derive(Debug)]
 pub struct GuestRoot {
     root: OwnedFd,
     path: PathBuf,

@@ -244,13 +244,39 @@ fn root_fs(desc: &Description, image: &dyn Image) -> Result<(u64, u64)> {
 }
 
 /// Rebuilds the source described by `request`, with user data `user`,
-/// at `out`. See the module documentation.
+/// at `out`: [`prepare_clone`] then [`finish_rebuild`]. See the module
+/// documentation.
 pub fn rebuild(
     request: &GuestRequest,
     user: &UserData,
     out: &Path,
     options: &RebuildOptions,
 ) -> Result<RebuildReport> {
+    let clone = prepare_clone(request, out, options)?;
+    finish_rebuild(clone, request, user, out, options)
+}
+
+/// A clone with the source's packages, still attached, waiting for the
+/// user data. Dropping it detaches and removes the clone.
+#[derive(Debug)]
+pub struct PreparedClone {
+    // Dropped in this order: the root's handle before the unmount, the
+    // unmount before the clone's file is removed.
+    root: GuestRoot,
+    attached: attach::Attached,
+    partial: PathBuf,
+    guard: RemoveOnDrop,
+    candidate: String,
+    candidates: Vec<Candidate>,
+    changes: PackageChanges,
+    fs: (u64, u64),
+    phases: Phases,
+}
+
+/// The part of a rebuild that needs only the description, not the user
+/// data (so it can run while the user data is in transit): pick the
+/// candidate, clone and attach it, change its packages.
+pub fn prepare_clone(request: &GuestRequest, out: &Path, options: &RebuildOptions) -> Result<PreparedClone> {
     if out.exists() {
         return Err(RebuildError::Failed(format!(
             "{}: already exists; give a new name",
@@ -273,7 +299,7 @@ pub fn rebuild(
             why.join("; ")
         )));
     };
-    let (fs_offset, fs_len) = root_fs(&desc, open_image(&spec)?.as_ref())?;
+    let fs = root_fs(&desc, open_image(&spec)?.as_ref())?;
 
     let t = Instant::now();
     let partial = cbt_core::temp_path_for(out);
@@ -288,7 +314,7 @@ pub fn rebuild(
     let _ = std::fs::remove_file(&partial);
     let guard = RemoveOnDrop(partial.clone());
     attach::create_overlay(&spec.path, format, &partial)?;
-    let mut attached = attach::Attached::attach(&partial, fs_offset, fs_len, &work)?;
+    let mut attached = attach::Attached::attach(&partial, fs.0, fs.1, &work)?;
     phases.clone = t.elapsed().as_secs_f64();
     options.check_stop()?;
 
@@ -305,7 +331,39 @@ pub fn rebuild(
     attached.unmount_system_dirs()?;
     phases.packages = t.elapsed().as_secs_f64();
     options.check_stop()?;
+    Ok(PreparedClone {
+        attached,
+        root,
+        partial,
+        guard,
+        candidate: spec.path.display().to_string(),
+        candidates,
+        changes,
+        fs,
+        phases,
+    })
+}
 
+/// Writes the user data into a prepared clone, verifies it and publishes
+/// it at `out`.
+pub fn finish_rebuild(
+    clone: PreparedClone,
+    request: &GuestRequest,
+    user: &UserData,
+    out: &Path,
+    options: &RebuildOptions,
+) -> Result<RebuildReport> {
+    let PreparedClone {
+        root,
+        attached,
+        partial,
+        guard,
+        candidate,
+        candidates,
+        changes,
+        fs: (fs_offset, fs_len),
+        mut phases,
+    } = clone;
     let t = Instant::now();
     let mut applied = root.apply(&user.file, &user.index)?;
     applied.deleted = delete_extras(attached.root(), &root, &user.index)?;
@@ -344,7 +402,7 @@ pub fn rebuild(
     std::mem::forget(guard);
     Ok(RebuildReport {
         output: out.display().to_string(),
-        candidate: spec.path.display().to_string(),
+        candidate,
         candidates,
         functional_match: verification.functional_match(),
         packages: changes,
@@ -374,6 +432,7 @@ pub fn hidden_path(out: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Removes the half-built clone unless defused (`mem::forget`).
+#[derive(Debug)]
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
