@@ -638,6 +638,9 @@ impl BlockServer<'_> {
 
     /// Sends the piece built so far, if any; false once the link is gone.
     fn flush(&self, compressor: &mut Compressor, piece: &mut Piece) -> bool {
+        if compressor.piece_len() > 0 {
+            compressor.link_backlog(self.out.capacity() < self.out.max_capacity());
+        }
         let Some((encoding, data)) = compressor.finish() else {
             return true;
         };
