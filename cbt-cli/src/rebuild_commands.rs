@@ -189,6 +189,7 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
     let pack_path = hidden_path(&out, "cbt-userdata");
     let _ = std::fs::remove_file(&pack_path);
     let _cleanup = RemoveOnDrop(pack_path.clone());
+    let started = Instant::now();
     let local = Path::new(src);
     let (request, transfer, describe_seconds, clone) = if local.exists() {
         let started = Instant::now();
@@ -207,6 +208,7 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
     let user = UserData::open(&pack_path)?;
     let mut report = finish_rebuild(clone, &request, &user, &out, &options)?;
     report.phases.describe = describe_seconds;
+    report.phases.total = started.elapsed().as_secs_f64();
     if let Some(t) = &transfer {
         report.phases.transfer = (t.seconds - describe_seconds).max(0.0);
     }
@@ -401,8 +403,8 @@ fn print(report: &RebuildReport, transfer: Option<&TransferReport>, json: bool) 
     let ph = &report.phases;
     writeln!(
         out,
-        "  time: describe {:.1} s, transfer {:.1} s, pick {:.1} s, clone {:.1} s, packages {:.1} s, user data {:.1} s, verify {:.1} s",
-        ph.describe, ph.transfer, ph.pick, ph.clone, ph.packages, ph.user_data, ph.verify
+        "  time: {:.1} s: describe {:.1} s, transfer {:.1} s, pick {:.1} s, clone {:.1} s, packages {:.1} s, user data {:.1} s, verify {:.1} s",
+        ph.total, ph.describe, ph.transfer, ph.pick, ph.clone, ph.packages, ph.user_data, ph.verify
     )?;
     writeln!(
         out,

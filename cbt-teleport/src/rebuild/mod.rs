@@ -158,6 +158,9 @@ pub struct Phases {
     pub user_data: f64,
     /// Reading the result back.
     pub verify: f64,
+    /// From start to publication (less than the sum: in a pull, the
+    /// packages phase runs while the user data is in transit).
+    pub total: f64,
 }
 
 /// What a rebuild did.
