@@ -28,6 +28,10 @@ pub struct Counters {
     pub sent: AtomicU64,
     /// Bytes read from the socket.
     pub received: AtomicU64,
+    /// True while the writer task is writing frames out (false while it
+    /// waits for one): with the socket's buffer full it stays true, the
+    /// sign that the link, not the sender, is what frames wait for.
+    pub writing: std::sync::atomic::AtomicBool,
 }
 
 /// Asks running transfers to stop; cloned into every task that must notice.
@@ -342,6 +346,7 @@ impl Link {
         let (in_tx, incoming) = mpsc::unbounded_channel();
         let (outgoing, mut out_rx) = mpsc::channel::<Frame>(OUTGOING_QUEUE);
         let write_errors = in_tx.clone();
+        let flag = Arc::clone(&counters);
         let mut stop = shutdown.clone();
         let reader = tokio::spawn(async move {
             loop {
@@ -368,12 +373,14 @@ impl Link {
                 loop {
                     match tokio::time::timeout(timeouts.keepalive, out_rx.recv()).await {
                         Ok(Some(f)) => {
+                            flag.writing.store(true, Ordering::Relaxed);
                             writer.write_frame(&f).await?;
                             // Write what is queued, then flush once.
                             while let Ok(f) = out_rx.try_recv() {
                                 writer.write_frame(&f).await?;
                             }
                             writer.flush().await?;
+                            flag.writing.store(false, Ordering::Relaxed);
                         }
                         Ok(None) => {
                             writer.flush().await?;

@@ -321,6 +321,7 @@ async fn run(
     let queued = Arc::new(AtomicU64::new(0));
     let block_server = {
         let (image, map, out) = (Arc::clone(&image), map.clone(), link.outgoing.clone());
+        let counters = Arc::clone(&link.counters);
         let (served, queued, compression) = (Arc::clone(&served), Arc::clone(&queued), options.compression);
         let progress = progress.clone();
         thread::Builder::new()
@@ -340,6 +341,7 @@ async fn run(
                     served: &served,
                     queued: &queued,
                     progress: progress.as_deref(),
+                    link: &counters,
                 };
                 if let Err(e) = server.run(&mut compressor, &req_rx) {
                     let _ = fail_tx.send(e);
@@ -537,6 +539,7 @@ struct BlockServer<'a> {
     served: &'a Served,
     queued: &'a AtomicU64,
     progress: Option<&'a Progress>,
+    link: &'a crate::Counters,
 }
 
 /// The blocks of the piece being built.
@@ -639,7 +642,11 @@ impl BlockServer<'_> {
     /// Sends the piece built so far, if any; false once the link is gone.
     fn flush(&self, compressor: &mut Compressor, piece: &mut Piece) -> bool {
         if compressor.piece_len() > 0 {
-            compressor.link_backlog(self.out.capacity() < self.out.max_capacity());
+            // Frames queued, or the writer still pushing earlier ones into
+            // a full socket buffer: the link has work without this piece.
+            let queued =
+                self.out.capacity() < self.out.max_capacity() || self.link.writing.load(Ordering::Relaxed);
+            compressor.link_backlog(queued);
         }
         let Some((encoding, data)) = compressor.finish() else {
             return true;
