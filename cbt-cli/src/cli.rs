@@ -165,7 +165,8 @@ pub enum Command {
     /// Receive an image over the network: pull HOST:PORT/NAME from a daemon
     /// into OUT, or (with --listen) wait for one `cbt send` and write OUT.
     Recv {
-        /// HOST:PORT/NAME and OUT, or only OUT with --listen.
+        /// HOST:PORT/NAME (or s3://BUCKET/PREFIX/NAME, a block store) and
+        /// OUT, or only OUT with --listen.
         #[arg(value_name = "[HOST:PORT/NAME] OUT", num_args = 1..=2, required = true)]
         args: Vec<String>,
         /// Listen on ADDR (e.g. 127.0.0.1:4730) for one sender.
@@ -186,6 +187,8 @@ pub enum Command {
         tls_server: crate::net_commands::TlsServerOpts,
         #[command(flatten)]
         mirror: crate::teleport_commands::MirrorOpts,
+        #[command(flatten)]
+        store: crate::store_commands::StoreOpts,
         /// Update OUT in place when it exists (a raw image or a block
         /// device): only blocks that differ are written.
         #[arg(long)]
@@ -247,6 +250,15 @@ pub enum Command {
     /// caches and mirrors (--mirror), so that only the rest crosses the
     /// link. Subcommands plan a rebuild or fill a package cache.
     Teleport(crate::describe_commands::TeleportArgs),
+    /// The block store on S3-compatible object storage (docs/STORE.md):
+    /// push an image's new blocks once, list, verify, collect garbage;
+    /// `cbt recv s3://BUCKET/PREFIX/NAME OUT --seed ROOT` pulls. Credentials
+    /// come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and
+    /// AWS_SESSION_TOKEN) only.
+    Store {
+        #[command(subcommand)]
+        command: crate::store_commands::StoreCommand,
+    },
     /// Run a self-contained demonstration: generate two sample images,
     /// start a daemon on 127.0.0.1 holding the older one, push the newer one
     /// to it over TCP and show what crossed the wire.

@@ -128,6 +128,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         }
         Command::Describe(args) => crate::describe_commands::describe(&config, args),
         Command::Teleport(args) => crate::describe_commands::teleport(&config, args),
+        Command::Store { command } => crate::store_commands::run(&config, command),
         Command::Demo { dir, size_mib } => crate::demo::run(&config, dir.as_deref(), size_mib),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
         cmd @ (Command::Send { .. } | Command::Recv { .. } | Command::Serve { .. }) => {

@@ -64,6 +64,9 @@ impl Exit {
             if cause.is::<crate::rebuild_commands::VersionsDiffer>() {
                 return Exit::VersionsDiffer;
             }
+            if cause.is::<crate::store_commands::StoreDamaged>() {
+                return Exit::Verification;
+            }
             match cause.downcast_ref::<cbt_teleport::rebuild::RebuildError>() {
                 Some(cbt_teleport::rebuild::RebuildError::Differs { .. }) => return Exit::Verification,
                 Some(cbt_teleport::rebuild::RebuildError::Failed(_)) => return Exit::Failure,

@@ -17,6 +17,7 @@ mod rebuild_commands;
 mod serve_commands;
 mod serve_config;
 mod stdout;
+mod store_commands;
 mod systemd;
 mod teleport_commands;
 

@@ -51,9 +51,28 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             tls,
             tls_server,
             mirror,
+            store,
             inplace,
             json,
         } => {
+            if let [source, out] = args.as_slice() {
+                if source.starts_with("s3://") {
+                    if listen.is_some() || inplace || !mirror.mirrors.is_empty() {
+                        crate::bail_usage!(
+                            "a pull from a block store takes no --listen, --inplace or --mirror"
+                        );
+                    }
+                    return crate::store_commands::recv(
+                        config,
+                        source,
+                        std::path::Path::new(out),
+                        &seeds,
+                        format,
+                        &store,
+                        json,
+                    );
+                }
+            }
             let tls = match listen {
                 Some(_) if tls.given() => crate::bail_usage!(
                     "--tls, --tls-ca and --tls-server-name are for the connecting side; with --listen, give --tls-cert FILE --tls-key FILE"

@@ -111,6 +111,10 @@ pub enum Error {
     /// Invalid settings or arguments.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A block store (S3) refused a request or holds a damaged object;
+    /// the message names the object (never a credential).
+    #[error("{0}")]
+    Store(String),
     /// The engine (images, index, output, verification) failed.
     #[error(transparent)]
     Core(#[from] cbt_core::Error),

@@ -42,6 +42,7 @@ mod progress;
 pub mod receiver;
 pub mod resume;
 pub mod sender;
+pub mod store;
 pub mod teleport;
 pub mod tls;
 

@@ -1,0 +1,226 @@
+//! `cbt store ls`, `verify` and `gc` (docs/STORE.md, "Garbage collection").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use cbt_core::Digest;
+
+use super::client::{hex, PackInfo, Store};
+use super::pull::read_manifest;
+use crate::error::{Error, Result};
+
+/// An image in the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    /// Its name.
+    pub name: String,
+    /// Image size.
+    pub image_bytes: u64,
+    /// Non-zero blocks.
+    pub blocks: u64,
+    /// Packs it uses.
+    pub packs: u64,
+    /// Its image digest.
+    pub image_digest: String,
+}
+
+/// The images in the store, by name.
+pub async fn list_images(store: &Store) -> Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    for (file, _, _) in store.list("images").await? {
+        let Some(name) = file.strip_suffix(".cbtm") else {
+            continue;
+        };
+        let (m, _) = read_manifest(store, name).await?;
+        out.push(Listed {
+            name: name.to_string(),
+            image_bytes: m.layout.len(),
+            blocks: m.blocks.len() as u64,
+            packs: m.packs.len() as u64,
+            image_digest: m.image_digest.to_hex(),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// Images checked.
+    pub images: u64,
+    /// Packs checked.
+    pub packs: u64,
+    /// Blocks whose content was read and hashed.
+    pub blocks_checked: u64,
+    /// Every problem, naming the object.
+    pub problems: Vec<String>,
+}
+
+/// Checks every manifest (or the one of `only`): its packs exist, their
+/// indexes agree with the manifest, and (with `read_blocks`) every block
+/// decodes to its digest.
+pub async fn verify(
+    store: &Store,
+    only: Option<&str>,
+    read_blocks: bool,
+    jobs: usize,
+) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let names: Vec<String> = match only {
+        Some(n) => vec![n.to_string()],
+        None => list_images(store).await?.into_iter().map(|l| l.name).collect(),
+    };
+    let packs: BTreeMap<[u8; 32], PackInfo> =
+        store.list_packs().await?.into_iter().map(|p| (p.id, p)).collect();
+    let mut checked: BTreeSet<[u8; 32]> = BTreeSet::new();
+    for name in names {
+        report.images += 1;
+        let (m, _) = match read_manifest(store, &name).await {
+            Ok(m) => m,
+            Err(e) => {
+                report.problems.push(e.to_string());
+                continue;
+            }
+        };
+        for (i, id) in m.packs.iter().enumerate() {
+            let Some(info) = packs.get(id) else {
+                report.problems.push(format!(
+                    "{}: image {name}: pack {} is missing",
+                    store.name(),
+                    hex(id)
+                ));
+                continue;
+            };
+            let index: BTreeMap<Digest, _> = match store.pack_index(info).await {
+                Ok(e) => e.into_iter().collect(),
+                Err(e) => {
+                    report.problems.push(e.to_string());
+                    continue;
+                }
+            };
+            for b in m.blocks.iter().filter(|b| b.pack as usize == i) {
+                if index.get(&b.digest) != Some(&b.stored) {
+                    report.problems.push(format!(
+                        "{}: image {name}: block {} is not where the manifest says in pack {}",
+                        store.name(),
+                        b.block,
+                        hex(id)
+                    ));
+                }
+            }
+            if read_blocks && checked.insert(*id) {
+                report.packs += 1;
+                match check_pack(store, info, &index, jobs).await {
+                    Ok(n) => report.blocks_checked += n,
+                    Err(e) => report.problems.push(e.to_string()),
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Reads a whole pack and checks every block against its digest.
+async fn check_pack(
+    store: &Store,
+    info: &PackInfo,
+    index: &BTreeMap<Digest, super::format::Stored>,
+    _jobs: usize,
+) -> Result<u64> {
+    let data = store.get_pack_range(&info.id, 0..info.size).await?;
+    let mut n = 0;
+    for (d, s) in index {
+        let at = s.offset as usize;
+        let end = at + s.stored_len as usize;
+        let bad = |why: String| {
+            Error::Store(format!(
+                "{}/packs/{}.pack: block at {at}: {why}",
+                store.name(),
+                hex(&info.id)
+            ))
+        };
+        let stored = data.get(at..end).ok_or_else(|| bad("outside the pack".into()))?;
+        let plain = s.decode(stored).map_err(bad)?;
+        if Digest::of(&plain) != *d {
+            return Err(bad("does not match its digest (the pack is damaged)".into()));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// What `gc` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Packs in the store.
+    pub packs: u64,
+    /// Packs named by a manifest or a live lease.
+    pub referenced: u64,
+    /// Unreferenced packs kept because they are younger than the grace period.
+    pub kept_young: u64,
+    /// Packs deleted.
+    pub deleted: u64,
+    /// Their bytes.
+    pub deleted_bytes: u64,
+    /// Leases older than the grace period, deleted (pushes that died).
+    pub stale_leases: u64,
+}
+
+/// Deletes the packs no manifest and no live lease names, older than `grace`.
+pub async fn gc(store: &Store, grace: Duration, dry_run: bool, jobs: usize) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    // Leases and packs are listed before the manifests: a push that
+    // finishes meanwhile has its packs named by its lease (still listed)
+    // or by its manifest (read after).
+    let leases = store.list("leases").await?;
+    let packs = store.list_packs().await?;
+    let mut marked: BTreeSet<String> = BTreeSet::new();
+    for (file, _, modified) in &leases {
+        if Store::age(*modified) > grace {
+            if !dry_run {
+                store.delete(&format!("leases/{file}")).await?;
+            }
+            report.stale_leases += 1;
+            continue;
+        }
+        let data = store
+            .get(&format!("leases/{file}"), 256 << 20)
+            .await?
+            .unwrap_or_default();
+        let named: Vec<String> = serde_json::from_slice(&data)
+            .map_err(|e| Error::Store(format!("{}/leases/{file}: not a lease: {e}", store.name())))?;
+        marked.extend(named);
+    }
+    for (file, _, _) in store.list("images").await? {
+        let Some(name) = file.strip_suffix(".cbtm") else {
+            continue;
+        };
+        let (m, _) = read_manifest(store, name).await?;
+        marked.extend(m.packs.iter().map(hex));
+    }
+    report.packs = packs.len() as u64;
+    let mut doomed = Vec::new();
+    for p in &packs {
+        if marked.contains(&hex(&p.id)) {
+            report.referenced += 1;
+        } else if Store::age(p.modified) <= grace {
+            report.kept_young += 1;
+        } else {
+            report.deleted += 1;
+            report.deleted_bytes += p.size;
+            doomed.push(format!("packs/{}.pack", hex(&p.id)));
+        }
+    }
+    if !dry_run {
+        futures::stream::iter(doomed)
+            .map(|rel| async move { store.delete(&rel).await })
+            .buffer_unordered(jobs.clamp(1, 64))
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
+    Ok(report)
+}
