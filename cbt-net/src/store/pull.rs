@@ -183,26 +183,22 @@ impl BlockSource for StoreSource {
             );
             for (r, data) in results {
                 self.requests.fetch_add(1, Ordering::Relaxed);
-                let data = data.map_err(|e| cbt_core::Error::Config(e.to_string()))?;
+                let data = data.map_err(|e| self.fail(e))?;
                 self.downloaded.fetch_add(data.len() as u64, Ordering::Relaxed);
                 for (block, stored) in r.blocks {
                     let at = (stored.offset - r.start) as usize;
                     let bytes = &data[at..at + stored.stored_len as usize];
-                    let plain = stored.decode(bytes).map_err(|e| {
-                        cbt_core::Error::Config(format!(
-                            "{}/packs/{}.pack: block at {}: {e}",
+                    let damaged = |why: String| {
+                        self.fail(Error::Store(format!(
+                            "{}/packs/{}.pack: the block at {}: {why} (a damaged pack: see cbt store verify --read)",
                             self.store.name(),
                             hex(&r.pack),
                             stored.offset
-                        ))
-                    })?;
+                        )))
+                    };
+                    let plain = stored.decode(bytes).map_err(damaged)?;
                     if Digest::of(&plain) != block.digest {
-                        return Err(cbt_core::Error::Config(format!(
-                            "{}/packs/{}.pack: the block at {} does not match its digest (a damaged pack: run cbt store verify)",
-                            self.store.name(),
-                            hex(&r.pack),
-                            stored.offset
-                        )));
+                        return Err(damaged("does not match its digest".into()));
                     }
                     deliver(block, &plain)?;
                 }
@@ -212,17 +208,25 @@ impl BlockSource for StoreSource {
 }
 
 impl StoreSource {
+    /// The engine's error for a failure of this source.
+    fn fail(&self, e: Error) -> cbt_core::Error {
+        cbt_core::Error::BlockSource {
+            name: self.store.name(),
+            source: Box::new(e),
+        }
+    }
+
     /// Groups wanted blocks into ranged GETs: by pack, in offset order,
     /// neighbours merged.
     fn plan(&self, batch: Vec<BlockRef>) -> cbt_core::Result<Vec<Request>> {
         let mut by_pack: BTreeMap<[u8; 32], Vec<(BlockRef, Stored)>> = BTreeMap::new();
         for b in batch {
             let Some(&(pack, stored)) = self.locations.get(&b.digest) else {
-                return Err(cbt_core::Error::Config(format!(
+                return Err(self.fail(Error::Store(format!(
                     "{}: block {} is in no pack of the manifest",
                     self.store.name(),
                     b.index
-                )));
+                ))));
             };
             by_pack.entry(pack).or_default().push((b, stored));
         }
