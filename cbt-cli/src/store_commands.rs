@@ -260,6 +260,16 @@ pub fn run(config: &Config, command: StoreCommand) -> anyhow::Result<()> {
                 return Ok(crate::stdout::print_json(&report)?);
             }
             let mut out = crate::stdout::stdout();
+            if report.pushes_running > 0 {
+                writeln!(
+                    out,
+                    "{}: {} pushes running: nothing deleted ({} unreferenced packs left for a later gc)",
+                    s.name(),
+                    report.pushes_running,
+                    report.deferred
+                )?;
+                return Ok(());
+            }
             let verb = if dry_run { "would delete" } else { "deleted" };
             writeln!(
                 out,

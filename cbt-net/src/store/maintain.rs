@@ -153,6 +153,19 @@ async fn check_pack(
     Ok(n)
 }
 
+/// How long a lease or gc marker counts as live without a later one.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+
+/// The marker of a gc running on the store, if one younger than `grace` exists.
+pub(crate) async fn running_gc(store: &Store, grace: Duration) -> Result<Option<String>> {
+    Ok(store
+        .list("locks")
+        .await?
+        .into_iter()
+        .find(|(file, _, modified)| file.starts_with("gc-") && Store::age(*modified) <= grace)
+        .map(|(file, _, _)| format!("locks/{file}")))
+}
+
 /// What `gc` did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
@@ -168,14 +181,30 @@ pub struct GcReport {
     pub deleted_bytes: u64,
     /// Leases older than the grace period, deleted (pushes that died).
     pub stale_leases: u64,
+    /// Pushes running (live leases): nothing was deleted.
+    pub pushes_running: u64,
+    /// Packs that would have been deleted but for a running push.
+    pub deferred: u64,
 }
 
 /// Deletes the packs no manifest and no live lease names, older than `grace`.
 pub async fn gc(store: &Store, grace: Duration, dry_run: bool, jobs: usize) -> Result<GcReport> {
+    let marker = format!("locks/gc-{}", super::push::random_suffix());
+    if !dry_run {
+        store.put(&marker, Vec::new()).await?;
+    }
+    let result = collect(store, grace, dry_run, jobs).await;
+    if !dry_run {
+        let _ = store.delete(&marker).await;
+    }
+    result
+}
+
+/// `gc` once its marker is written: see [`gc`] and `push`'s lease.
+async fn collect(store: &Store, grace: Duration, dry_run: bool, jobs: usize) -> Result<GcReport> {
     let mut report = GcReport::default();
-    // Leases and packs are listed before the manifests: a push that
-    // finishes meanwhile has its packs named by its lease (still listed)
-    // or by its manifest (read after).
+    // A live lease is a push in progress: it may reuse any pack, even an
+    // unreferenced one, so nothing is deleted until it is done.
     let leases = store.list("leases").await?;
     let packs = store.list_packs().await?;
     let mut marked: BTreeSet<String> = BTreeSet::new();
@@ -187,6 +216,7 @@ pub async fn gc(store: &Store, grace: Duration, dry_run: bool, jobs: usize) -> R
             report.stale_leases += 1;
             continue;
         }
+        report.pushes_running += 1;
         let data = store
             .get(&format!("leases/{file}"), 256 << 20)
             .await?
@@ -194,6 +224,11 @@ pub async fn gc(store: &Store, grace: Duration, dry_run: bool, jobs: usize) -> R
         let named: Vec<String> = serde_json::from_slice(&data)
             .map_err(|e| Error::Store(format!("{}/leases/{file}: not a lease: {e}", store.name())))?;
         marked.extend(named);
+    }
+    for (file, _, modified) in store.list("locks").await? {
+        if file.starts_with("gc-") && Store::age(modified) > grace && !dry_run {
+            store.delete(&format!("locks/{file}")).await?;
+        }
     }
     for (file, _, _) in store.list("images").await? {
         let Some(name) = file.strip_suffix(".cbtm") else {
@@ -214,6 +249,12 @@ pub async fn gc(store: &Store, grace: Duration, dry_run: bool, jobs: usize) -> R
             report.deleted_bytes += p.size;
             doomed.push(format!("packs/{}.pack", hex(&p.id)));
         }
+    }
+    if report.pushes_running > 0 {
+        // A later gc deletes them.
+        report.deferred = std::mem::take(&mut report.deleted);
+        report.deleted_bytes = 0;
+        return Ok(report);
     }
     if !dry_run {
         futures::stream::iter(doomed)

@@ -136,24 +136,36 @@ pub async fn push(
             .await
             .map_err(|e| Error::Config(format!("hashing stopped: {e}")))??
     };
-    let packs = store.list_packs().await?;
-    let known = store.block_index(&packs).await?;
-    report.requests += 1 + 2 * packs.len() as u64;
-
-    // The packs this image reuses, named in a lease so that a concurrent
-    // gc keeps them until the manifest names them.
-    let reused: std::collections::BTreeSet<String> = hashed
-        .blocks
-        .iter()
-        .filter_map(|b| known.get(&b.3).map(|l| hex(&l.pack)))
-        .collect();
+    // The lease is written before anything is read from the store, and a
+    // gc writes its marker before it looks for leases: of a push and a gc
+    // that overlap, at least one sees the other (S3 reads its writes), and
+    // neither goes on while the other runs.
     let lease = format!("leases/{}-{}", name_key(name), random_suffix());
-    store
-        .put(&lease, serde_json::to_vec(&reused).unwrap_or_default())
-        .await?;
-    report.requests += 1;
-
-    let result = upload_and_describe(store, image, &hashed, known, options, &mut report).await;
+    store.put(&lease, b"[]".to_vec()).await?;
+    report.requests += 2;
+    if let Some(marker) = super::maintain::running_gc(store, super::maintain::DEFAULT_GRACE).await? {
+        let _ = store.delete(&lease).await;
+        return Err(Error::Store(format!(
+            "{}: a garbage collection is running ({marker}); push again when it is done",
+            store.name()
+        )));
+    }
+    let result = async {
+        let packs = store.list_packs().await?;
+        let known = store.block_index(&packs).await?;
+        report.requests += 1 + 2 * packs.len() as u64;
+        // The packs this image reuses, for people reading the lease.
+        let reused: std::collections::BTreeSet<String> = hashed
+            .blocks
+            .iter()
+            .filter_map(|b| known.get(&b.3).map(|l| hex(&l.pack)))
+            .collect();
+        store
+            .put(&lease, serde_json::to_vec(&reused).unwrap_or_default())
+            .await?;
+        upload_and_describe(store, image, &hashed, known, options, &mut report).await
+    }
+    .await;
     let _ = store.delete(&lease).await;
     report.requests += 1;
     let manifest = result?;
@@ -185,7 +197,7 @@ fn name_key(name: &str) -> String {
         .collect()
 }
 
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
