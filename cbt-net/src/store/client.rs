@@ -187,8 +187,23 @@ impl Store {
         }
     }
 
+    /// The error for a failed request on `what`: an I/O error when the
+    /// store could not be reached (refused, reset, timed out), so that
+    /// the exit code says so as for any connection.
     fn fail(&self, what: &str, e: object_store::Error) -> Error {
-        Error::Store(format!("{}/{what}: {}", self.url.root(), scrub(&e.to_string())))
+        let text = scrub(&e.to_string());
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                return Error::Io {
+                    peer: format!("{}/{what}", self.url.root()),
+                    op: "request",
+                    source: std::io::Error::new(io.kind(), text),
+                };
+            }
+            cause = c.source();
+        }
+        Error::Store(format!("{}/{what}: {text}", self.url.root()))
     }
 
     /// Every pack in the store.

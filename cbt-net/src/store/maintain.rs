@@ -216,11 +216,12 @@ async fn collect(store: &Store, grace: Duration, dry_run: bool, jobs: usize) -> 
             report.stale_leases += 1;
             continue;
         }
+        // Gone since it was listed: that push finished, and its manifest
+        // (read below) names its packs.
+        let Some(data) = store.get(&format!("leases/{file}"), 256 << 20).await? else {
+            continue;
+        };
         report.pushes_running += 1;
-        let data = store
-            .get(&format!("leases/{file}"), 256 << 20)
-            .await?
-            .unwrap_or_default();
         let named: Vec<String> = serde_json::from_slice(&data)
             .map_err(|e| Error::Store(format!("{}/leases/{file}: not a lease: {e}", store.name())))?;
         marked.extend(named);

@@ -163,17 +163,17 @@ pub async fn push(
         store
             .put(&lease, serde_json::to_vec(&reused).unwrap_or_default())
             .await?;
-        upload_and_describe(store, image, &hashed, known, options, &mut report).await
+        let manifest = upload_and_describe(store, image, &hashed, known, options, &mut report).await?;
+        // The manifest names the packs before the lease stops naming them.
+        let bytes = manifest.encode();
+        report.bytes_uploaded += bytes.len() as u64;
+        store.put(&format!("images/{name}.cbtm"), bytes).await
     }
     .await;
     let _ = store.delete(&lease).await;
-    report.requests += 1;
-    let manifest = result?;
-    let bytes = manifest.encode();
-    report.bytes_uploaded += bytes.len() as u64;
+    report.requests += 2;
+    result?;
     let rel = format!("images/{name}.cbtm");
-    store.put(&rel, bytes).await?;
-    report.requests += 1;
     report.manifest = format!("{}/{rel}", store.name());
     report.image_bytes = hashed.layout.len();
     report.blocks_total = hashed.blocks.len() as u64 + hashed.zero;
