@@ -313,6 +313,23 @@ fn spawn(env: &TestEnv, args: &[OsString], what: &str) -> Proc {
 
 /// Finishes a background push, asserts it succeeded; its report.
 #[track_caller]
+/// `cbt store push IMAGE <store>/NAME --endpoint ENDPOINT --json`, started.
+fn spawn_push(env: &TestEnv, st: &Store, image: &Path, name: &str, endpoint: &str, what: &str) -> Proc {
+    spawn(
+        env,
+        &args![
+            "store",
+            "push",
+            image,
+            st.url(name),
+            "--endpoint",
+            endpoint,
+            "--json"
+        ],
+        what,
+    )
+}
+
 fn push_report(p: Proc, what: &str) -> Value {
     let (status, out, err) = p.finish(HANG);
     assert!(
@@ -716,19 +733,7 @@ fn gc_during_a_push_deletes_nothing_it_needs() {
     // B stops after two pack uploads.
     let gate = Gate::start(st.s3.addr());
     gate.hold("PUT", "/packs/", 2);
-    let p = spawn(
-        &env,
-        &args![
-            "store",
-            "push",
-            bi,
-            st.url("b"),
-            "--endpoint",
-            gate.endpoint(),
-            "--json"
-        ],
-        "store push b",
-    );
+    let p = spawn_push(&env, &st, &bi, "b", &gate.endpoint(), "store push b");
     gate.wait_held(1, HANG);
     wait_until("two packs of B", HANG, || st.packs().len() >= packs_a.len() + 2);
     let uploaded = st.packs().len() - packs_a.len();
@@ -894,19 +899,7 @@ fn gc_goes_on_when_a_lease_it_listed_is_gone() {
     // The push waits at its first pack, its lease written.
     let to_push = Gate::start(st.s3.addr());
     to_push.hold("PUT", "/packs/", 0);
-    let p = spawn(
-        &env,
-        &args![
-            "store",
-            "push",
-            bi,
-            st.url("b"),
-            "--endpoint",
-            to_push.endpoint(),
-            "--json"
-        ],
-        "store push b",
-    );
+    let p = spawn_push(&env, &st, &bi, "b", &to_push.endpoint(), "store push b");
     to_push.wait_held(1, HANG);
     assert_eq!(st.names("leases").len(), 1);
 
