@@ -332,7 +332,7 @@ pub fn recv(
         o,
         "received {source} into {} in {:.2}s",
         out.display(),
-        report.seconds
+        report.total_seconds
     )?;
     writeln!(
         o,

@@ -1164,3 +1164,30 @@ fn a_pull_of_scattered_missing_blocks_downloads_only_those() {
         "{fetched} bytes downloaded for {missing} missing blocks of {BLOCK} bytes: {v:#}"
     );
 }
+
+#[test]
+fn a_block_repeated_in_the_image_is_downloaded_once() {
+    let st = Store::new("repeat-bucket", "r");
+    let env = TestEnv::new();
+    // 64 distinct random blocks, each written 128 times over 8192 blocks:
+    // more than the source gathers in one round of requests.
+    let distinct = blocks(64, 11, |_| false);
+    let mut data = Vec::with_capacity(8192 * B);
+    for i in 0..8192 {
+        let j = (i * 7 + 3) % 64;
+        data.extend_from_slice(&distinct[j * B..(j + 1) * B]);
+    }
+    let img = write_image(&env, "disk.raw", &data);
+    let v = st.push(&env, &img, "disk", &[]);
+    assert_eq!(json_u64(&v, "blocks_uploaded"), 64, "{v:#}");
+    let manifest = st.s3.get(&st.bucket, &st.key("images/disk.cbtm")).unwrap().len() as u64;
+    let out = env.path("out/disk.raw");
+    let pulled = st.pull(&env, "disk", &out, &[]);
+    assert_same(&out, &data);
+    assert_eq!(json_u64(&pulled, "blocks_missing"), 8192, "{pulled:#}");
+    let fetched = json_u64(&pulled, "bytes_downloaded") - manifest;
+    assert!(
+        fetched * 100 <= 64 * BLOCK * 105,
+        "{fetched} bytes downloaded for 64 distinct blocks: {pulled:#}"
+    );
+}

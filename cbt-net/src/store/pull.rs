@@ -35,6 +35,9 @@ const MERGE_GAP: u64 = 512;
 const MAX_REQUEST: u64 = 8 << 20;
 /// Blocks gathered before their requests go out (more wait for the next round).
 const BATCH_BLOCKS: usize = 4096;
+/// Plain bytes of repeated blocks kept after their first delivery, so that
+/// the image's later copies of them are not downloaded again.
+const KEEP_REPEATS_BYTES: usize = 256 << 20;
 
 /// What a pull did.
 #[derive(Debug, Clone, Serialize)]
@@ -46,8 +49,8 @@ pub struct PullReport {
     pub bytes_downloaded: u64,
     /// Requests made.
     pub requests: u64,
-    /// Seconds in all.
-    pub seconds: f64,
+    /// Seconds in all, reading the manifest and building the index included.
+    pub total_seconds: f64,
 }
 
 /// Reads the manifest of `name`.
@@ -117,6 +120,9 @@ pub fn pull(
             .collect(),
         downloaded: Arc::new(AtomicU64::new(manifest_bytes)),
         requests: Arc::new(AtomicU64::new(1)),
+        repeats: repeats(&manifest),
+        kept: HashMap::new(),
+        kept_bytes: 0,
     };
     let engine = reconstruct(
         &manifest.layout,
@@ -131,8 +137,20 @@ pub fn pull(
         engine,
         bytes_downloaded: source.downloaded.load(Ordering::Relaxed),
         requests: source.requests.load(Ordering::Relaxed),
-        seconds: started.elapsed().as_secs_f64(),
+        total_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// How many more times each repeated block of the manifest occurs after
+/// its first occurrence.
+fn repeats(m: &Manifest) -> HashMap<Digest, u32> {
+    let mut count: HashMap<Digest, u32> = HashMap::new();
+    for b in &m.blocks {
+        *count.entry(b.digest).or_default() += 1;
+    }
+    count.retain(|_, n| *n > 1);
+    count.values_mut().for_each(|n| *n -= 1);
+    count
 }
 
 /// Missing blocks from the store's packs.
@@ -142,6 +160,12 @@ struct StoreSource {
     locations: HashMap<Digest, ([u8; 32], Stored)>,
     downloaded: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
+    /// Repeated blocks: deliveries still to come after the first.
+    repeats: HashMap<Digest, u32>,
+    /// Repeated blocks already downloaded, while deliveries remain
+    /// (within [`KEEP_REPEATS_BYTES`]).
+    kept: HashMap<Digest, Vec<u8>>,
+    kept_bytes: usize,
 }
 
 /// One ranged GET: a pack, a byte range, and the blocks in it.
@@ -149,7 +173,7 @@ struct Request {
     pack: [u8; 32],
     start: u64,
     end: u64,
-    blocks: Vec<(BlockRef, Stored)>,
+    blocks: Vec<(Digest, Stored)>,
 }
 
 impl BlockSource for StoreSource {
@@ -173,7 +197,17 @@ impl BlockSource for StoreSource {
                     Err(_) => break,
                 }
             }
-            let requests = self.plan(batch)?;
+            // A block wanted at several places of the image is fetched once.
+            let mut waiting: HashMap<Digest, Vec<BlockRef>> = HashMap::new();
+            for b in batch {
+                if let Some(plain) = self.kept.get(&b.digest) {
+                    deliver(b, plain)?;
+                    self.delivered_repeat(b.digest);
+                } else {
+                    waiting.entry(b.digest).or_default().push(b);
+                }
+            }
+            let requests = self.plan(&waiting)?;
             let store = &self.store;
             let results: Vec<_> = self.runtime.block_on(
                 futures::stream::iter(requests)
@@ -188,7 +222,7 @@ impl BlockSource for StoreSource {
                 self.requests.fetch_add(1, Ordering::Relaxed);
                 let data = data.map_err(|e| self.fail(e))?;
                 self.downloaded.fetch_add(data.len() as u64, Ordering::Relaxed);
-                for (block, stored) in r.blocks {
+                for (digest, stored) in r.blocks {
                     let at = (stored.offset - r.start) as usize;
                     let bytes = &data[at..at + stored.stored_len as usize];
                     let damaged = |why: String| {
@@ -200,10 +234,22 @@ impl BlockSource for StoreSource {
                         )))
                     };
                     let plain = stored.decode(bytes).map_err(damaged)?;
-                    if Digest::of(&plain) != block.digest {
+                    if Digest::of(&plain) != digest {
                         return Err(damaged("does not match its digest".into()));
                     }
-                    deliver(block, &plain)?;
+                    let refs = waiting.remove(&digest).unwrap_or_default();
+                    for (i, b) in refs.iter().enumerate() {
+                        deliver(*b, &plain)?;
+                        if i > 0 {
+                            self.delivered_repeat(digest);
+                        }
+                    }
+                    if self.repeats.get(&digest).is_some_and(|&n| n > 0)
+                        && self.kept_bytes + plain.len() <= KEEP_REPEATS_BYTES
+                    {
+                        self.kept_bytes += plain.len();
+                        self.kept.insert(digest, plain);
+                    }
                 }
             }
         }
@@ -211,6 +257,19 @@ impl BlockSource for StoreSource {
 }
 
 impl StoreSource {
+    /// Counts a delivery of a repeated block after its first, and forgets
+    /// the kept copy once no more are due.
+    fn delivered_repeat(&mut self, digest: Digest) {
+        if let Some(n) = self.repeats.get_mut(&digest) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                if let Some(plain) = self.kept.remove(&digest) {
+                    self.kept_bytes -= plain.len();
+                }
+            }
+        }
+    }
+
     /// The engine's error for a failure of this source.
     fn fail(&self, e: Error) -> cbt_core::Error {
         cbt_core::Error::BlockSource {
@@ -221,17 +280,17 @@ impl StoreSource {
 
     /// Groups wanted blocks into ranged GETs: by pack, in offset order,
     /// neighbours merged.
-    fn plan(&self, batch: Vec<BlockRef>) -> cbt_core::Result<Vec<Request>> {
-        let mut by_pack: BTreeMap<[u8; 32], Vec<(BlockRef, Stored)>> = BTreeMap::new();
-        for b in batch {
-            let Some(&(pack, stored)) = self.locations.get(&b.digest) else {
+    fn plan(&self, waiting: &HashMap<Digest, Vec<BlockRef>>) -> cbt_core::Result<Vec<Request>> {
+        let mut by_pack: BTreeMap<[u8; 32], Vec<(Digest, Stored)>> = BTreeMap::new();
+        for (digest, refs) in waiting {
+            let Some(&(pack, stored)) = self.locations.get(digest) else {
                 return Err(self.fail(Error::Store(format!(
                     "{}: block {} is in no pack of the manifest",
                     self.store.name(),
-                    b.index
+                    refs.first().map_or(0, |b| b.index)
                 ))));
             };
-            by_pack.entry(pack).or_default().push((b, stored));
+            by_pack.entry(pack).or_default().push((*digest, stored));
         }
         let mut out = Vec::new();
         for (pack, mut blocks) in by_pack {
