@@ -32,6 +32,11 @@ pub struct StoreOpts {
     /// Requests at once [default: 8].
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// Read the keys from this AWS-style credentials file (its [default]
+    /// section; mode 600) instead of the environment. Keys are never
+    /// taken from the command line.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
 }
 
 impl StoreOpts {
@@ -45,7 +50,12 @@ impl StoreOpts {
                 crate::bail_usage!("--endpoint {e:?}: give an http:// or https:// URL");
             }
         }
+        let credentials = match &self.credentials {
+            Some(f) => Some(cbt_net::store::Credentials::read(f)?),
+            None => None,
+        };
         let options = StoreOptions {
+            credentials,
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style: Some(!self.virtual_hosted),

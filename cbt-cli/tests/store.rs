@@ -1191,3 +1191,47 @@ fn a_block_repeated_in_the_image_is_downloaded_once() {
         "{fetched} bytes downloaded for 64 distinct blocks: {pulled:#}"
     );
 }
+
+#[test]
+fn keys_can_come_from_a_private_credentials_file() {
+    let st = Store::new("keyfile-bucket", "k");
+    let env = TestEnv::new();
+    let data = blocks(64, 31, |_| false);
+    let img = write_image(&env, "disk.raw", &data);
+    let file = env.path("credentials");
+    let secret = "file-secret-9d1c7b";
+    fs::write(
+        &file,
+        format!("[other]\naws_access_key_id = nope\n[default]\naws_access_key_id = file-key-4e2a\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    let push = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+        let a = args![
+            "store",
+            "push",
+            img,
+            st.url("disk"),
+            "--endpoint",
+            st.endpoint(),
+            "--credentials",
+            file
+        ];
+        // The environment's keys are empty: only the file's can work.
+        run(cbt_command_as(&env, "", "", &a), "store push --credentials")
+    };
+    let open = push(0o644);
+    assert_code(&open, 2);
+    assert!(stderr(&open).contains("mode 600"), "{}", stderr(&open));
+    let ok = push(0o600);
+    assert_code(&ok, 0);
+    assert_eq!(st.names("images"), ["disk.cbtm"]);
+    for out in [&open, &ok] {
+        assert!(
+            !text(out).contains(secret),
+            "the secret was printed:\n{}",
+            text(out)
+        );
+    }
+}

@@ -81,9 +81,69 @@ impl StoreUrl {
     }
 }
 
+/// Keys read from a credentials file. Never printed.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// `aws_access_key_id`.
+    pub access_key_id: String,
+    /// `aws_secret_access_key`.
+    pub secret_access_key: String,
+    /// `aws_session_token`, if any.
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+impl Credentials {
+    /// Reads the `[default]` section of an AWS-style credentials file
+    /// (`aws_access_key_id = ...`); a file others may read is refused.
+    pub fn read(path: &std::path::Path) -> Result<Credentials> {
+        use std::os::unix::fs::PermissionsExt;
+        let bad = |reason: String| Error::Config(format!("{}: {reason}", path.display()));
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad("readable by others: make it mode 600".into()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let mut c = Credentials::default();
+        let mut section = "default".to_string();
+        for line in text.lines().map(str::trim) {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = s.trim().to_string();
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            if section != "default" {
+                continue;
+            }
+            let v = v.trim().to_string();
+            match k.trim() {
+                "aws_access_key_id" => c.access_key_id = v,
+                "aws_secret_access_key" => c.secret_access_key = v,
+                "aws_session_token" => c.session_token = Some(v),
+                _ => {}
+            }
+        }
+        if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {
+            return Err(bad(
+                "no aws_access_key_id and aws_secret_access_key in its [default] section".into(),
+            ));
+        }
+        Ok(c)
+    }
+}
+
 /// How to reach the object store.
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
+    /// Keys from a file; the environment's otherwise.
+    pub credentials: Option<Credentials>,
     /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS otherwise.
     pub endpoint: Option<String>,
     /// The region (default: `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1).
@@ -163,6 +223,17 @@ impl Store {
         }
         if let Some(r) = &options.region {
             b = b.with_region(r);
+        }
+        if let Some(c) = &options.credentials {
+            b = b
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(&c.secret_access_key);
+            if let Some(t) = &c.session_token {
+                b = b.with_token(t);
+            }
+        }
+        if let Some(c) = &options.credentials {
+            let _ = CREDENTIALS.set(c.clone());
         }
         let inner = b
             .build()
@@ -396,10 +467,27 @@ impl Store {
     }
 }
 
+/// Keys from a credentials file, for [`scrub`].
+static CREDENTIALS: std::sync::OnceLock<Credentials> = std::sync::OnceLock::new();
+
 /// Removes anything that looks like a credential from a message (an
 /// object-store error may quote a request).
 fn scrub(text: &str) -> String {
     let mut out = text.to_string();
+    if let Some(c) = CREDENTIALS.get() {
+        for v in [
+            Some(&c.access_key_id),
+            Some(&c.secret_access_key),
+            c.session_token.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if v.len() >= 4 {
+                out = out.replace(v.as_str(), "[redacted]");
+            }
+        }
+    }
     for var in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"] {
         if let Ok(v) = std::env::var(var) {
             if v.len() >= 4 {
