@@ -30,6 +30,7 @@ pub mod dpkg_guest;
 pub mod guest;
 pub mod proc;
 pub mod s3;
+pub mod store_world;
 pub mod teleport_world;
 
 /// The block size cbt uses by default (the tests rely on it).
