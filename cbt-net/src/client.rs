@@ -228,7 +228,24 @@ pub async fn pull(
     options: &ClientOptions,
     shutdown: Shutdown,
 ) -> Result<TransferReport> {
-    let link = connect(addr, Mode::Pull, name, options, &shutdown).await?;
+    pull_in(Mode::Pull, addr, name, receive_options, options, shutdown).await
+}
+
+/// A pull in `mode`: every kind of pull is this connection and receive.
+async fn pull_in(
+    mode: Mode,
+    addr: &str,
+    name: &str,
+    receive_options: ReceiveOptions,
+    options: &ClientOptions,
+    shutdown: Shutdown,
+) -> Result<TransferReport> {
+    if mode != Mode::Pull && receive_options.teleporter.is_none() {
+        return Err(Error::Config(
+            "a teleport or functional pull needs a teleporter to take the description".into(),
+        ));
+    }
+    let link = connect(addr, mode, name, options, &shutdown).await?;
     receive(link, receive_options, shutdown).await
 }
 
@@ -243,16 +260,12 @@ pub async fn pull_teleport(
     options: &ClientOptions,
     shutdown: Shutdown,
 ) -> Result<TransferReport> {
-    if receive_options.teleporter.is_none() {
-        return Err(Error::Config("a teleport pull needs package sources".into()));
-    }
     let mode = if dry_run {
         Mode::PullTeleportPlan
     } else {
         Mode::PullTeleport
     };
-    let link = connect(addr, mode, name, options, &shutdown).await?;
-    receive(link, receive_options, shutdown).await
+    pull_in(mode, addr, name, receive_options, options, shutdown).await
 }
 
 /// Receives the user data of the guest a daemon exports as `name` (a
@@ -266,13 +279,15 @@ pub async fn pull_functional(
     options: &ClientOptions,
     shutdown: Shutdown,
 ) -> Result<TransferReport> {
-    if receive_options.teleporter.is_none() {
-        return Err(Error::Config(
-            "a functional pull needs a teleporter to take the description".into(),
-        ));
-    }
-    let link = connect(addr, Mode::PullFunctional, name, options, &shutdown).await?;
-    receive(link, receive_options, shutdown).await
+    pull_in(
+        Mode::PullFunctional,
+        addr,
+        name,
+        receive_options,
+        options,
+        shutdown,
+    )
+    .await
 }
 
 async fn wait(mut s: Shutdown) {
