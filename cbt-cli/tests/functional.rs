@@ -210,6 +210,25 @@ impl World {
     }
 }
 
+/// `cbt serve` on 127.0.0.1 exporting `export`; the process and its address.
+fn exporting_daemon(env: &TestEnv, export: &Path) -> (Proc, String) {
+    let data = env.dir("daemon-data");
+    let mut daemon = Proc::spawn(
+        env,
+        &args![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data,
+            "--export",
+            export
+        ],
+    );
+    let addr = daemon.addr();
+    (daemon, addr)
+}
+
 fn digest(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -278,20 +297,7 @@ fn a_pull_from_a_daemon_rebuilds_the_guest_on_the_candidate() {
     let w = world("2.0", false);
     let before = digest(&w.candidate);
     let source_desc = w.describe(&w.source);
-    let data = w.env.dir("daemon-data");
-    let mut daemon = Proc::spawn(
-        &w.env,
-        &args![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data,
-            "--export",
-            w.env.root().join("export")
-        ],
-    );
-    let addr = daemon.addr();
+    let (daemon, addr) = exporting_daemon(&w.env, &w.env.root().join("export"));
     let out = w.env.dir("out").join("rebuilt.qcow2");
     let run = w.cbt(&w.rebuild_args(&format!("{addr}/source.img"), &out, &[]));
     assert_code(&run, 0);
@@ -440,20 +446,7 @@ fn a_daemon_that_cannot_describe_its_image_says_why_and_nothing_is_left() {
     fs::write(export.join("noise.img"), random(7, 4 << 20)).unwrap();
     let seed = env.path("seed.img");
     fs::write(&seed, vec![0u8; 1 << 20]).unwrap();
-    let data = env.dir("daemon-data");
-    let mut daemon = Proc::spawn(
-        &env,
-        &args![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data,
-            "--export",
-            export
-        ],
-    );
-    let addr = daemon.addr();
+    let (daemon, addr) = exporting_daemon(&env, &export);
     let out = env.dir("out").join("rebuilt.qcow2");
     let run = Command::new(env!("CARGO_BIN_EXE_cbt"))
         .args(args![
