@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use cbt_core::{check_block_size, IndexOptions, OutputFormat, SeedProvider};
+use cbt_core::{check_block_size, Backing, IndexOptions, OutputFormat, SeedProvider};
 use cbt_teleport::PackageCaches;
 
 /// cbt: content-based block transfer for virtual machine disk images.
@@ -101,6 +101,10 @@ pub enum Command {
         /// completes (a `.DST.cbt-inplace` journal says so).
         #[arg(long)]
         inplace: bool,
+        /// Read SRC even if an interrupted in-place update left it partly
+        /// old, partly new (its `.NAME.cbt-inplace` journal exists).
+        #[arg(long)]
+        allow_inconsistent: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
@@ -158,6 +162,10 @@ pub enum Command {
         /// refuses to unless it has overwrite = true).
         #[arg(long, conflicts_with = "inplace")]
         force: bool,
+        /// Read IMAGE even if an interrupted in-place update left it partly
+        /// old, partly new (its `.NAME.cbt-inplace` journal exists).
+        #[arg(long)]
+        allow_inconsistent: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
@@ -375,6 +383,8 @@ impl CommonOpts {
             exclude: Vec::new(),
             extra_seeds: package_seeds(&self.package_cache),
             stop: None,
+            // A local command's seeds are the user's; `cbt serve` confines them.
+            backing: Backing::Anywhere,
         };
         Ok(Config {
             index,

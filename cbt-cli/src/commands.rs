@@ -37,9 +37,15 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             format,
             no_readback,
             inplace,
+            allow_inconsistent,
             json,
         } => {
-            let spec = ImageSpec { path: src, snapshot };
+            check_source(&src, allow_inconsistent)?;
+            let spec = ImageSpec {
+                path: src,
+                snapshot,
+                backing: Default::default(),
+            };
             crate::cli::warn_format_mismatch(format.into(), &dst);
             let options = ReconstructOptions {
                 format: format.into(),
@@ -57,7 +63,11 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             against,
             json,
         } => {
-            let spec = ImageSpec { path: src, snapshot };
+            let spec = ImageSpec {
+                path: src,
+                snapshot,
+                backing: Default::default(),
+            };
             if !config.package_caches.is_empty() {
                 return crate::describe_commands::estimate(&config, &spec, &against, json);
             }
@@ -135,6 +145,25 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             crate::net_commands::run(&config, cmd)
         }
     }
+}
+
+/// Before reading `src` as a source: refuses an image whose in-place
+/// update was interrupted (unless `allow_inconsistent`), and says which
+/// backing files it follows (a local command follows them wherever they
+/// are, as qemu-img does).
+pub fn check_source(src: &Path, allow_inconsistent: bool) -> anyhow::Result<()> {
+    if let Err(e) = cbt_core::check_consistent(src) {
+        if !allow_inconsistent {
+            return Err(e.into());
+        }
+        eprintln!("warning: {e}");
+    }
+    if let Ok(chain) = cbt_core::backing_chain(src, &cbt_core::Backing::Anywhere) {
+        for b in chain {
+            eprintln!("cbt: {}: reading its backing file {}", src.display(), b.display());
+        }
+    }
+    Ok(())
 }
 
 fn canonical(p: &Path) -> Option<PathBuf> {

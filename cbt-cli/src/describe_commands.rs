@@ -111,6 +111,7 @@ pub fn describe(_config: &Config, args: DescribeArgs) -> anyhow::Result<()> {
         let spec = ImageSpec {
             path: args.image.clone(),
             snapshot: args.snapshot,
+            backing: Default::default(),
         };
         describe_image(open_image(&spec)?, &options).with_context(|| format!("describing {spec}"))?
     };
@@ -269,7 +270,11 @@ pub fn teleport(config: &Config, args: TeleportArgs) -> anyhow::Result<()> {
             if !(seconds_per_package >= 0.0 && seconds_per_package.is_finite()) {
                 crate::bail_usage!("--seconds-per-package must be a non-negative number");
             }
-            let spec = ImageSpec { path: src, snapshot };
+            let spec = ImageSpec {
+                path: src,
+                snapshot,
+                backing: Default::default(),
+            };
             let options = TeleportOptions {
                 index: config.index.clone(),
                 threads: config.threads,

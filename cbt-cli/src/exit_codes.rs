@@ -108,6 +108,8 @@ impl Exit {
             | cbt_core::Error::Unsupported { .. }
             | cbt_core::Error::UnsupportedFormat { .. }
             | cbt_core::Error::BackingCycle { .. }
+            | cbt_core::Error::BackingOutside { .. }
+            | cbt_core::Error::Inconsistent { .. }
             | cbt_core::Error::NoSuchSnapshot { .. } => Exit::BadInput,
             cbt_core::Error::Io { .. } | cbt_core::Error::NotRegular { .. } => Exit::Io,
             cbt_core::Error::Verification { .. } => Exit::Verification,

@@ -97,6 +97,7 @@ impl FetchArgs {
             src: ImageSpec {
                 path: self.src,
                 snapshot: self.snapshot,
+                backing: Default::default(),
             },
             mirrors: self.mirrors,
             suites: self.suites,

@@ -35,8 +35,10 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             tls,
             inplace,
             force,
+            allow_inconsistent,
             json,
         } => {
+            crate::commands::check_source(&image, allow_inconsistent)?;
             let mut client = client_options(&net, Some(&s), Tls::Client(&tls))?;
             client.push_in_place = inplace;
             client.push_replace = force;
@@ -228,6 +230,7 @@ pub fn send(
     let spec = ImageSpec {
         path: image.to_path_buf(),
         snapshot,
+        backing: Default::default(),
     };
     let image = open_image(&spec)?;
     let report = push(

@@ -271,6 +271,7 @@ fn push(config: &Config, src: &std::path::Path, dest: &str, args: TransferArgs) 
     let spec = ImageSpec {
         path: src.to_path_buf(),
         snapshot: args.snapshot.clone(),
+        backing: Default::default(),
     };
     let image = open_image(&spec)?;
     let started = Instant::now();

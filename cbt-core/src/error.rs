@@ -57,6 +57,27 @@ pub enum Error {
         /// The file that appears twice.
         again: PathBuf,
     },
+    /// A qcow2 image names a backing file outside the directories it may
+    /// be read from (a daemon's roots), or one reached through a link that
+    /// leads out of them.
+    #[error("{path}: its backing file {backing} lies outside the directories this server reads ({roots}); refused")]
+    BackingOutside {
+        /// The image.
+        path: PathBuf,
+        /// The backing file it names.
+        backing: PathBuf,
+        /// The directories backing files may be in.
+        roots: String,
+    },
+    /// An in-place update of the image was interrupted: it is partly old,
+    /// partly new, until the same command completes it.
+    #[error("{path}: an in-place update of this image was interrupted ({journal} exists), so it is partly old and partly new; run the same cbt command again to complete it (or pass --allow-inconsistent to read it anyway)")]
+    Inconsistent {
+        /// The image.
+        path: PathBuf,
+        /// The journal that marks it.
+        journal: PathBuf,
+    },
     /// A requested internal snapshot does not exist.
     #[error("{path}: no internal snapshot named {name:?}")]
     NoSuchSnapshot {
@@ -77,6 +98,10 @@ pub enum Error {
     /// An invalid argument or configuration value.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An inconsistency inside cbt (a bug, not the user's input or a
+    /// peer's): the work stops and nothing is published.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The caller-supplied source of missing blocks failed.
     #[error("block source {name}: {source}")]
     BlockSource {

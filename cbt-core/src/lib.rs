@@ -31,8 +31,8 @@ pub use digest::{digests_of, is_zero, Digest};
 pub use error::{Error, Result};
 pub use image::{
     backing_chain, detect_format, list_snapshots, open_image, parse_header, parse_snapshot_table,
-    read_snapshot_table, Extent, ExtentScope, Image, ImageFormat, ImageSpec, Qcow2Header, Qcow2Image,
-    RawImage, SnapshotImage, SnapshotInfo, QCOW2_MAGIC,
+    read_snapshot_table, Backing, Extent, ExtentScope, Image, ImageFormat, ImageSpec, Qcow2Header,
+    Qcow2Image, RawImage, SnapshotImage, SnapshotInfo, QCOW2_MAGIC,
 };
 pub use partition::{parse_partitions, read_partitions, Partition};
 mod layout;
@@ -61,7 +61,9 @@ pub use reconstruct::{
 };
 pub mod assemble;
 
-pub use assemble::{Assembly, AssemblyOptions, Checked, Expected, VerifiedRun};
+pub use assemble::{
+    check_consistent, Assembly, AssemblyOptions, Candidate, Checked, Expected, InPlaceRecord, VerifiedRun,
+};
 mod estimate;
 
 pub use estimate::{estimate, Commonality, Estimate};

@@ -269,6 +269,29 @@ impl OutputFile {
         Ok(true)
     }
 
+    /// Reads `buf.len()` bytes at `offset` of a raw output through its own
+    /// descriptor (what landed, whoever wrote it). Returns false for a
+    /// qcow2 or closed output, or a range past the end.
+    pub fn read_raw_at(&self, buf: &mut [u8], offset: u64) -> Result<bool> {
+        let Some(Writer::Raw(f)) = &self.writer else {
+            return Ok(false);
+        };
+        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.len) {
+            return Ok(false);
+        }
+        f.read_exact_at(buf, offset)
+            .map_err(|e| Error::io(&self.temp_path, "read output", e))?;
+        Ok(true)
+    }
+
+    /// The raw output's descriptor (none for qcow2 or once closed).
+    pub fn raw_file(&self) -> Option<&File> {
+        match &self.writer {
+            Some(Writer::Raw(f)) => Some(f),
+            _ => None,
+        }
+    }
+
     /// True when updating an existing image in place.
     pub fn is_in_place(&self) -> bool {
         self.in_place.is_some()

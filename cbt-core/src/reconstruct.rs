@@ -22,7 +22,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 
-use crate::assemble::{Assembly, AssemblyOptions, Checked, Expected};
+use crate::assemble::{Assembly, AssemblyOptions, Checked, Expected, InPlaceRecord};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Image;
@@ -349,23 +349,17 @@ fn assemble(
         drop(local_rx);
         // In place: the output's current blocks, hashed alongside the source
         // (each is read before the planner can decide to overwrite it).
-        let (current_tx, current_rx) = bounded::<Vec<BlockRecord>>(16);
+        let (current_tx, current_rx) = bounded::<Vec<InPlaceRecord>>(16);
         if assembly.is_in_place() {
             let failure = &failure;
             let threads = options.threads;
             let spawned = thread::Builder::new()
                 .name("cbt-current".into())
                 .spawn_scoped(s, move || {
-                    let hashed = crate::image::RawImage::open(assembly.final_path()).and_then(|current| {
-                        let hash = HashOptions {
-                            threads,
-                            ..HashOptions::default()
-                        };
-                        hash_image(&current, layout, &hash, |records| {
-                            current_tx
-                                .send(records.to_vec())
-                                .map_err(|_| Error::Stopped("in-place comparison stopped".into()))
-                        })
+                    let hashed = assembly.hash_in_place(threads, |records| {
+                        current_tx
+                            .send(records)
+                            .map_err(|_| Error::Stopped("in-place comparison stopped".into()))
                     });
                     if let Err(e) = hashed {
                         if !matches!(e, Error::Stopped(_)) {
@@ -449,7 +443,7 @@ fn assemble(
 fn plan(
     layout: &Layout,
     records: impl Iterator<Item = Result<BlockRecord>>,
-    current: &mut dyn Iterator<Item = BlockRecord>,
+    current: &mut dyn Iterator<Item = InPlaceRecord>,
     assembly: &Assembly,
     index: &Index,
     local_tx: &Sender<LocalRun>,
@@ -483,7 +477,7 @@ fn plan(
         // In place: the block the output holds there now.
         let here = if assembly.is_in_place() {
             match current.next() {
-                Some(c) if c.offset == r.offset && c.len == r.len => Some(c),
+                Some(c) if c.record().offset == r.offset && c.record().len == r.len => Some(c),
                 _ => {
                     return Err(Error::Stopped(
                         "the output could not be read for comparison".into(),
@@ -496,7 +490,7 @@ fn plan(
         let BlockKind::Data(digest) = r.kind else {
             // Zero blocks are holes in the manifest, and in the output (in
             // place: made so unless they already read as zeros).
-            if here.is_some_and(|c| c.kind != BlockKind::Zero) {
+            if here.is_some_and(|c| c.record().kind != BlockKind::Zero) {
                 assembly.zero(r.offset, r.len)?;
             }
             counters.zero.fetch_add(1, Ordering::Relaxed);
@@ -566,33 +560,48 @@ fn copy_local(
             offset: run.seed_offset,
         };
         let seed = index.open(run.image).ok();
-        let readable = seed.as_ref().is_some_and(|img| {
-            loc.offset.checked_add(total).is_some_and(|e| e <= img.len())
-                && img.read_at(&mut buf, loc.offset).is_ok()
-        });
+        let in_seed = seed
+            .as_ref()
+            .is_some_and(|img| loc.offset.checked_add(total).is_some_and(|e| e <= img.len()));
         lens.clear();
         lens.extend(run.blocks.iter().map(|b| b.len));
         expected.clear();
-        expected.extend(run.blocks.iter().map(|b| readable.then_some(b.digest)));
+        expected.extend(run.blocks.iter().map(|b| in_seed.then_some(b.digest)));
         let first = &run.blocks[0];
-        let checked = Checked::each(
-            first.index,
-            first.offset,
-            &buf,
-            &lens,
-            Expected::Each(&expected),
-            &mut zeros,
-        );
         // Aligned runs of a raw seed are copied by the kernel (shared
-        // extents on XFS and btrfs); the rest is written.
-        let raw = seed.as_ref().and_then(|s| s.raw_file());
-        for r in checked.runs() {
-            let seed_offset = loc.offset + (r.offset() - first.offset);
-            match raw {
-                Some(f) => assembly.clone_run(&r, f, seed_offset)?,
-                None => assembly.write(&r)?,
-            }
+        // extents on XFS and btrfs) and checked where they landed.
+        let raw = seed.as_ref().and_then(|s| s.raw_file()).filter(|_| in_seed);
+        let cloned = match raw {
+            Some(f) => assembly.clone_in(f, loc.offset, first.offset, total)?,
+            None => false,
+        };
+        buf.resize(total as usize, 0);
+        // Not cloned: the seed is read here, checked, and what was checked written.
+        let readable = cloned
+            || (in_seed
+                && seed
+                    .as_ref()
+                    .is_some_and(|img| img.read_at(&mut buf, loc.offset).is_ok()));
+        if !readable {
+            expected.iter_mut().for_each(|e| *e = None);
         }
+        let mut check = |data| {
+            Checked::each(
+                first.index,
+                first.offset,
+                data,
+                &lens,
+                Expected::Each(&expected),
+                &mut zeros,
+            )
+        };
+        let checked = if cloned {
+            assembly.check_output(first.offset, &mut buf, check)?
+        } else {
+            let checked = check(&buf);
+            checked.runs().iter().try_for_each(|r| assembly.write(r))?;
+            checked
+        };
         let mut good_bytes = 0u64;
         let mut good_count = 0u64;
         for (b, ok) in run.blocks.iter().zip(checked.good()) {
@@ -659,6 +668,81 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    /// Fills `buf` with pseudo-random bytes (xorshift: no dependency).
+    fn noise(buf: &mut [u8], seed: &mut u64) {
+        for chunk in buf.chunks_mut(8) {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+        }
+    }
+
+    /// The clone race: a seed rewritten while it is being copied from (a
+    /// running VM's disk) must never make a wrong image publish. Checking
+    /// the seed and then having the kernel copy its *current* bytes did
+    /// (the recorded digests were of bytes that never landed).
+    #[test]
+    fn a_seed_rewritten_during_the_copy_never_publishes_a_wrong_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 24usize << 20;
+        let mut data = vec![0u8; len];
+        noise(&mut data, &mut 0x9E37_79B9_7F4A_7C15);
+        let src = dir.path().join("src.raw");
+        fs::write(&src, &data).unwrap();
+        let seeds = dir.path().join("seeds");
+        fs::create_dir(&seeds).unwrap();
+        let seed_path = seeds.join("seed.raw");
+        let image: Arc<dyn Image> = Arc::new(RawImage::open(&src).unwrap());
+        let mut wrong = 0;
+        let mut cloned = 0;
+        for round in 0..6u64 {
+            fs::write(&seed_path, &data).unwrap();
+            let index = Index::build(std::slice::from_ref(&seeds), &IndexOptions::default()).unwrap();
+            let layout = Layout::flat(image.len(), index.block_size()).unwrap();
+            let mut records = Vec::new();
+            hash_image(image.as_ref(), &layout, &HashOptions::default(), |r| {
+                records.extend_from_slice(r);
+                Ok(())
+            })
+            .unwrap();
+            let stop = AtomicBool::new(false);
+            let dst = dir.path().join(format!("out{round}.raw"));
+            let report = thread::scope(|s| {
+                s.spawn(|| {
+                    let f = fs::OpenOptions::new().write(true).open(&seed_path).unwrap();
+                    let mut x = round + 1;
+                    let mut chunk = vec![0u8; 64 << 10];
+                    while !stop.load(Ordering::Relaxed) {
+                        noise(&mut chunk, &mut x);
+                        let at = (x % (len as u64 / 4096)) * 4096;
+                        let at = at.min((len - chunk.len()) as u64);
+                        f.write_all_at(&chunk, at).unwrap();
+                    }
+                });
+                let mut source = ImageBlockSource::new(Arc::clone(&image));
+                let report = reconstruct(
+                    &layout,
+                    records.into_iter().map(Ok),
+                    &index,
+                    &mut source,
+                    &dst,
+                    &ReconstructOptions::default(),
+                    None,
+                );
+                stop.store(true, Ordering::Relaxed);
+                report
+            });
+            // A rewritten seed costs fetches, never correctness.
+            let report = report.unwrap();
+            cloned += report.bytes_cloned;
+            if fs::read(&dst).unwrap() != data {
+                wrong += 1;
+            }
+        }
+        assert_eq!(wrong, 0, "wrong images published (bytes cloned: {cloned})");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cbt_core::{open_image, Image, ImageSpec};
+use cbt_core::{open_image, Backing, Image, ImageSpec};
 use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -89,6 +89,16 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
+    /// Where the images this daemon reads may have their backing files:
+    /// inside its own directories (data, seeds, export), never through a
+    /// link out of them.
+    pub fn backing(&self) -> Backing {
+        let mut roots = vec![self.data_dir.clone()];
+        roots.extend(self.seeds.iter().cloned());
+        roots.extend(self.export.iter().cloned());
+        Backing::within(&roots)
+    }
+
     /// Defaults for a daemon writing into `data_dir`.
     pub fn new(data_dir: PathBuf) -> Self {
         ServeOptions {
@@ -349,6 +359,7 @@ async fn push(
     options.output = path;
     options.progress = Some(Arc::clone(&progress));
     options.seeds = o.seeds.clone();
+    options.index.backing = o.backing();
     // Updated in place, the image itself is read as the transfer goes, not
     // hashed up front as a seed.
     options.seeds.extend(
@@ -399,7 +410,7 @@ async fn pull(
             .refuse(&mut writer, "this server exports no images")
             .await;
     };
-    let image = match open_export(export, name).await {
+    let image = match open_export(export, name, o.backing()).await {
         Ok(i) => i,
         Err(reason) => return turn_away.refuse(&mut writer, &reason).await,
     };
@@ -505,16 +516,40 @@ async fn user_data_export(
     Ok((description, user_data))
 }
 
-async fn open_export(export: &Path, name: &str) -> std::result::Result<Arc<dyn Image>, String> {
+/// Opens the exported image `name`; it and its backing files must lie
+/// inside `backing` (a link out of the export directory is no image).
+async fn open_export(
+    export: &Path,
+    name: &str,
+    backing: Backing,
+) -> std::result::Result<Arc<dyn Image>, String> {
     let path = export.join(name);
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() => {}
         _ => return Err(format!("{name}: no such image")),
     }
-    tokio::task::spawn_blocking(move || open_image(&ImageSpec::file(path)))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("{name}: cannot open: {e}"))
+    if let Err(e) = cbt_core::check_consistent(&path) {
+        tracing::warn!("refused to export: {e}");
+        return Err(format!(
+            "{name}: an in-place update of this image is incomplete; refused"
+        ));
+    }
+    if !path.canonicalize().is_ok_and(|c| backing.allows(&c)) {
+        tracing::warn!("{}: refused: a link out of the export directory", path.display());
+        return Err(format!("{name}: no such image"));
+    }
+    let opened =
+        tokio::task::spawn_blocking(move || open_image(&ImageSpec::file(path).with_backing(backing)))
+            .await
+            .map_err(|e| e.to_string())?;
+    opened.map_err(|e| {
+        if matches!(e, cbt_core::Error::BackingOutside { .. }) {
+            tracing::warn!("refused to export: {e}");
+            format!("{name}: its backing file lies outside this server's directories; refused")
+        } else {
+            format!("{name}: cannot open: {e}")
+        }
+    })
 }
 
 /// The images of the data directory, as explicit seed roots (so they are

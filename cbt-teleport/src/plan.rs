@@ -433,7 +433,7 @@ fn view_with_chain(index: &Index, i: usize) -> Vec<usize> {
     let images = index.images();
     let mut out = vec![i];
     if images[i].top_layer_only {
-        if let Ok(chain) = backing_chain(&images[i].spec.path) {
+        if let Ok(chain) = backing_chain(&images[i].spec.path, &images[i].spec.backing) {
             for p in chain {
                 if let Some(j) = images
                     .iter()

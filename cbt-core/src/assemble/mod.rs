@@ -33,11 +33,11 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::output::{OutputFile, OutputFormat};
-use crate::pipeline::{BlockKind, BlockRecord, ImageDigester};
+use crate::pipeline::{hash_image, BlockKind, BlockRecord, HashOptions, ImageDigester, ZeroDigests};
 use crate::reconstruct::BlockSource;
 use crate::safe_fs;
 
-pub use verified::{Checked, Expected, VerifiedRun};
+pub use verified::{Candidate, Checked, Expected, VerifiedRun};
 
 /// Runs whose offsets and length are multiples of this (the block size of
 /// the filesystems that share extents) go through `copy_file_range`.
@@ -70,6 +70,18 @@ impl Default for AssemblyOptions {
     }
 }
 
+/// A block record hashed from the output updated in place, by the
+/// assembly itself ([`Assembly::hash_in_place`]): what the output holds.
+#[derive(Debug, Clone, Copy)]
+pub struct InPlaceRecord(BlockRecord);
+
+impl InPlaceRecord {
+    /// The record.
+    pub fn record(&self) -> &BlockRecord {
+        &self.0
+    }
+}
+
 /// An image being assembled at a temporary path.
 #[derive(Debug)]
 pub struct Assembly {
@@ -95,6 +107,19 @@ pub fn journal_path_for(output: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     output.with_file_name(format!(".{name}.cbt-inplace"))
+}
+
+/// Refuses an image whose in-place update was interrupted (its journal
+/// exists): read as a source, it would be copied as if it were whole.
+pub fn check_consistent(image: &Path) -> Result<()> {
+    let journal = journal_path_for(image);
+    if std::fs::symlink_metadata(&journal).is_ok() {
+        return Err(Error::Inconsistent {
+            path: image.to_path_buf(),
+            journal,
+        });
+    }
+    Ok(())
 }
 
 /// The verification manifest's path next to `output`.
@@ -176,15 +201,45 @@ impl Assembly {
         self.journal.is_some()
     }
 
+    /// In place: hashes the output as it is now, through its own
+    /// descriptor and in layout order, handing batches of records to
+    /// `sink`. Only these records can confirm a block
+    /// ([`Assembly::confirm`]): each says what the output itself held.
+    pub fn hash_in_place(
+        &self,
+        threads: usize,
+        mut sink: impl FnMut(Vec<InPlaceRecord>) -> Result<()>,
+    ) -> Result<()> {
+        let Some(file) = self.output.raw_file().filter(|_| self.is_in_place()) else {
+            return Err(Error::Internal(format!(
+                "{}: only an output updated in place can be compared",
+                self.final_path().display()
+            )));
+        };
+        let file = file
+            .try_clone()
+            .map_err(|e| Error::io(self.final_path(), "read output", e))?;
+        let current = crate::image::RawImage::from_file(self.final_path(), file)?;
+        let hash = HashOptions {
+            threads,
+            ..HashOptions::default()
+        };
+        hash_image(&current, &self.layout, &hash, |records| {
+            sink(records.iter().map(|r| InPlaceRecord(*r)).collect())
+        })
+        .map(|_| ())
+    }
+
     /// In place: block `index` of the output already holds the source's
-    /// bytes when `current` (the output's own record, hashed from what is
-    /// there now) has the digest `expected`. Records it without writing
-    /// and returns true; false (nothing recorded) otherwise.
-    pub fn confirm(&self, index: u64, current: &BlockRecord, expected: &Digest) -> Result<bool> {
+    /// bytes when `current` (hashed from the output by
+    /// [`Assembly::hash_in_place`], before anything was written there) has
+    /// the digest `expected`. Records it without writing and returns true;
+    /// false (nothing recorded) otherwise.
+    pub fn confirm(&self, index: u64, current: &InPlaceRecord, expected: &Digest) -> Result<bool> {
         if !self.is_in_place() {
             return Ok(false);
         }
-        let BlockKind::Data(d) = current.kind else {
+        let BlockKind::Data(d) = current.0.kind else {
             return Ok(false);
         };
         if d != *expected {
@@ -254,24 +309,83 @@ impl Assembly {
         self.bytes_cloned.load(Ordering::Relaxed)
     }
 
-    /// Places a verified run read from `seed` (a raw file) at `seed_offset`
-    /// by having the kernel copy it (sharing extents where the filesystem
-    /// can), falling back to writing the verified bytes. The seed range was
-    /// hashed just before (that is what made the run verified); a seed
-    /// rewritten in between is what `--verify-readback` is for.
-    pub fn clone_run(&self, run: &VerifiedRun<'_>, seed: &File, seed_offset: u64) -> Result<()> {
-        let len = run.data().len() as u64;
+    /// Has the kernel copy `len` bytes at `seed_offset` of `seed` (a raw
+    /// file) to `offset` of the output, sharing extents where the
+    /// filesystem can. Nothing is recorded: the caller then checks what
+    /// landed with [`Assembly::check_output`], so that a seed rewritten
+    /// meanwhile (a running VM's disk) gets its blocks rejected, never
+    /// recorded, and fetched (which overwrites what the copy left). After
+    /// the copy the output's extents are its own, so that check is one
+    /// read, as reading the seed would be.
+    ///
+    /// False when the range is not aligned to the filesystems' block or the
+    /// kernel refuses (another filesystem, a qcow2 output): the caller
+    /// reads the seed and writes what it checked.
+    pub fn clone_in(&self, seed: &File, seed_offset: u64, offset: u64, len: u64) -> Result<bool> {
         // Filesystems share whole blocks only: unaligned runs are written.
-        let aligned = [run.offset(), seed_offset, len]
-            .iter()
-            .all(|v| v % CLONE_ALIGN == 0);
-        if aligned && self.output.clone_range(seed, seed_offset, run.offset(), len)? {
-            self.record(run.first_index(), run.digests())?;
-            self.bytes_cloned.fetch_add(len, Ordering::Relaxed);
-            Ok(())
-        } else {
-            self.write(run)
+        let aligned = [offset, seed_offset, len].iter().all(|v| v % CLONE_ALIGN == 0);
+        if !aligned || !self.output.clone_range(seed, seed_offset, offset, len)? {
+            return Ok(false);
         }
+        self.bytes_cloned.fetch_add(len, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Reads `buf.len()` bytes of the raw output at `offset` (what a clone
+    /// put there; in place, the old image or what this update wrote) and
+    /// has `check` hash exactly those bytes. The blocks it accepts are
+    /// there already: they are recorded, not rewritten.
+    pub fn check_output<'b>(
+        &self,
+        offset: u64,
+        buf: &'b mut [u8],
+        check: impl FnOnce(&'b [u8]) -> Checked<'b>,
+    ) -> Result<Checked<'b>> {
+        if !self.output.read_raw_at(buf, offset)? {
+            return Err(Error::Internal(format!(
+                "{}: {} bytes at {offset} cannot be read back (not a raw output, or past its end)",
+                self.temp_path().display(),
+                buf.len()
+            )));
+        }
+        let data: &'b [u8] = buf;
+        let mut checked = check(data);
+        if !std::ptr::eq(checked.data(), data) || checked.offset() != offset {
+            return Err(Error::Internal(format!(
+                "{}: a check of other bytes than the output's at {offset}",
+                self.temp_path().display()
+            )));
+        }
+        checked.keep_all();
+        self.place(&checked)?;
+        Ok(checked)
+    }
+
+    /// [`Checked::probe`] with the output as a candidate: a block whose
+    /// candidate is [`Candidate::InPlace`] is read from the output at its
+    /// own offset by the assembly, and kept there if it matches.
+    #[allow(clippy::too_many_arguments)]
+    pub fn probe<'b>(
+        &self,
+        first_index: u64,
+        offset: u64,
+        buf: &'b mut [u8],
+        lens: &[u32],
+        expected: &[Option<Digest>],
+        zeros: &mut ZeroDigests,
+        read: impl FnMut(usize, usize, &mut [u8]) -> Candidate,
+    ) -> (Checked<'b>, Vec<Option<usize>>) {
+        let in_place = self.is_in_place();
+        Checked::probe(
+            first_index,
+            offset,
+            buf,
+            lens,
+            expected,
+            zeros,
+            read,
+            |at, bytes| in_place && matches!(self.output.read_raw_at(bytes, at), Ok(true)),
+        )
     }
 
     /// Writes every run of `checked`.
@@ -279,23 +393,21 @@ impl Assembly {
         checked.runs().iter().try_for_each(|r| self.write(r))
     }
 
-    /// Like [`Assembly::write_checked`], but blocks marked in `same_place`
-    /// were read from this very output at their own offset: in place, they
-    /// are only recorded, not rewritten. Accepted zero blocks are made
-    /// zeros in place. (Outside in-place updates, everything is written.)
-    pub fn place(&self, checked: &Checked<'_>, same_place: &[bool]) -> Result<()> {
-        if !self.is_in_place() {
-            return self.write_checked(checked);
-        }
+    /// Like [`Assembly::write_checked`], but blocks the assembly read from
+    /// this very output at their own offset ([`Checked::kept`]) are only
+    /// recorded, not rewritten. In place, accepted zero blocks are made
+    /// zeros.
+    pub fn place(&self, checked: &Checked<'_>) -> Result<()> {
+        let kept = checked.kept();
         for run in checked.runs() {
             let first = (run.first_index() - checked.first_index()) as usize;
             let lens = checked.lens();
             let mut i = 0usize;
             let mut byte = 0usize;
             while i < run.digests().len() {
-                let keep = same_place.get(first + i).copied().unwrap_or(false);
+                let keep = kept[first + i];
                 let (start, start_byte) = (i, byte);
-                while i < run.digests().len() && same_place.get(first + i).copied().unwrap_or(false) == keep {
+                while i < run.digests().len() && kept[first + i] == keep {
                     byte += lens[first + i] as usize;
                     i += 1;
                 }
@@ -311,14 +423,15 @@ impl Assembly {
     }
 
     /// In place: makes every accepted zero block of `checked` zeros in the
-    /// output (a new output already has holes there).
+    /// output (a new output already has holes there; kept blocks already
+    /// read as zeros).
     pub fn zero_checked(&self, checked: &Checked<'_>) -> Result<()> {
         if !self.is_in_place() {
             return Ok(());
         }
         let mut offset = checked.offset();
-        for (zero, len) in checked.good_zero().zip(checked.lens()) {
-            if zero {
+        for ((zero, len), kept) in checked.good_zero().zip(checked.lens()).zip(checked.kept()) {
+            if zero && !kept {
                 self.zero(offset, *len)?;
             }
             offset += u64::from(*len);

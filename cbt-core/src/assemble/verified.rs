@@ -7,6 +7,12 @@
 //! [`VerifiedRun`] is the only thing [`super::Assembly::write`] accepts.
 //! Zero blocks are checked too, but never become part of a run: a new
 //! output leaves them as holes.
+//!
+//! Bytes the assembly read from its own output at their own offset are
+//! *kept*: in place, they are recorded without being rewritten. Only the
+//! assembly can mark them so ([`super::Assembly::check_own`],
+//! [`super::Assembly::probe`]): what is recorded is always what was read
+//! from where it lands.
 
 use crate::digest::{digests_of, is_zero, Digest};
 use crate::pipeline::ZeroDigests;
@@ -67,6 +73,19 @@ pub struct Checked<'a> {
     digests: Vec<Digest>,
     good: Vec<bool>,
     zero: Vec<bool>,
+    /// Read by the assembly from its own output at this very offset.
+    kept: Vec<bool>,
+}
+
+/// Where [`super::Assembly::probe`] finds a candidate for a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Candidate {
+    /// No candidate left for this block.
+    None,
+    /// The caller put a candidate's bytes into the buffer.
+    Filled,
+    /// The output itself, at the block's own offset: the assembly reads it.
+    InPlace,
 }
 
 /// What a region's blocks must hash to.
@@ -120,27 +139,31 @@ impl<'a> Checked<'a> {
 
     /// Fills `buf` block by block from candidate places and accepts each
     /// block whose bytes hash to its expected digest: for block `i`,
-    /// `read(i, k, bytes)` puts the `k`-th candidate's bytes into `bytes`
-    /// (k = 0, 1, ...) and returns false when there is none left. Each
+    /// `read(i, k, bytes)` supplies the `k`-th candidate (k = 0, 1, ...):
+    /// its bytes put into `bytes` by the caller, or the output in place,
+    /// read through `own` (offset, bytes; false if unreadable). Each
     /// candidate read is hashed once, here. Returns the check and, per
     /// block, which candidate matched. Blocks expected as `None` are not
     /// read; expected zero blocks are accepted when they read as zeros.
     #[allow(clippy::too_many_arguments)]
-    pub fn probe(
+    pub(super) fn probe(
         first_index: u64,
         offset: u64,
         buf: &'a mut [u8],
         lens: &[u32],
         expected: &[Option<Digest>],
         zeros: &mut ZeroDigests,
-        mut read: impl FnMut(usize, usize, &mut [u8]) -> bool,
+        mut read: impl FnMut(usize, usize, &mut [u8]) -> Candidate,
+        own: impl Fn(u64, &mut [u8]) -> bool,
     ) -> (Checked<'a>, Vec<Option<usize>>) {
         let n = lens.len();
         let mut digests = Vec::with_capacity(n);
         let mut zero = Vec::with_capacity(n);
         let mut good = Vec::with_capacity(n);
+        let mut kept = Vec::with_capacity(n);
         let mut matched = vec![None; n];
         let mut pos = 0usize;
+        let mut block_offset = offset;
         for (i, &len) in lens.iter().enumerate() {
             let end = pos + len as usize;
             let Some(block) = buf.get_mut(pos..end) else {
@@ -149,24 +172,35 @@ impl<'a> Checked<'a> {
             let mut found = None;
             if let Some(want) = expected.get(i).copied().flatten() {
                 for k in 0.. {
-                    if !read(i, k, block) {
-                        break;
-                    }
+                    let in_place = match read(i, k, block) {
+                        Candidate::None => break,
+                        Candidate::Filled => false,
+                        Candidate::InPlace => {
+                            if !own(block_offset, block) {
+                                continue;
+                            }
+                            true
+                        }
+                    };
                     let z = is_zero(block);
                     let d = if z { zeros.get(len) } else { Digest::of(block) };
                     if d == want {
-                        found = Some((d, z));
+                        found = Some((d, z, in_place));
                         matched[i] = Some(k);
                         break;
                     }
                 }
             }
             // Not accepted: whatever the buffer holds there is never written.
-            let (d, z, ok) = found.map_or((Digest([0; 32]), false, false), |(d, z)| (d, z, true));
+            let (d, z, ok, here) = found.map_or((Digest([0; 32]), false, false, false), |(d, z, h)| {
+                (d, z, true, h)
+            });
             digests.push(d);
             zero.push(z);
             good.push(ok);
+            kept.push(here);
             pos = end;
+            block_offset += u64::from(len);
         }
         let data: &'a [u8] = buf;
         let checked = Checked {
@@ -177,8 +211,20 @@ impl<'a> Checked<'a> {
             digests,
             good,
             zero,
+            kept,
         };
         (checked, matched)
+    }
+
+    /// Marks every accepted block as read from the output at its own
+    /// offset (the assembly's own read, see [`super::Assembly::check_own`]).
+    pub(super) fn keep_all(&mut self) {
+        self.kept.clone_from(&self.good);
+    }
+
+    /// The bytes checked (for the assembly to tell its own buffer).
+    pub(super) fn data(&self) -> &'a [u8] {
+        self.data
     }
 
     fn hash(
@@ -224,6 +270,7 @@ impl<'a> Checked<'a> {
             data,
             lens: lens.to_vec(),
             good: vec![false; digests.len()],
+            kept: vec![false; digests.len()],
             digests,
             zero,
         }
@@ -252,6 +299,12 @@ impl<'a> Checked<'a> {
     /// Which blocks were accepted.
     pub fn good(&self) -> &[bool] {
         &self.good
+    }
+
+    /// Accepted blocks read from the output at their own offset: in
+    /// place, they need no write.
+    pub fn kept(&self) -> &[bool] {
+        &self.kept
     }
 
     /// Accepted blocks that are all zeros (not in any run).
@@ -319,7 +372,8 @@ mod tests {
         assert_eq!(all.runs().len(), 2);
 
         // Probing: block 0 matches at its second candidate, block 1 never,
-        // block 3 is not looked for; each candidate is hashed as read.
+        // block 2 in place (kept), block 3 is not looked for; each
+        // candidate is hashed as read.
         let mut buf = vec![0u8; 32];
         let expected = [Some(d[0]), Some(d[1]), Some(d[2]), None];
         let (p, which) = Checked::probe(
@@ -330,18 +384,25 @@ mod tests {
             &expected,
             &mut zeros,
             |i, k, bytes| match (i, k) {
-                (0, 1) | (2, 0) => {
-                    bytes.copy_from_slice(&data[i * 8..i * 8 + 8]);
-                    true
+                (0, 1) => {
+                    bytes.copy_from_slice(&data[..8]);
+                    Candidate::Filled
                 }
+                (2, 0) => Candidate::InPlace,
                 (0, 0) | (1, 0..=2) => {
                     bytes.fill(9);
-                    true
+                    Candidate::Filled
                 }
-                _ => false,
+                _ => Candidate::None,
+            },
+            |offset, bytes| {
+                assert_eq!(offset, 40 + 16, "the block's own offset");
+                bytes.copy_from_slice(&data[16..24]);
+                true
             },
         );
         assert_eq!(p.good(), [true, false, true, false]);
+        assert_eq!(p.kept(), [false, false, true, false]);
         assert_eq!(which, [Some(1), None, Some(0), None]);
         assert_eq!(p.runs().len(), 1, "block 2 is zero: a hole, not a run");
         assert_eq!(p.runs()[0].data(), &data[..8]);

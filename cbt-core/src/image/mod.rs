@@ -8,6 +8,7 @@
 //! Other formats (VMDK, VHD, VHDX, VDI, QED, LUKS, Parallels) are
 //! recognised by their magic and refused (`foreign`), never read as raw.
 
+mod backing;
 mod foreign;
 mod qcow2;
 mod qcow2_header;
@@ -16,12 +17,12 @@ mod snapshot;
 
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+pub use backing::Backing;
 pub(crate) use qcow2::read_header;
 pub use qcow2::{backing_chain, Qcow2Image};
 pub use qcow2_header::{parse_header, Qcow2Header, QCOW2_MAGIC};
@@ -98,18 +99,15 @@ pub enum ImageFormat {
 /// are an [`Error::UnsupportedFormat`] with a conversion hint: taken as
 /// raw, they would be copied as containers rather than as disks.
 pub fn detect_format(path: &Path) -> Result<ImageFormat> {
+    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    detect_format_of(&file, path)
+}
+
+/// [`detect_format`] of the file open as `file` (named `path` in messages).
+pub(crate) fn detect_format_of(mut file: &File, path: &Path) -> Result<ImageFormat> {
     use std::io::{Seek, SeekFrom};
-    let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let mut head = [0u8; foreign::HEAD_LEN];
-    let mut got = 0;
-    while got < head.len() {
-        match file.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(path, "read", e)),
-        }
-    }
+    let got = pread_full(file, path, &mut head, 0)?;
     let head = &head[..got];
     if head.starts_with(&QCOW2_MAGIC) {
         return Ok(ImageFormat::Qcow2);
@@ -142,6 +140,10 @@ pub struct ImageSpec {
     pub path: PathBuf,
     /// Name (or id) of a qcow2 internal snapshot; `None` for the current state.
     pub snapshot: Option<String>,
+    /// Where its backing files may be (not serialised: a spec read back is
+    /// a local one).
+    #[serde(skip)]
+    pub backing: Backing,
 }
 
 impl ImageSpec {
@@ -150,7 +152,14 @@ impl ImageSpec {
         ImageSpec {
             path: path.into(),
             snapshot: None,
+            backing: Backing::Anywhere,
         }
+    }
+
+    /// The same image, its backing files confined to `backing`.
+    pub fn with_backing(mut self, backing: Backing) -> Self {
+        self.backing = backing;
+        self
     }
 }
 
@@ -169,8 +178,12 @@ pub fn open_image(spec: &ImageSpec) -> Result<Arc<dyn Image>> {
     let format = detect_format(&spec.path)?;
     match (&spec.snapshot, format) {
         (None, ImageFormat::Raw) => Ok(Arc::new(RawImage::open(&spec.path)?)),
-        (None, ImageFormat::Qcow2) => Ok(Arc::new(Qcow2Image::open(&spec.path)?)),
-        (Some(name), ImageFormat::Qcow2) => Ok(Arc::new(SnapshotImage::open(&spec.path, name)?)),
+        (None, ImageFormat::Qcow2) => Ok(Arc::new(Qcow2Image::open_with(&spec.path, &spec.backing)?)),
+        (Some(name), ImageFormat::Qcow2) => Ok(Arc::new(SnapshotImage::open_with(
+            &spec.path,
+            name,
+            &spec.backing,
+        )?)),
         (Some(name), ImageFormat::Raw) => Err(Error::NoSuchSnapshot {
             path: spec.path.clone(),
             name: name.clone(),

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
-use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, ShallowMapping};
+use imago::{FormatAccess, FormatDriverBuilder, ShallowMapping};
 
+use super::backing::{Backing, BackingGate};
 use super::qcow2_header::{parse_header, Qcow2Header};
-use super::{check_range, detect_format, pread_full, Extent, ExtentScope, Image, ImageFormat};
+use super::{check_range, detect_format_of, pread_full, Extent, ExtentScope, Image, ImageFormat};
 use crate::error::{Error, Result};
 
 /// Longest backing chain we follow (qemu's own limit is similar).
@@ -60,22 +61,17 @@ pub(crate) fn read_header(file: &File, path: &Path) -> Result<(Qcow2Header, u64)
     Ok((parse_header(&cluster, file_len, path)?, file_len))
 }
 
-/// Resolves the backing file named in `header` of the image at `path`:
-/// relative names are taken relative to the image's directory.
-pub(crate) fn backing_path(path: &Path, header: &Qcow2Header) -> Option<PathBuf> {
+/// The backing file named in `header` of the image at `path`, as written
+/// there (relative names are relative to the image's directory).
+pub(crate) fn backing_name(header: &Qcow2Header) -> Option<&Path> {
     let name = header.backing_file.as_deref()?;
-    let name = name.strip_prefix("file:").unwrap_or(name);
-    let p = Path::new(name);
-    Some(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        path.parent().unwrap_or(Path::new(".")).join(p)
-    })
+    Some(Path::new(name.strip_prefix("file:").unwrap_or(name)))
 }
 
-/// Walks the backing chain of `path`, checking every qcow2 header in it.
-/// Returns the canonical paths of all backing files, nearest first.
-pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
+/// Walks the backing chain of `path`, checking every qcow2 header in it and
+/// that every backing file is where `backing` allows. Returns the canonical
+/// paths of all backing files, nearest first.
+pub fn backing_chain(path: &Path, backing: &Backing) -> Result<Vec<PathBuf>> {
     let mut seen = HashSet::new();
     let mut chain = Vec::new();
     let mut current = path.to_path_buf();
@@ -83,15 +79,16 @@ pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
         .canonicalize()
         .map_err(|e| Error::io(&current, "resolve", e))?;
     seen.insert(canonical);
+    let mut file = File::open(&current).map_err(|e| Error::io(&current, "open", e))?;
     loop {
-        if detect_format(&current)? != ImageFormat::Qcow2 {
+        if detect_format_of(&file, &current)? != ImageFormat::Qcow2 {
             break;
         }
-        let file = File::open(&current).map_err(|e| Error::io(&current, "open", e))?;
         let (header, _) = read_header(&file, &current)?;
-        let Some(next) = backing_path(&current, &header) else {
+        let Some(name) = backing_name(&header) else {
             break;
         };
+        let next = backing.resolve(&current, name)?;
         if let Some(fmt) = header.backing_format.as_deref() {
             if fmt != "qcow2" && fmt != "raw" {
                 return Err(Error::Unsupported {
@@ -100,6 +97,7 @@ pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
                 });
             }
         }
+        file = backing.open(&current, &next)?;
         let canonical = next
             .canonicalize()
             .map_err(|e| Error::io(&next, "open backing file", e))?;
@@ -136,12 +134,22 @@ fn imago_error(path: &Path, op: &'static str, e: std::io::Error) -> Error {
 impl Qcow2Image {
     /// Opens the qcow2 image at `path` read-only, with its backing chain.
     pub fn open(path: &Path) -> Result<Self> {
+        Qcow2Image::open_with(path, &Backing::Anywhere)
+    }
+
+    /// Opens the qcow2 image at `path` read-only, its backing files only
+    /// where `backing` allows.
+    pub fn open_with(path: &Path, backing: &Backing) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
         let (header, _) = read_header(&file, path)?;
-        backing_chain(path)?;
+        backing_chain(path, backing)?;
+        let gate = BackingGate {
+            backing: backing.clone(),
+            image: path.to_path_buf(),
+        };
         let qcow2 = Qcow2::<ImagoFile>::builder_path(path)
             .write(false)
-            .open(PermissiveImplicitOpenGate::default())
+            .open(gate)
             .map_err(|e| imago_error(path, "open qcow2", e))?;
         Ok(Qcow2Image {
             path: path.to_path_buf(),

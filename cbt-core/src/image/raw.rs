@@ -22,7 +22,13 @@ impl RawImage {
     /// Opens `path` read-only.
     pub fn open(path: &Path) -> Result<Self> {
         super::check_input_kind(path)?;
-        let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        RawImage::from_file(path, file)
+    }
+
+    /// Reads the file or device already open as `file` (named `path` in
+    /// messages): the assembly hashes its own output this way.
+    pub(crate) fn from_file(path: &Path, mut file: File) -> Result<Self> {
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         let (len, sparse_aware) = if meta.is_file() {
             (meta.len(), true)

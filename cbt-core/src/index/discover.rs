@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::image::{
-    backing_chain, detect_format, read_header, read_snapshot_table, ExtentScope, ImageFormat, ImageSpec,
+    backing_chain, detect_format, read_header, read_snapshot_table, Backing, ExtentScope, ImageFormat,
+    ImageSpec,
 };
 
 /// One thing to index: an image's current state or one of its snapshots.
@@ -25,12 +26,15 @@ pub(crate) struct Candidate {
 /// `exclude` (canonical) are left out. `optional` files (extra seeds a
 /// provider prepared) are taken too, but one that is gone meanwhile (a
 /// cache another process cleaned) is skipped with a warning, where a
-/// missing root is an error.
+/// missing root is an error. Under [`Backing::Within`], files that lie
+/// outside it (links out of a root) and backing files outside it are
+/// skipped with a warning.
 pub(crate) fn discover(
     roots: &[PathBuf],
     optional: &[PathBuf],
     raw_extensions: &[String],
     exclude: &[PathBuf],
+    backing: &Backing,
 ) -> Result<Vec<Candidate>> {
     let mut files = BTreeSet::new();
     for file in optional {
@@ -59,7 +63,20 @@ pub(crate) fn discover(
         if exclude.contains(&file) {
             continue;
         }
-        if let Err(e) = add_image(&file, exclude, &mut out) {
+        if !backing.allows(&file) && !optional.iter().any(|o| o.canonicalize().is_ok_and(|o| o == file)) {
+            tracing::warn!(
+                "skipping {}: it lies outside the seed directories (a link out of them?)",
+                file.display()
+            );
+            continue;
+        }
+        if let Err(e) = crate::assemble::check_consistent(&file) {
+            // Its blocks would be verified anyway, but the operator should
+            // know that this seed is half-updated.
+            tracing::warn!("not using {} as a seed: {e}", file.display());
+            continue;
+        }
+        if let Err(e) = add_image(&file, exclude, backing, &mut out) {
             // One unreadable or broken seed must not stop the index.
             tracing::warn!("skipping {}: {e}", file.display());
         }
@@ -111,15 +128,20 @@ fn walk(dir: &Path, raw_extensions: &[String], out: &mut BTreeSet<PathBuf>) -> R
     Ok(())
 }
 
-fn add_image(path: &Path, exclude: &[PathBuf], out: &mut BTreeSet<Candidate>) -> Result<()> {
+fn add_image(
+    path: &Path,
+    exclude: &[PathBuf],
+    backing: &Backing,
+    out: &mut BTreeSet<Candidate>,
+) -> Result<()> {
     if detect_format(path)? != ImageFormat::Qcow2 {
         out.insert(Candidate {
-            spec: ImageSpec::file(path),
+            spec: ImageSpec::file(path).with_backing(backing.clone()),
             scope: ExtentScope::All,
         });
         return Ok(());
     }
-    let chain = backing_chain(path)?;
+    let chain = backing_chain(path, backing)?;
     let mut layer = path.to_path_buf();
     let mut rest = chain.iter();
     loop {
@@ -132,7 +154,7 @@ fn add_image(path: &Path, exclude: &[PathBuf], out: &mut BTreeSet<Candidate>) ->
         };
         if !exclude.contains(&layer) {
             out.insert(Candidate {
-                spec: ImageSpec::file(&layer),
+                spec: ImageSpec::file(&layer).with_backing(backing.clone()),
                 scope,
             });
             if detect_format(&layer)? == ImageFormat::Qcow2 {
@@ -146,6 +168,7 @@ fn add_image(path: &Path, exclude: &[PathBuf], out: &mut BTreeSet<Candidate>) ->
                         spec: ImageSpec {
                             path: layer.clone(),
                             snapshot: Some(name),
+                            backing: backing.clone(),
                         },
                         scope,
                     });
@@ -170,8 +193,8 @@ mod tests {
         let seed = d.path().join("seed.blob");
         std::fs::write(&seed, vec![1u8; 8192]).unwrap();
         let gone = d.path().join("gone.blob");
-        let found = discover(&[], &[seed.clone(), gone.clone()], &[], &[]).unwrap();
+        let found = discover(&[], &[seed.clone(), gone.clone()], &[], &[], &Backing::Anywhere).unwrap();
         assert_eq!(found.len(), 1);
-        assert!(discover(&[gone], &[seed], &[], &[]).is_err());
+        assert!(discover(&[gone], &[seed], &[], &[], &Backing::Anywhere).is_err());
     }
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{open_image, ExtentScope, Image, ImageSpec};
+use crate::image::{open_image, Backing, ExtentScope, Image, ImageSpec};
 use crate::layout::{check_block_size, Layout, DEFAULT_BLOCK_SIZE};
 use crate::pipeline::{hash_image, BlockKind, HashOptions};
 
@@ -33,12 +33,16 @@ pub use seeds::{PreparedSeeds, SeedProvider};
 /// found as [`Index::build`] finds them (raw files by
 /// `options.raw_extensions`, qcow2 by magic, backing files included).
 pub fn discover_images(roots: &[PathBuf], options: &IndexOptions) -> Result<Vec<ImageSpec>> {
-    Ok(
-        discover::discover(roots, &[], &options.raw_extensions, &options.exclude)?
-            .into_iter()
-            .map(|c| c.spec)
-            .collect(),
-    )
+    Ok(discover::discover(
+        roots,
+        &[],
+        &options.raw_extensions,
+        &options.exclude,
+        &options.backing,
+    )?
+    .into_iter()
+    .map(|c| c.spec)
+    .collect())
 }
 
 const SHARD_BITS: u32 = 12;
@@ -67,6 +71,9 @@ pub struct IndexOptions {
     /// Stop building (with [`Error::Stopped`]) once this becomes true: the
     /// receiver sets it the moment its peer goes away.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Where seeds and their backing files may be: a daemon confines them
+    /// to its roots.
+    pub backing: Backing,
 }
 
 impl Default for IndexOptions {
@@ -79,6 +86,7 @@ impl Default for IndexOptions {
             exclude: Vec::new(),
             extra_seeds: Vec::new(),
             stop: None,
+            backing: Backing::Anywhere,
         }
     }
 }
@@ -236,7 +244,13 @@ impl Index {
             .map(|p| p.prepare(options.block_size, options.cache_dir.as_deref(), options.threads))
             .collect::<Result<Vec<_>>>()?;
         let extra_roots: Vec<PathBuf> = extra_seeds.iter().flat_map(|s| s.roots()).collect();
-        let candidates = discover(roots, &extra_roots, &options.raw_extensions, &options.exclude)?;
+        let candidates = discover(
+            roots,
+            &extra_roots,
+            &options.raw_extensions,
+            &options.exclude,
+            &options.backing,
+        )?;
         if candidates.len() >= 1 << IMAGE_BITS {
             return Err(Error::Config(format!(
                 "too many images to index ({})",

@@ -90,7 +90,7 @@ impl Engine {
                     format!("block {index} does not match its digest (did the source image change?)"),
                 ));
             }
-            self.shared.assembly()?.place(&checked, &[])?;
+            self.shared.assembly()?.place(&checked)?;
         } else {
             let Some(whole) = p.whole.as_mut() else {
                 return Err(Error::protocol(

@@ -340,7 +340,7 @@ impl Engine {
         self.buf.resize(p.span.len as usize, 0);
         let shared = &self.shared;
         // Each candidate's bytes are hashed once, by the assembly's check.
-        let (checked, matched) = Checked::probe(
+        let (checked, matched) = shared.assembly()?.probe(
             p.span.first_block,
             p.span.offset,
             &mut self.buf,
@@ -348,17 +348,21 @@ impl Engine {
             &expected,
             &mut self.zeros,
             |i, k, bytes| {
-                let Some((loc, _)) = candidates[i].get(k) else {
-                    return false;
+                let Some((loc, found)) = candidates[i].get(k) else {
+                    return Candidate::None;
                 };
+                // The output at this very offset is read by the assembly,
+                // which then keeps the block where it is.
+                if *found == Found::SamePlace {
+                    return Candidate::InPlace;
+                }
                 if !shared.read_at(*loc, bytes) {
                     // Unreadable: zeros, which never match a non-zero digest.
                     bytes.fill(0);
                 }
-                true
+                Candidate::Filled
             },
         );
-        let mut same_place = vec![false; blocks.len()];
         let mut predicted_hits = 0u32;
         let mut last_hit: Option<(u32, u64, u64)> = None;
         for (i, b) in blocks.iter().enumerate() {
@@ -373,7 +377,7 @@ impl Engine {
                 }
             }
             match matched[i].map(|k| candidates[i][k]) {
-                Some((_, Found::SamePlace)) => same_place[i] = true,
+                Some((_, Found::SamePlace)) => {}
                 Some((_, Found::Predicted)) => predicted_hits += 1,
                 Some((loc, Found::Indexed)) => {
                     last_hit = Some((
@@ -401,7 +405,8 @@ impl Engine {
             }
         }
         self.stats.blocks_local += matched.iter().filter(|m| m.is_some()).count() as u64;
-        self.shared.assembly()?.place(&checked, &same_place)?;
+        self.shared.assembly()?.place(&checked)?;
+        let kept_any = checked.kept().contains(&true);
         for (i, m) in matched.iter().enumerate() {
             if let Some(k) = *m {
                 self.shared.index.note_supplied(candidates[i][k].0.image, 1);
@@ -411,7 +416,7 @@ impl Engine {
             self.shared.assembly()?.zero(offset, len)?;
         }
 
-        self.after_lookup(g, same_place.contains(&true), predicted_hits, last_hit);
+        self.after_lookup(g, kept_any, predicted_hits, last_hit);
         p.resolved = true;
         let missing = p.missing;
         self.pending.insert(g, p);

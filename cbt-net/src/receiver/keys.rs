@@ -192,7 +192,7 @@ impl Engine {
                 ),
             ));
         }
-        self.shared.assembly()?.place(&checked, &[])?;
+        self.shared.assembly()?.place(&checked)?;
         if let Some(p) = self.pending.get_mut(&g) {
             p.resolved = true;
         }

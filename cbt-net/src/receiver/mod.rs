@@ -51,8 +51,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cbt_core::{
-    is_zero, Assembly, AssemblyOptions, BlockRef, BlockSource, BlockSpan, Checked, Digest, Expected, Image,
-    Index, IndexOptions, Layout, Location, OutputFormat, RawImage, ZeroDigests,
+    is_zero, Assembly, AssemblyOptions, BlockRef, BlockSource, BlockSpan, Candidate, Checked, Digest,
+    Expected, Image, Index, IndexOptions, Layout, Location, OutputFormat, RawImage, ZeroDigests,
 };
 use tokio::sync::mpsc;
 

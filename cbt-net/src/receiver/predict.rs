@@ -62,36 +62,36 @@ pub(super) fn check_prediction(
     {
         return Ok(Outcome::Missed(None));
     }
-    buf.resize(span.len as usize, 0);
-    if image.read_at(buf, job.offset).is_err() {
-        return Ok(Outcome::Missed(None));
-    }
     let lens: Vec<u32> = shared.map.group_blocks_spans(span).map(|b| b.len).collect();
     // The group digest covers the full digests of its blocks: accepting
     // the group accepts every block in it.
-    let checked = Checked::together(
-        span.first_block,
-        span.offset,
-        buf,
-        &lens,
-        |digests| group_digest(digests) == job.digest,
-        zeros,
-    );
+    let accept = |digests: &[Digest]| group_digest(digests) == job.digest;
+    let assembly = shared.assembly()?;
+    buf.resize(span.len as usize, 0);
+    let mut check = |data| Checked::together(span.first_block, span.offset, data, &lens, accept, zeros);
+    // In place, the output itself at the group's own offset: nothing moves.
+    let here = shared.out_image == Some(job.image) && job.offset == span.offset;
+    // From a raw seed the kernel copies (shares, on XFS and btrfs).
+    let cloned = !here
+        && match image.raw_file() {
+            Some(seed) => assembly.clone_in(seed, job.offset, span.offset, span.len)?,
+            None => false,
+        };
+    let checked = if here || cloned {
+        // Checked where it landed (accepted blocks are recorded).
+        assembly.check_output(span.offset, buf, check)?
+    } else {
+        if image.read_at(buf, job.offset).is_err() {
+            return Ok(Outcome::Missed(None));
+        }
+        let checked = check(buf);
+        if checked.good().first().copied().unwrap_or(false) {
+            assembly.place(&checked)?;
+        }
+        checked
+    };
     if !checked.good().first().copied().unwrap_or(false) {
         return Ok(Outcome::Missed(Some(checked.digests().to_vec())));
-    }
-    // Found in the output itself at its own offset: in place, nothing moves.
-    let same_place = shared.out_image == Some(job.image) && job.offset == span.offset;
-    let assembly = shared.assembly()?;
-    match image.raw_file().filter(|_| !same_place) {
-        // From a raw seed: the kernel copies (shares, on XFS and btrfs).
-        Some(seed) => {
-            for run in checked.runs() {
-                assembly.clone_run(&run, seed, job.offset + (run.offset() - span.offset))?;
-            }
-            assembly.zero_checked(&checked)?;
-        }
-        None => assembly.place(&checked, &vec![same_place; lens.len()])?,
     }
     let zero = checked.good_zero().filter(|z| *z).count() as u64;
     let local = lens.len() as u64 - zero;

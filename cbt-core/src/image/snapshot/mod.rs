@@ -20,7 +20,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::qcow2::{backing_chain, backing_path, read_header};
+use super::backing::Backing;
+use super::qcow2::{backing_chain, read_header};
 use super::qcow2_header::{check_table, Qcow2Header, MAX_SNAPSHOTS};
 use super::{
     check_range, open_image, pread_exact, pread_full, Extent, ExtentScope, Image, ImageSpec, RawImage,
@@ -354,6 +355,11 @@ impl SnapshotImage {
     /// Opens the snapshot named `name` of the qcow2 image at `path`; if no
     /// snapshot has that name, the one whose id is `name`.
     pub fn open(path: &Path, name: &str) -> Result<Self> {
+        SnapshotImage::open_with(path, name, &Backing::Anywhere)
+    }
+
+    /// [`SnapshotImage::open`], its backing files only where `backing` allows.
+    pub fn open_with(path: &Path, name: &str, backing: &Backing) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
         let (header, file_len) = read_header(&file, path)?;
         let snapshots = read_snapshot_table(&file, path, &header, file_len)?;
@@ -372,14 +378,15 @@ impl SnapshotImage {
         pread_exact(&file, path, &mut raw, info.l1_table_offset, "snapshot L1 table")?;
         let l1 = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
 
-        let backing = match backing_path(path, &header) {
-            Some(backing) => {
-                // Refuses cycles and unsupported backing formats before opening anything.
-                backing_chain(path)?;
+        // Refuses cycles, unsupported formats and files outside `backing`
+        // before opening anything.
+        let chain = backing_chain(path, backing)?;
+        let backing = match chain.first() {
+            Some(next) => {
                 let image: Arc<dyn Image> = if header.backing_format.as_deref() == Some("raw") {
-                    Arc::new(RawImage::open(&backing)?)
+                    Arc::new(RawImage::from_file(next, backing.open(path, next)?)?)
                 } else {
-                    open_image(&ImageSpec::file(backing))?
+                    open_image(&ImageSpec::file(next).with_backing(backing.clone()))?
                 };
                 Some(image)
             }

@@ -267,6 +267,7 @@ fn snapshot_matches_qemu_for_plain_image() {
     let spec = ImageSpec {
         path: d.join("a.qcow2"),
         snapshot: Some("snap1".into()),
+        backing: Default::default(),
     };
     let generic = open_image(&spec).unwrap();
     let mut a = vec![0u8; 4096];
