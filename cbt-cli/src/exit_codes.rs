@@ -180,6 +180,46 @@ mod tests {
         assert_eq!(Exit::of(&stopped), Exit::Io);
     }
 
+    /// The exit code and the daemon's failure metric classify the same
+    /// errors: a connection failure is 4 and closed/timeout/io, an
+    /// internal inconsistency 1 and never a usage error.
+    #[test]
+    fn exit_codes_and_failure_reasons_agree() {
+        use cbt_net::FailureReason as R;
+        let peer = || "127.0.0.1:9".to_string();
+        let cases: Vec<(cbt_net::Error, Exit, R)> = vec![
+            (cbt_net::Error::Closed { peer: peer() }, Exit::Io, R::Closed),
+            (cbt_net::Error::Timeout { peer: peer(), seconds: 5 }, Exit::Io, R::Timeout),
+            (cbt_net::Error::Internal("lost group".into()), Exit::Failure, R::Other),
+            (cbt_net::Error::Cancelled, Exit::Failure, R::Cancelled),
+            (
+                cbt_net::Error::Core(cbt_core::Error::Internal("x".into())),
+                Exit::Failure,
+                R::Other,
+            ),
+            (
+                cbt_net::Error::Core(cbt_core::Error::Verification {
+                    path: "o".into(),
+                    reason: "d".into(),
+                }),
+                Exit::Verification,
+                R::Verification,
+            ),
+            (
+                cbt_net::Error::Protocol {
+                    peer: peer(),
+                    reason: "r".into(),
+                },
+                Exit::Failure,
+                R::Protocol,
+            ),
+        ];
+        for (e, exit, reason) in cases {
+            assert_eq!(cbt_net::FailureReason::of(&e), reason, "{e}");
+            assert_eq!(Exit::of(&e.into()), exit);
+        }
+    }
+
     #[test]
     fn os_errors_are_io() {
         let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))

@@ -304,10 +304,10 @@ impl OutputFile {
     /// Returns the bytes actually written.
     pub fn zero_range(&self, offset: u64, len: u64) -> Result<u64> {
         let Some(Writer::Raw(f)) = &self.writer else {
-            return Err(Error::Config("zero_range on a closed or qcow2 output".into()));
+            return Err(Error::Internal("zero_range on a closed or qcow2 output".into()));
         };
         if offset.checked_add(len).is_none_or(|e| e > self.len) {
-            return Err(Error::Config(format!(
+            return Err(Error::Internal(format!(
                 "{}: zeroing {len} bytes at {offset} is past the end",
                 self.temp_path.display()
             )));
@@ -362,7 +362,7 @@ impl OutputFile {
     /// Writes `data` at `offset`. Safe to call from several threads.
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         if offset.checked_add(data.len() as u64).is_none_or(|e| e > self.len) {
-            return Err(Error::Config(format!(
+            return Err(Error::Internal(format!(
                 "{}: write of {} bytes at {offset} is past the end",
                 self.temp_path.display(),
                 data.len()

@@ -80,6 +80,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An inconsistency inside cbt (a bug, not the peer's or the user's
+    /// doing): the transfer stops and nothing is published.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The transfer was stopped (shutdown signal).
     #[error("transfer cancelled")]
     Cancelled,

@@ -102,7 +102,7 @@ impl Secret {
 
 fn nonce() -> Result<[u8; NONCE_LEN]> {
     let mut n = [0u8; NONCE_LEN];
-    getrandom::fill(&mut n).map_err(|e| Error::Config(format!("no randomness for the handshake: {e}")))?;
+    getrandom::fill(&mut n).map_err(|e| Error::Internal(format!("no randomness for the handshake: {e}")))?;
     Ok(n)
 }
 

@@ -252,7 +252,7 @@ async fn run(
     let img = Arc::clone(&image);
     let layout = tokio::task::spawn_blocking(move || Layout::detect(img.as_ref(), bs))
         .await
-        .map_err(|e| Error::Config(format!("layout task failed: {e}")))??;
+        .map_err(|e| Error::Internal(format!("layout task failed: {e}")))??;
     let map = BlockMap::new(&layout, GROUP_BLOCKS);
     let closed = || Error::Closed { peer: peer.clone() };
     let progress = options.progress.clone();
@@ -283,7 +283,7 @@ async fn run(
         thread::Builder::new()
             .name("cbt-send-hash".into())
             .spawn(move || hash_groups(image.as_ref(), &layout, threads, group_tx))
-            .map_err(|e| Error::Config(format!("cannot start the hasher thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the hasher thread: {e}")))?;
     }
 
     // A teleporting receiver reports while it prepares its seeds.
@@ -330,7 +330,7 @@ async fn run(
                 let mut compressor = match Compressor::new(compression, window_log) {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = fail_tx.send(Error::Config(format!("cannot start the compressor: {e}")));
+                        let _ = fail_tx.send(Error::Internal(format!("cannot start the compressor: {e}")));
                         return CompressionStats::default();
                     }
                 };
@@ -348,7 +348,7 @@ async fn run(
                 }
                 compressor.stats().clone()
             })
-            .map_err(|e| Error::Config(format!("cannot start the block thread: {e}")))?
+            .map_err(|e| Error::Internal(format!("cannot start the block thread: {e}")))?
     };
 
     if let Some(p) = &progress {
@@ -399,7 +399,7 @@ async fn run(
                         if queued.fetch_add(u64::from(r.count), Ordering::Relaxed) > MAX_QUEUED_BLOCKS {
                             return Err(Error::protocol(&peer, "too many blocks requested at once"));
                         }
-                        req_tx.send(r).map_err(|_| Error::Config("block thread stopped".into()))?;
+                        req_tx.send(r).map_err(|_| Error::Internal("block thread stopped".into()))?;
                     }
                 }
                 Some(Ok(Frame::Done(stats))) => break stats,
@@ -431,7 +431,7 @@ async fn run(
                             break;
                         }
                         Some(Hashed::Failed(e)) => return Err(e.into()),
-                        None => return Err(Error::Config("the hasher thread stopped".into())),
+                        None => return Err(Error::Internal("the hasher thread stopped".into())),
                     }
                     next_group += 1;
                     if entries.len() >= MAX_ENTRIES_PER_FRAME || data_sent - completed >= u64::from(window) {
@@ -450,7 +450,7 @@ async fn run(
                 }
                 if let Some(s) = &summary {
                     if next_group != map.groups() {
-                        return Err(Error::Config(format!("hashed {next_group} groups of {}", map.groups())));
+                        return Err(Error::Internal(format!("hashed {next_group} groups of {}", map.groups())));
                     }
                     link.outgoing
                         .send(Frame::End { image_digest: s.image_digest, groups: next_group })
@@ -486,7 +486,7 @@ fn hash_groups(image: &dyn Image, layout: &Layout, threads: usize, out: mpsc::Se
     let mut zeros = ZeroDigests::default();
     let mut current: Vec<Digest> = Vec::with_capacity(per_group);
     let mut all_zero = true;
-    let stopped = || cbt_core::Error::Config("transfer stopped".into());
+    let stopped = || cbt_core::Error::Stopped("transfer stopped".into());
     let result = hash_image(
         image,
         layout,

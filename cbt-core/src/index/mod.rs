@@ -429,7 +429,7 @@ impl Index {
     pub fn open(&self, i: u32) -> Result<Arc<dyn Image>> {
         let idx = i as usize;
         let Some(slot) = self.handles.get(idx) else {
-            return Err(Error::Config(format!("no image {i} in the index")));
+            return Err(Error::Internal(format!("no image {i} in the index")));
         };
         slot.get_or_init(|| open_image(&self.images[idx].spec).map_err(|e| e.to_string()))
             .clone()

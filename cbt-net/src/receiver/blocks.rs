@@ -73,7 +73,7 @@ impl Engine {
         let p = self
             .pending
             .get_mut(&a.group)
-            .ok_or_else(|| Error::Config("lost group".into()))?;
+            .ok_or_else(|| Error::Internal("lost group".into()))?;
         p.missing -= 1;
         if let Some(digest) = a.digest {
             let checked = Checked::each(

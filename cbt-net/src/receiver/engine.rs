@@ -159,7 +159,7 @@ impl Engine {
             let handle = thread::Builder::new()
                 .name(format!("cbt-recv-predict-{i}"))
                 .spawn(move || predictor(&shared, &rx, &tx))
-                .map_err(|e| Error::Config(format!("cannot start a predictor thread: {e}")))?;
+                .map_err(|e| Error::Internal(format!("cannot start a predictor thread: {e}")))?;
             predictors.push(handle);
         }
         let out_cursor = shared.out_image.map(|i| (i, 0));
@@ -177,7 +177,7 @@ impl Engine {
             predictors,
             predicting: 0,
             max_predicting: (threads * 4) as u64,
-            decompressor: Decompressor::new(window_log).map_err(|e| Error::Config(format!("zstd: {e}")))?,
+            decompressor: Decompressor::new(window_log).map_err(|e| Error::Internal(format!("zstd: {e}")))?,
             window_log,
             zeros: ZeroDigests::default(),
             window_groups: options.window_groups.max(1),
@@ -254,7 +254,7 @@ impl Engine {
     pub(super) fn recv_frame(&mut self) -> Result<Frame> {
         match self.recv()? {
             Event::Frame(f) => f,
-            Event::Predicted(..) => Err(Error::Config("a prediction arrived after the transfer".into())),
+            Event::Predicted(..) => Err(Error::Internal("a prediction arrived after the transfer".into())),
         }
     }
 
@@ -329,7 +329,10 @@ impl Engine {
         }
         self.publish();
         let Some((expected, _)) = self.end else {
-            return Err(Error::Config("stream ended without END".into()));
+            // The peer ended the stream before the transfer did.
+            return Err(Error::Closed {
+                peer: self.peer.clone(),
+            });
         };
         self.stop_predictors();
         // Tell the sender every group is in (it shows the verification).
@@ -360,13 +363,13 @@ impl Engine {
         let mut assembly = self.shared.assembly.take();
         let verified = match assembly.as_mut().and_then(Arc::get_mut) {
             Some(assembly) => assembly.finish(&expected, &mut Repair { engine: self }),
-            None => Err(cbt_core::Error::Config("the output is still shared".into())),
+            None => Err(cbt_core::Error::Internal("the output is still shared".into())),
         };
         self.shared.assembly = assembly;
         let repaired = verified.map_err(|e| match e {
             cbt_core::Error::BlockSource { source, .. } => match source.downcast::<Error>() {
                 Ok(net) => *net,
-                Err(other) => Error::Config(other.to_string()),
+                Err(other) => Error::Internal(other.to_string()),
             },
             other => Error::Core(other),
         });

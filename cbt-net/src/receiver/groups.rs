@@ -117,9 +117,9 @@ impl Engine {
             let jobs = self
                 .jobs
                 .as_ref()
-                .ok_or_else(|| Error::Config("the predictors were stopped".into()))?;
+                .ok_or_else(|| Error::Internal("the predictors were stopped".into()))?;
             jobs.send(job)
-                .map_err(|_| Error::Config("the predictor threads stopped".into()))?;
+                .map_err(|_| Error::Internal("the predictor threads stopped".into()))?;
             self.predicting += 1;
             return Ok(());
         }

@@ -144,10 +144,10 @@ impl Engine {
     /// keys) falls back to full digests.
     pub(super) fn check_whole(&mut self, g: u64) -> Result<()> {
         let Some(p) = self.pending.get_mut(&g) else {
-            return Err(Error::Config("lost group".into()));
+            return Err(Error::Internal("lost group".into()));
         };
         let Some(whole) = p.whole.take() else {
-            return Err(Error::Config("group held without its blocks".into()));
+            return Err(Error::Internal("group held without its blocks".into()));
         };
         let lens: Vec<u32> = self
             .shared

@@ -259,7 +259,7 @@ pub async fn receive(
                 run_engine(begin, options, channels, shutdown, peer2, finish)
             })
             .await
-            .map_err(|e| Error::Config(format!("receiver thread failed: {e}")))
+            .map_err(|e| Error::Internal(format!("receiver thread failed: {e}")))
             .and_then(|r| r)
             .map(|r| (r, label));
             forward.abort();
@@ -400,7 +400,7 @@ async fn prepare_teleport(
                 reason,
             })
         }
-        Err(e) => Err(Error::Config(format!("teleport thread failed: {e}"))),
+        Err(e) => Err(Error::Internal(format!("teleport thread failed: {e}"))),
     };
     let result = match (&stash, shut) {
         // A dry run's sender leaves once it has the plan.
@@ -542,7 +542,7 @@ fn run_engine(
         _ => None,
     };
     let Some(Ok(assembly)) = shared.assembly.map(Arc::try_unwrap) else {
-        return Err(Error::Config("the output is still in use".into()));
+        return Err(Error::Internal("the output is still in use".into()));
     };
     match result {
         Ok(digest) => {

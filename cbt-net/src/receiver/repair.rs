@@ -30,7 +30,7 @@ impl BlockSource for Repair<'_> {
                 .index_of(b.offset)
                 .filter(|i| map.span(*i).is_some_and(|s| s.len == b.len))
             else {
-                return Err(cbt_core::Error::Config(format!(
+                return Err(cbt_core::Error::Protocol(format!(
                     "no block of the layout at offset {}",
                     b.offset
                 )));

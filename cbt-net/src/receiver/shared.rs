@@ -44,6 +44,6 @@ impl Shared {
     pub(super) fn assembly(&self) -> Result<&Assembly> {
         self.assembly
             .as_deref()
-            .ok_or_else(|| Error::Config("the output is being verified".into()))
+            .ok_or_else(|| Error::Internal("the output is being verified".into()))
     }
 }

@@ -134,7 +134,7 @@ pub async fn push(
         let (image, options) = (Arc::clone(&image), options.clone());
         tokio::task::spawn_blocking(move || hash(image.as_ref(), &options))
             .await
-            .map_err(|e| Error::Config(format!("hashing stopped: {e}")))??
+            .map_err(|e| Error::Internal(format!("hashing stopped: {e}")))??
     };
     // The lease is written before anything is read from the store, and a
     // gc writes its marker before it looks for leases: of a push and a gc
@@ -246,7 +246,7 @@ async fn upload_and_describe(
     }
     let packed = packer
         .await
-        .map_err(|e| Error::Config(format!("packing stopped: {e}")))?;
+        .map_err(|e| Error::Internal(format!("packing stopped: {e}")))?;
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -317,7 +317,7 @@ fn pack_blocks(
             id,
             data: Bytes::from(data),
         })
-        .map_err(|_| Error::Config("the uploads stopped".into()))
+        .map_err(|_| Error::Internal("the uploads stopped".into()))
     };
     for &(_, offset, len, digest) in blocks {
         if located.contains_key(&digest) || !in_pending.insert(digest) {
