@@ -82,7 +82,9 @@ pub enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List the images in the store at s3://BUCKET/PREFIX.
+    /// List the images in the store at s3://BUCKET/PREFIX. An image whose
+    /// manifest is damaged is listed as DAMAGED with the reason, among the
+    /// others; the exit code is then 5.
     Ls {
         /// s3://BUCKET/PREFIX.
         url: String,
@@ -131,7 +133,8 @@ pub enum StoreCommand {
     },
 }
 
-/// A store's verification found problems (exit code 5).
+/// A store's verification or listing found damaged objects (exit code 5);
+/// the objects were listed in the command's output.
 #[derive(Debug)]
 pub struct StoreDamaged(pub String);
 
@@ -211,15 +214,39 @@ pub fn run(config: &Config, command: StoreCommand) -> anyhow::Result<()> {
             let s = store.open(config, url(&target, false)?)?;
             let images = rt.block_on(store::list_images(&s))?;
             if json {
-                return Ok(crate::stdout::print_json(&images)?);
+                crate::stdout::print_json(&images)?;
+            } else {
+                let mut out = crate::stdout::stdout();
+                for i in &images {
+                    match (&i.image, &i.damaged) {
+                        (Some(m), _) => writeln!(
+                            out,
+                            "{}\t{} bytes\t{} blocks\t{} packs\t{}",
+                            i.name, m.image_bytes, m.blocks, m.packs, m.image_digest
+                        )?,
+                        (None, damaged) => writeln!(
+                            out,
+                            "{}\tDAMAGED: {}",
+                            i.name,
+                            damaged.as_deref().unwrap_or("unreadable manifest")
+                        )?,
+                    }
+                }
             }
-            let mut out = crate::stdout::stdout();
-            for i in images {
-                writeln!(
-                    out,
-                    "{}\t{} bytes\t{} blocks\t{} packs\t{}",
-                    i.name, i.image_bytes, i.blocks, i.packs, i.image_digest
-                )?;
+            let damaged: Vec<&str> = images
+                .iter()
+                .filter(|i| i.image.is_none())
+                .map(|i| i.name.as_str())
+                .collect();
+            if !damaged.is_empty() {
+                return Err(StoreDamaged(format!(
+                    "{}: {} of {} manifests damaged ({}): those images cannot be pulled",
+                    s.name(),
+                    damaged.len(),
+                    images.len(),
+                    damaged.join(", ")
+                ))
+                .into());
             }
             Ok(())
         }
@@ -237,11 +264,12 @@ pub fn run(config: &Config, command: StoreCommand) -> anyhow::Result<()> {
             if json {
                 crate::stdout::print_json(&report)?;
             } else {
+                // The store once, each problem once (relative to it).
                 let mut out = crate::stdout::stdout();
                 writeln!(
                     out,
                     "{}: {} images, {} packs read, {} blocks checked, {} problems",
-                    s.name(),
+                    report.store,
                     report.images,
                     report.packs,
                     report.blocks_checked,
@@ -252,7 +280,11 @@ pub fn run(config: &Config, command: StoreCommand) -> anyhow::Result<()> {
                 }
             }
             if !report.problems.is_empty() {
-                return Err(StoreDamaged(format!("{}: {}", s.name(), report.problems.join("; "))).into());
+                return Err(StoreDamaged(format!(
+                    "the store is damaged: {} problems (listed in the report)",
+                    report.problems.len()
+                ))
+                .into());
             }
             Ok(())
         }

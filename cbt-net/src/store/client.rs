@@ -277,6 +277,16 @@ impl Store {
         Error::Store(format!("{}/{what}: {text}", self.url.root()))
     }
 
+    /// The error for an object of this store that is missing or damaged
+    /// (`rel` relative to the store's root).
+    pub fn damaged(&self, rel: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::StoreDamaged {
+            store: self.url.root(),
+            object: rel.into(),
+            reason: reason.into(),
+        }
+    }
+
     /// Every pack in the store.
     pub async fn list_packs(&self) -> Result<Vec<PackInfo>> {
         let prefix = self.key("packs");
@@ -310,14 +320,32 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes `range` of a pack.
+    /// Bytes `range` of a pack. A pack that does not exist or ends before
+    /// `range` does is damage to the store (a manifest or the pack's own
+    /// index says these bytes are there).
     pub async fn get_pack_range(&self, id: &[u8; 32], range: std::ops::Range<u64>) -> Result<Bytes> {
         let rel = format!("packs/{}.pack", hex(id));
-        let got = self
-            .inner
-            .get_range(&self.key(&rel), range.clone())
-            .await
-            .map_err(|e| self.fail(&rel, e))?;
+        let got = match self.inner.get_range(&self.key(&rel), range.clone()).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(self.damaged(&rel, "missing (a manifest names it)"))
+            }
+            Err(e) => {
+                let e = self.fail(&rel, e);
+                if matches!(e, Error::Store(_)) {
+                    // A range past the end is refused: say so when that is why.
+                    if let Ok(meta) = self.inner.head(&self.key(&rel)).await {
+                        if meta.size < range.end {
+                            return Err(self.short(&rel, meta.size, range.end));
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if (got.len() as u64) < range.end - range.start {
+            return Err(self.short(&rel, range.start + got.len() as u64, range.end));
+        }
         if got.len() as u64 != range.end - range.start {
             return Err(Error::Store(format!(
                 "{}/{rel}: {} bytes for a range of {}",
@@ -329,11 +357,19 @@ impl Store {
         Ok(got)
     }
 
+    /// A pack that ends at `size`, before `needed`.
+    fn short(&self, rel: &str, size: u64, needed: u64) -> Error {
+        self.damaged(
+            rel,
+            format!("cut short: it ends at byte {size}, its blocks run to {needed}"),
+        )
+    }
+
     /// The index of a pack of `size` bytes: from the local cache, else its
     /// trailer and index, checked (then cached).
     pub async fn pack_index(&self, pack: &PackInfo) -> Result<Vec<(Digest, Stored)>> {
         let rel = format!("packs/{}.pack", hex(&pack.id));
-        let bad = |reason: String| Error::Store(format!("{}/{rel}: {reason}", self.url.root()));
+        let bad = |reason: String| self.damaged(&rel, reason);
         let cached = self.cache_path(&pack.id);
         if let Some(path) = &cached {
             if let Ok(data) = std::fs::read(path) {
@@ -352,14 +388,14 @@ impl Store {
             range: Some(GetRange::Suffix(PACK_TRAILER as u64)),
             ..GetOptions::default()
         };
-        let trailer = self
-            .inner
-            .get_opts(&self.key(&rel), opts)
-            .await
-            .map_err(|e| self.fail(&rel, e))?
-            .bytes()
-            .await
-            .map_err(|e| self.fail(&rel, e))?;
+        let trailer = match self.inner.get_opts(&self.key(&rel), opts).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Err(bad("missing".into())),
+            Err(e) => return Err(self.fail(&rel, e)),
+        }
+        .bytes()
+        .await
+        .map_err(|e| self.fail(&rel, e))?;
         let (start, end, sum) = pack_index_range(&trailer, pack.size).map_err(bad)?;
         if end - start > MAX_PACK_INDEX {
             return Err(bad("its index is too large".into()));
@@ -429,11 +465,10 @@ impl Store {
             Err(e) => return Err(self.fail(rel, e)),
         };
         if got.meta.size > max {
-            return Err(Error::Store(format!(
-                "{}/{rel}: {} bytes, more than the {max} accepted",
-                self.url.root(),
-                got.meta.size
-            )));
+            return Err(self.damaged(
+                rel,
+                format!("{} bytes, more than the {max} accepted", got.meta.size),
+            ));
         }
         Ok(Some(got.bytes().await.map_err(|e| self.fail(rel, e))?))
     }
