@@ -1,8 +1,15 @@
 //! Talking to the object store: where a store lives (`s3://BUCKET/PREFIX`),
-//! how to reach it (endpoint, region, path-style; credentials only from
-//! the environment: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//! `AWS_SESSION_TOKEN`), and the store's objects by name. Every request
-//! error names the object and the store, never a credential.
+//! how to reach it (endpoint, region, path-style, and where the keys come
+//! from: [`CredentialSource`]), and the store's objects by name. Every
+//! request error names the object and the store, never a credential.
+//!
+//! The S3 client is built from explicit values only, never from the
+//! environment (`AmazonS3Builder::from_env`): given no keys, object_store
+//! falls back to credential providers that ask hosts nobody named (the
+//! instance metadata service at 169.254.169.254, ECS and EKS container
+//! endpoints, STS for a web identity token). cbt contacts the store's
+//! endpoint and nothing else, unless the caller asks for the instance
+//! metadata service ([`CredentialSource::Instance`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -139,14 +146,33 @@ impl Credentials {
     }
 }
 
+/// Where the keys for the store come from: always the caller's choice.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    /// These keys (the caller read them from its environment or a file).
+    Keys(Credentials),
+    /// The cloud's instance metadata service (EC2's IMDSv2), at
+    /// `http://169.254.169.254` or at `metadata_endpoint`.
+    Instance {
+        /// Another address of the service (`AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+        metadata_endpoint: Option<String>,
+    },
+}
+
+/// Variables that make object_store's S3 builder exchange a web identity
+/// token with STS, read from the environment by `build()` itself whenever
+/// it is given no keys: with [`CredentialSource::Instance`] they would win
+/// over the metadata service.
+const WEB_IDENTITY_VARS: [&str; 2] = ["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"];
+
 /// How to reach the object store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Keys from a file; the environment's otherwise.
-    pub credentials: Option<Credentials>,
+    /// Where the keys come from.
+    pub credentials: CredentialSource,
     /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS otherwise.
     pub endpoint: Option<String>,
-    /// The region (default: `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1).
+    /// The region (default: us-east-1).
     pub region: Option<String>,
     /// Bucket in the URL path rather than the host name (the default with
     /// an endpoint, which is what most S3-compatible servers expect).
@@ -212,7 +238,8 @@ fn parse_hex(s: &str) -> Option<[u8; 32]> {
 impl Store {
     /// Opens the store at `url` (nothing is requested yet).
     pub fn open(url: StoreUrl, options: StoreOptions) -> Result<Store> {
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(&url.bucket);
+        // Never `from_env()`: see the module's doc.
+        let mut b = AmazonS3Builder::new().with_bucket_name(&url.bucket);
         if let Some(e) = &options.endpoint {
             b = b
                 .with_endpoint(e)
@@ -224,16 +251,35 @@ impl Store {
         if let Some(r) = &options.region {
             b = b.with_region(r);
         }
-        if let Some(c) = &options.credentials {
-            b = b
-                .with_access_key_id(&c.access_key_id)
-                .with_secret_access_key(&c.secret_access_key);
-            if let Some(t) = &c.session_token {
-                b = b.with_token(t);
+        match &options.credentials {
+            CredentialSource::Keys(c) => {
+                if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {
+                    return Err(Error::Config(format!(
+                        "{}: an empty access key id or secret access key",
+                        url.root()
+                    )));
+                }
+                b = b
+                    .with_access_key_id(&c.access_key_id)
+                    .with_secret_access_key(&c.secret_access_key);
+                if let Some(t) = &c.session_token {
+                    b = b.with_token(t);
+                }
+                let _ = CREDENTIALS.set(c.clone());
             }
-        }
-        if let Some(c) = &options.credentials {
-            let _ = CREDENTIALS.set(c.clone());
+            CredentialSource::Instance { metadata_endpoint } => {
+                if WEB_IDENTITY_VARS.iter().all(|v| std::env::var_os(v).is_some()) {
+                    return Err(Error::Config(format!(
+                        "{}: the instance metadata service was asked for, but {} are set, which \
+                         would exchange a web identity token with STS instead: unset them",
+                        url.root(),
+                        WEB_IDENTITY_VARS.join(" and ")
+                    )));
+                }
+                if let Some(e) = metadata_endpoint {
+                    b = b.with_metadata_endpoint(e);
+                }
+            }
         }
         let inner = b
             .build()
