@@ -260,9 +260,10 @@ pub enum Command {
     Teleport(crate::describe_commands::TeleportArgs),
     /// The block store on S3-compatible object storage (docs/STORE.md):
     /// push an image's new blocks once, list, verify, collect garbage;
-    /// `cbt recv s3://BUCKET/PREFIX/NAME OUT --seed ROOT` pulls. Credentials
-    /// come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and
-    /// AWS_SESSION_TOKEN) only.
+    /// `cbt recv s3://BUCKET/PREFIX/NAME OUT --seed ROOT` pulls. Keys come
+    /// from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)
+    /// or --credentials FILE; --credentials instance asks the cloud's
+    /// instance metadata service, never contacted otherwise.
     Store {
         #[command(subcommand)]
         command: crate::store_commands::StoreCommand,

@@ -100,8 +100,9 @@ impl Exit {
         Exit::Failure
     }
 
-    /// `None` for a stage stopped by another's failure: that other error,
-    /// further down the chain, is the one to classify.
+    /// `None` for a stage stopped by another's failure, and for a failed
+    /// source of blocks: the error further down the chain (the other
+    /// stage's, the source's own) is the one to classify.
     fn of_core(e: &cbt_core::Error) -> Option<Exit> {
         Some(match e {
             cbt_core::Error::Malformed { .. }
@@ -114,7 +115,7 @@ impl Exit {
             cbt_core::Error::Io { .. } | cbt_core::Error::NotRegular { .. } => Exit::Io,
             cbt_core::Error::Verification { .. } => Exit::Verification,
             cbt_core::Error::Config(_) => Exit::Usage,
-            cbt_core::Error::Stopped(_) => return None,
+            cbt_core::Error::Stopped(_) | cbt_core::Error::BlockSource { .. } => return None,
             _ => Exit::Failure,
         })
     }
@@ -122,11 +123,14 @@ impl Exit {
     /// A failed connection is an I/O error (4): the peer could not be
     /// reached, went away or went silent. What a reachable peer said or
     /// refused (authentication, protocol, its own errors) is a failure (1).
+    /// A block store holding a missing or damaged object is a
+    /// verification failure (5), as README promises.
     fn of_net(e: &cbt_net::Error) -> Exit {
         match e {
             cbt_net::Error::Io { .. } | cbt_net::Error::Timeout { .. } | cbt_net::Error::Closed { .. } => {
                 Exit::Io
             }
+            cbt_net::Error::StoreDamaged { .. } => Exit::Verification,
             cbt_net::Error::Config(_) => Exit::Usage,
             _ => Exit::Failure,
         }
@@ -218,6 +222,31 @@ mod tests {
             assert_eq!(cbt_net::FailureReason::of(&e), reason, "{e}");
             assert_eq!(Exit::of(&e.into()), exit);
         }
+    }
+
+    #[test]
+    fn a_damaged_store_is_5_and_an_unreachable_one_4_through_the_engine() {
+        let through_engine = |e: cbt_net::Error| -> anyhow::Error {
+            cbt_net::Error::Core(cbt_core::Error::BlockSource {
+                name: "s3://b/p".into(),
+                source: Box::new(e),
+            })
+            .into()
+        };
+        let damaged = cbt_net::Error::StoreDamaged {
+            store: "s3://b/p".into(),
+            object: "packs/00.pack".into(),
+            reason: "missing".into(),
+        };
+        assert_eq!(Exit::of(&through_engine(damaged)), Exit::Verification);
+        let unreachable = cbt_net::Error::Io {
+            peer: "s3://b/p/packs/00.pack".into(),
+            op: "request",
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(Exit::of(&through_engine(unreachable)), Exit::Io);
+        let refused = cbt_net::Error::Store("s3://b/p/packs/00.pack: access denied".into());
+        assert_eq!(Exit::of(&through_engine(refused)), Exit::Failure);
     }
 
     #[test]

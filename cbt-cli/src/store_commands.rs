@@ -1,7 +1,10 @@
 //! `cbt store push|ls|verify|gc` and `cbt recv s3://...`: the block store
 //! on S3-compatible object storage (cbt-net's `store`, docs/STORE.md).
-//! Credentials come from the environment only (`AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`): never a flag.
+//! Keys come from the environment (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or a file
+//! (`--credentials FILE`), never from the command line; the cloud's
+//! instance metadata service is asked only with `--credentials instance`.
+//! Without any of them a command fails before it contacts anything.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,18 +14,19 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use cbt_core::{open_image, ImageSpec, ReconstructOptions};
-use cbt_net::store::{self, Store, StoreOptions, StoreUrl};
+use cbt_net::store::{self, CredentialSource, Credentials, Store, StoreOptions, StoreUrl};
 
 use crate::cli::{Config, FormatArg};
 
 /// How to reach the store.
 #[derive(Debug, Clone, Default, Args)]
 pub struct StoreOpts {
-    /// An S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS,
-    /// or AWS_ENDPOINT).
+    /// An S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default:
+    /// AWS_ENDPOINT_URL or AWS_ENDPOINT, else AWS).
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
-    /// The bucket's region (default: AWS_REGION, else us-east-1).
+    /// The bucket's region (default: AWS_REGION, else AWS_DEFAULT_REGION,
+    /// else us-east-1).
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
     /// Address buckets by host name (virtual-hosted style) instead of by
@@ -33,10 +37,60 @@ pub struct StoreOpts {
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
     /// Read the keys from this AWS-style credentials file (its [default]
-    /// section; mode 600) instead of the environment. Keys are never
-    /// taken from the command line.
-    #[arg(long, value_name = "FILE")]
-    pub credentials: Option<PathBuf>,
+    /// section; mode 600) instead of AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY. `instance` asks the cloud's instance
+    /// metadata service (EC2 IMDSv2 at 169.254.169.254, or
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT) instead; it is never asked
+    /// otherwise (a file named instance: ./instance). Keys are never taken
+    /// from the command line.
+    #[arg(long, value_name = "FILE|instance", value_parser = parse_credentials)]
+    pub credentials: Option<CredentialsArg>,
+}
+
+/// `--credentials FILE|instance`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialsArg {
+    /// An AWS-style credentials file.
+    File(PathBuf),
+    /// The cloud's instance metadata service.
+    Instance,
+}
+
+fn parse_credentials(text: &str) -> Result<CredentialsArg, String> {
+    match text {
+        "" => Err("give a credentials file, or instance".into()),
+        "instance" => Ok(CredentialsArg::Instance),
+        file => Ok(CredentialsArg::File(file.into())),
+    }
+}
+
+/// What cbt says when it has no keys and was not told where to find them.
+pub const NO_CREDENTIALS: &str = "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+     or --credentials FILE (--credentials instance asks the cloud's instance metadata service)";
+
+/// Where the store's keys come from: `--credentials`, else the two key
+/// variables of `env` (both set and not empty), else a usage error. Only
+/// these variables are read: nothing in the environment can send cbt to
+/// a metadata service or a token exchange the user did not ask for.
+fn resolve_credentials(
+    flag: Option<&CredentialsArg>,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<CredentialSource> {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    match flag {
+        Some(CredentialsArg::File(f)) => Ok(CredentialSource::Keys(Credentials::read(f)?)),
+        Some(CredentialsArg::Instance) => Ok(CredentialSource::Instance {
+            metadata_endpoint: set("AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+        }),
+        None => match (set("AWS_ACCESS_KEY_ID"), set("AWS_SECRET_ACCESS_KEY")) {
+            (Some(access_key_id), Some(secret_access_key)) => Ok(CredentialSource::Keys(Credentials {
+                access_key_id,
+                secret_access_key,
+                session_token: set("AWS_SESSION_TOKEN"),
+            })),
+            _ => Err(crate::exit_codes::usage(NO_CREDENTIALS)),
+        },
+    }
 }
 
 impl StoreOpts {
@@ -45,19 +99,27 @@ impl StoreOpts {
         if !(1..=64).contains(&jobs) {
             crate::bail_usage!("--jobs must be between 1 and 64");
         }
-        if let Some(e) = &self.endpoint {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let endpoint = self
+            .endpoint
+            .clone()
+            .or_else(|| env("AWS_ENDPOINT_URL"))
+            .or_else(|| env("AWS_ENDPOINT"));
+        if let Some(e) = &endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 crate::bail_usage!("--endpoint {e:?}: give an http:// or https:// URL");
             }
         }
-        let credentials = match &self.credentials {
-            Some(f) => Some(cbt_net::store::Credentials::read(f)?),
-            None => None,
-        };
+        let credentials = resolve_credentials(self.credentials.as_ref(), env)?;
+        let region = self
+            .region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"));
         let options = StoreOptions {
             credentials,
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
+            endpoint,
+            region,
             path_style: Some(!self.virtual_hosted),
             cache_dir: config.index.cache_dir.clone(),
             jobs,
@@ -82,7 +144,9 @@ pub enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List the images in the store at s3://BUCKET/PREFIX.
+    /// List the images in the store at s3://BUCKET/PREFIX. An image whose
+    /// manifest is damaged is listed as DAMAGED with the reason, among the
+    /// others; the exit code is then 5.
     Ls {
         /// s3://BUCKET/PREFIX.
         url: String,
@@ -131,7 +195,8 @@ pub enum StoreCommand {
     },
 }
 
-/// A store's verification found problems (exit code 5).
+/// A store's verification or listing found damaged objects (exit code 5);
+/// the objects were listed in the command's output.
 #[derive(Debug)]
 pub struct StoreDamaged(pub String);
 
@@ -211,15 +276,39 @@ pub fn run(config: &Config, command: StoreCommand) -> anyhow::Result<()> {
             let s = store.open(config, url(&target, false)?)?;
             let images = rt.block_on(store::list_images(&s))?;
             if json {
-                return Ok(crate::stdout::print_json(&images)?);
+                crate::stdout::print_json(&images)?;
+            } else {
+                let mut out = crate::stdout::stdout();
+                for i in &images {
+                    match (&i.image, &i.damaged) {
+                        (Some(m), _) => writeln!(
+                            out,
+                            "{}\t{} bytes\t{} blocks\t{} packs\t{}",
+                            i.name, m.image_bytes, m.blocks, m.packs, m.image_digest
+                        )?,
+                        (None, damaged) => writeln!(
+                            out,
+                            "{}\tDAMAGED: {}",
+                            i.name,
+                            damaged.as_deref().unwrap_or("unreadable manifest")
+                        )?,
+                    }
+                }
             }
-            let mut out = crate::stdout::stdout();
-            for i in images {
-                writeln!(
-                    out,
-                    "{}\t{} bytes\t{} blocks\t{} packs\t{}",
-                    i.name, i.image_bytes, i.blocks, i.packs, i.image_digest
-                )?;
+            let damaged: Vec<&str> = images
+                .iter()
+                .filter(|i| i.image.is_none())
+                .map(|i| i.name.as_str())
+                .collect();
+            if !damaged.is_empty() {
+                return Err(StoreDamaged(format!(
+                    "{}: {} of {} manifests damaged ({}): those images cannot be pulled",
+                    s.name(),
+                    damaged.len(),
+                    images.len(),
+                    damaged.join(", ")
+                ))
+                .into());
             }
             Ok(())
         }
@@ -237,11 +326,12 @@ pub fn run(config: &Config, command: StoreCommand) -> anyhow::Result<()> {
             if json {
                 crate::stdout::print_json(&report)?;
             } else {
+                // The store once, each problem once (relative to it).
                 let mut out = crate::stdout::stdout();
                 writeln!(
                     out,
                     "{}: {} images, {} packs read, {} blocks checked, {} problems",
-                    s.name(),
+                    report.store,
                     report.images,
                     report.packs,
                     report.blocks_checked,
@@ -252,7 +342,11 @@ pub fn run(config: &Config, command: StoreCommand) -> anyhow::Result<()> {
                 }
             }
             if !report.problems.is_empty() {
-                return Err(StoreDamaged(format!("{}: {}", s.name(), report.problems.join("; "))).into());
+                return Err(StoreDamaged(format!(
+                    "the store is damaged: {} problems (listed in the report)",
+                    report.problems.len()
+                ))
+                .into());
             }
             Ok(())
         }
@@ -355,4 +449,68 @@ pub fn recv(
         report.bytes_downloaded, report.requests, e.image_digest
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn keys_come_from_the_two_variables_or_the_flag_never_a_guess() {
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "token"),
+        ];
+        match resolve_credentials(None, env(&keys)).unwrap() {
+            CredentialSource::Keys(c) => {
+                assert_eq!(
+                    (c.access_key_id.as_str(), c.secret_access_key.as_str()),
+                    ("id", "secret")
+                );
+                assert_eq!(c.session_token.as_deref(), Some("token"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Half a pair, empty values, or only what would lead object_store
+        // to a credential service: no credentials, a usage error.
+        for vars in [
+            &[("AWS_ACCESS_KEY_ID", "id")][..],
+            &[("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")][..],
+            &[
+                ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/x"),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+                ("AWS_ROLE_ARN", "arn"),
+                ("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1"),
+            ][..],
+            &[][..],
+        ] {
+            let e = resolve_credentials(None, env(vars)).unwrap_err();
+            assert_eq!(crate::exit_codes::Exit::of(&e), crate::exit_codes::Exit::Usage);
+            assert_eq!(e.to_string(), NO_CREDENTIALS);
+        }
+        let instance = resolve_credentials(
+            Some(&CredentialsArg::Instance),
+            env(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")]),
+        )
+        .unwrap();
+        assert!(matches!(
+            instance,
+            CredentialSource::Instance { metadata_endpoint: Some(e) } if e == "http://127.0.0.1:9"
+        ));
+    }
+
+    #[test]
+    fn credentials_flag_is_a_file_or_instance() {
+        assert_eq!(parse_credentials("instance"), Ok(CredentialsArg::Instance));
+        assert_eq!(
+            parse_credentials("./instance"),
+            Ok(CredentialsArg::File("./instance".into()))
+        );
+        assert!(parse_credentials("").is_err());
+    }
 }

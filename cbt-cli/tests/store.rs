@@ -29,7 +29,7 @@ use cbt_core::Digest;
 use serde_json::Value;
 
 use common::proc::HANG;
-use common::s3::{cbt, cbt_command_as, cbt_ok, run, Gate};
+use common::s3::{cbt, cbt_command_as, cbt_command_with, cbt_ok, run, Gate, Tap, REGION};
 use common::store_world::*;
 use common::{assert_clean_failure, assert_code, closed_port, json_u64, stderr, TestEnv, XorShift, BLOCK};
 
@@ -341,6 +341,8 @@ fn a_damaged_pack_fails_the_pull_and_verify_names_it() {
     let pulled = cbt(&env, &a);
     assert_clean_failure(&pulled, &a);
     assert!(stderr(&pulled).contains(&named), "{}", stderr(&pulled));
+    // README: a damaged store is exit 5, not 1 (what cbt first said).
+    assert_code(&pulled, 5);
     let left: Vec<String> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -362,6 +364,10 @@ fn a_damaged_pack_fails_the_pull_and_verify_names_it() {
     let verified = cbt(&env, &a);
     assert_code(&verified, 5);
     assert!(text(&verified).contains(&named), "{}", text(&verified));
+    // The store once, the problem once (cbt first printed both twice:
+    // in the report and again in the error).
+    assert_said_once(&verified, &st.root());
+    assert_said_once(&verified, &named);
     let mut json = a.to_vec();
     json.push("--json".into());
     let verified = cbt(&env, &json);
@@ -607,4 +613,338 @@ fn keys_can_come_from_a_private_credentials_file() {
             text(out)
         );
     }
+}
+
+/// Asserts `what` appears exactly once in the output of a run.
+#[track_caller]
+fn assert_said_once(out: &Output, what: &str) {
+    let all = text(out);
+    assert_eq!(
+        all.matches(what).count(),
+        1,
+        "{what:?} not said exactly once:\n{all}"
+    );
+}
+
+/// What cbt says with no keys (issue 22, item 4).
+const NO_CREDENTIALS: &str =
+    "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --credentials FILE";
+
+/// Issue 22, item 4: with no keys, the S3 client fell back to the
+/// credential providers of object_store's environment (the instance
+/// metadata service at 169.254.169.254, the ECS/EKS container endpoints,
+/// STS for a web identity token), contacting hosts nobody named, and
+/// failed with a 403 that never said "no credentials". Every variable
+/// that could send it to one of them points here at a listener that
+/// records connections, the endpoint is another: neither may be
+/// contacted, and the command fails at once as a usage error.
+#[test]
+fn without_credentials_no_host_is_contacted() {
+    let env = TestEnv::new();
+    let img = write_image(&env, "disk.raw", &blocks(16, 70, |i| i == 0));
+    let endpoint = Tap::start();
+    let decoy = Tap::start();
+    let token = env.path("token");
+    fs::write(&token, "a-web-identity-token").unwrap();
+    let token = token.to_str().unwrap().to_string();
+    let metadata = decoy.url();
+    let full_uri = format!("{}/v1/credentials", decoy.url());
+    let sts = format!("https://{}", decoy.addr());
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "the metadata service moved (AWS_METADATA_ENDPOINT)",
+            vec![("AWS_METADATA_ENDPOINT", &metadata), ("AWS_REGION", REGION)],
+        ),
+        (
+            "an EKS pod identity endpoint",
+            vec![
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token),
+            ],
+        ),
+        (
+            "a web identity token, an ECS task endpoint",
+            vec![
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", &token),
+                ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/cbt"),
+                ("AWS_ENDPOINT_URL_STS", &sts),
+                ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/cbt"),
+            ],
+        ),
+        (
+            "an empty access key, no secret",
+            vec![("AWS_ACCESS_KEY_ID", ""), ("AWS_REGION", REGION)],
+        ),
+        ("no AWS variable at all", vec![]),
+    ];
+    let url = "s3://bucket/store";
+    let image_url = format!("{url}/disk");
+    let e = endpoint.url();
+    let commands = [
+        args!["store", "push", img, image_url, "--endpoint", e].to_vec(),
+        args!["store", "ls", url, "--endpoint", e].to_vec(),
+        args!["store", "verify", url, "--endpoint", e].to_vec(),
+        args!["store", "gc", url, "--endpoint", e].to_vec(),
+        args!["recv", image_url, env.path("out/disk.raw"), "--endpoint", e].to_vec(),
+    ];
+    for (what, vars) in &cases {
+        for a in &commands {
+            let out = run(cbt_command_with(&env, vars, a), &common::proc::show(a));
+            let (contacted, asked) = (endpoint.seen(), decoy.seen());
+            assert!(
+                contacted.is_empty() && asked.is_empty(),
+                "{what}: cbt {} contacted the endpoint {contacted:?} and the credential services {asked:?}\n{}",
+                common::proc::show(a),
+                text(&out)
+            );
+            assert_code(&out, 2);
+            assert!(stderr(&out).contains(NO_CREDENTIALS), "{what}: {}", stderr(&out));
+        }
+    }
+    assert!(!env.path("out/disk.raw").exists());
+}
+
+/// `--credentials instance` is the one way to the instance metadata
+/// service (here at a listener named by AWS_EC2_METADATA_SERVICE_ENDPOINT,
+/// which refuses): cbt asks it for a token and nothing else, and the
+/// store is not contacted without keys. With the variables that would
+/// make object_store exchange a web identity token instead, it refuses
+/// before contacting anything.
+#[test]
+fn the_metadata_service_is_asked_only_with_credentials_instance() {
+    let env = TestEnv::new();
+    let endpoint = Tap::start();
+    let imds = Tap::start();
+    let a = args![
+        "store",
+        "ls",
+        "s3://bucket/store",
+        "--endpoint",
+        endpoint.url(),
+        "--credentials",
+        "instance"
+    ];
+    let service = imds.url();
+    let out = run(
+        cbt_command_with(&env, &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &service)], &a),
+        "store ls --credentials instance",
+    );
+    assert_clean_failure(&out, &a);
+    let asked = imds.seen();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|r| r.starts_with("PUT /latest/api/token ")),
+        "the metadata service was asked {asked:?}:\n{}",
+        text(&out)
+    );
+    assert_eq!(endpoint.seen(), Vec::<String>::new(), "{}", text(&out));
+    assert!(!stderr(&out).contains(NO_CREDENTIALS), "{}", stderr(&out));
+
+    let token = env.path("token");
+    fs::write(&token, "a-web-identity-token").unwrap();
+    let out = run(
+        cbt_command_with(
+            &env,
+            &[
+                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &service),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+                ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/cbt"),
+            ],
+            &a,
+        ),
+        "store ls --credentials instance (web identity set)",
+    );
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("AWS_WEB_IDENTITY_TOKEN_FILE"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(imds.seen().len(), asked.len(), "{}", text(&out));
+    assert_eq!(endpoint.seen(), Vec::<String>::new(), "{}", text(&out));
+}
+
+/// The pack (hex id) that holds the block of `data` at `index`.
+fn pack_holding(st: &Store, data: &[u8], index: usize) -> String {
+    let d = Digest::of(&data[index * B..(index + 1) * B]);
+    st.packs()
+        .into_keys()
+        .find(|id| st.pack_index(id).iter().any(|e| e.digest == d))
+        .unwrap_or_else(|| panic!("no pack holds block {index}"))
+}
+
+/// `cbt recv` of `name` into a fresh directory: its output, asserting it
+/// failed as a damaged store (exit 5) naming `object` and the store, and
+/// left nothing behind.
+#[track_caller]
+fn assert_pull_damaged(st: &Store, env: &TestEnv, name: &str, object: &str, what: &str) -> Output {
+    let dir = tempfile::tempdir_in(env.root()).unwrap();
+    let out = dir.path().join("out.raw");
+    let a = args!["recv", st.url(name), out, "--endpoint", st.endpoint()];
+    let pulled = cbt(env, &a);
+    assert_clean_failure(&pulled, &a);
+    let err = stderr(&pulled);
+    assert!(
+        err.contains(&format!("{}/{object}", st.root())),
+        "{what}: the error does not name {object} in {}:\n{err}",
+        st.root()
+    );
+    assert!(!err.contains("stopped"), "{what}: {err}");
+    assert_eq!(pulled.status.code(), Some(5), "{what}: {err}");
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "{what}: a file was left"
+    );
+    pulled
+}
+
+/// Issue 22, item 6: a pull whose manifest names a pack that is gone
+/// sometimes said only "stopped: reconstruction stopped" (the planner,
+/// stopped by the failing fetcher, was reported instead of it), and
+/// always exited 1. More blocks are missing than the engine queues, so
+/// the planner is waiting to send when the fetcher fails: each run must
+/// name the pack and the store and exit 5.
+#[test]
+fn a_missing_pack_fails_every_pull_with_exit_5_naming_it() {
+    let st = Store::new("missing-pack-bucket", "m");
+    let env = TestEnv::new();
+    let data = blocks(12288, 80, |i| i % 64 == 0);
+    let img = write_image(&env, "disk.raw", &data);
+    st.push(&env, &img, "disk", &[]);
+    // The pack of an early block: the first round of requests fails.
+    let id = pack_holding(&st, &data, 1);
+    st.delete(&format!("packs/{id}.pack"));
+    let named = format!("packs/{id}.pack");
+    for run in 0..4 {
+        let pulled = assert_pull_damaged(&st, &env, "disk", &named, &format!("run {run}"));
+        assert!(stderr(&pulled).contains("missing"), "{}", stderr(&pulled));
+    }
+    let a = args!["store", "verify", st.root(), "--endpoint", st.endpoint()];
+    let verified = cbt(&env, &a);
+    assert_code(&verified, 5);
+    assert_said_once(&verified, &named);
+}
+
+/// A pack with bytes missing, at its end or in its middle: the pull fails
+/// as a damaged store (5) naming the pack, and verify --read names it once.
+#[test]
+fn a_pack_with_missing_bytes_fails_the_pull_with_exit_5() {
+    let st = Store::new("short-pack-bucket", "s");
+    let env = TestEnv::new();
+    let data = blocks(2048, 81, |i| i % 16 == 0);
+    let img = write_image(&env, "disk.raw", &data);
+    st.push(&env, &img, "disk", &[]);
+    let id = pack_holding(&st, &data, 1);
+    let whole = st.pack(&id);
+    let named = format!("packs/{id}.pack");
+    let mut middle = whole.clone();
+    middle.drain(whole.len() / 3..whole.len() / 3 + 1000);
+    for (what, damaged) in [
+        ("cut to half its length", whole[..whole.len() / 2].to_vec()),
+        ("1000 bytes gone from its middle", middle),
+    ] {
+        st.s3.put(&st.bucket, &st.pack_key(&id), &damaged);
+        assert_pull_damaged(&st, &env, "disk", &named, what);
+        let a = args![
+            "store",
+            "verify",
+            st.root(),
+            "--read",
+            "--endpoint",
+            st.endpoint()
+        ];
+        let verified = cbt(&env, &a);
+        assert_code(&verified, 5);
+        assert_said_once(&verified, &named);
+        assert_said_once(&verified, &st.root());
+    }
+    st.s3.put(&st.bucket, &st.pack_key(&id), &whole);
+    st.verify_clean(&env, 1);
+}
+
+/// Issue 22, item 6: one damaged manifest made `store ls` fail for the
+/// whole store. Now every image is listed, each damaged one marked as
+/// such with the reason (bad checksum, cut short, unknown version), and
+/// the exit code says the store is damaged (5); verify names each
+/// manifest once, and a pull of a damaged one exits 5 as well.
+#[test]
+fn ls_lists_every_image_and_marks_the_damaged_manifests() {
+    let st = Store::new("manifest-bucket", "ls");
+    let env = TestEnv::new();
+    let data = blocks(256, 82, |i| i % 16 == 0);
+    let img = write_image(&env, "disk.raw", &data);
+    let names = ["a", "b-checksum", "c-short", "d-version", "e"];
+    let mut digest = String::new();
+    for n in names {
+        digest = st.push(&env, &img, n, &[])["image_digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    }
+    let key = |n: &str| st.key(&format!("images/{n}.cbtm"));
+    let manifest = st.s3.get(&st.bucket, &key("a")).unwrap();
+    assert_eq!(&manifest[..8], b"CBTMANI1");
+    let mut bad_sum = manifest.clone();
+    *bad_sum.last_mut().unwrap() ^= 0x40;
+    let mut version = manifest.clone();
+    version[8..12].copy_from_slice(&2u32.to_le_bytes());
+    st.s3.put(&st.bucket, &key("b-checksum"), &bad_sum);
+    st.s3
+        .put(&st.bucket, &key("c-short"), &manifest[..manifest.len() / 2]);
+    st.s3.put(&st.bucket, &key("d-version"), &version);
+    let damaged = ["b-checksum", "c-short", "d-version"];
+
+    let a = args!["store", "ls", st.root(), "--endpoint", st.endpoint()];
+    let out = cbt(&env, &a);
+    assert_code(&out, 5);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), names.len(), "{}", text(&out));
+    for (line, name) in lines.iter().zip(names) {
+        assert!(line.starts_with(&format!("{name}\t")), "{}", text(&out));
+        if damaged.contains(&name) {
+            assert!(
+                line.contains("DAMAGED") && line.contains(&format!("images/{name}.cbtm")),
+                "{}",
+                text(&out)
+            );
+        } else {
+            assert!(line.contains(&digest), "{}", text(&out));
+        }
+    }
+    assert!(
+        stderr(&out).contains("3 of 5 manifests damaged"),
+        "{}",
+        stderr(&out)
+    );
+
+    let mut json = a.to_vec();
+    json.push("--json".into());
+    let out = cbt(&env, &json);
+    assert_code(&out, 5);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = v.as_array().unwrap();
+    assert_eq!(listed.len(), names.len(), "{v:#}");
+    for (i, name) in listed.iter().zip(names) {
+        assert_eq!(i["name"], name, "{v:#}");
+        if damaged.contains(&name) {
+            assert!(i["damaged"].as_str().unwrap().contains("images/"), "{v:#}");
+            assert!(i.get("image_bytes").is_none(), "{v:#}");
+        } else {
+            assert_eq!(i["image_digest"], digest.as_str(), "{v:#}");
+            assert_eq!(json_u64(i, "image_bytes"), data.len() as u64, "{v:#}");
+            assert!(i.get("damaged").is_none(), "{v:#}");
+        }
+    }
+
+    let a = args!["store", "verify", st.root(), "--endpoint", st.endpoint()];
+    let verified = cbt(&env, &a);
+    assert_code(&verified, 5);
+    for name in damaged {
+        assert_said_once(&verified, &format!("images/{name}.cbtm"));
+        assert_pull_damaged(&st, &env, name, &format!("images/{name}.cbtm"), name);
+    }
+    let out = env.path("out/a.raw");
+    st.pull(&env, "a", &out, &[]);
+    assert_same(&out, &data);
 }

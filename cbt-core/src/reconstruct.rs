@@ -213,9 +213,20 @@ struct Failure {
 }
 
 impl Failure {
+    /// Keeps the first cause: a stage that failed only because another
+    /// went away ([`Error::Stopped`]) may get here before the one that
+    /// failed (the fetcher drops its channel, then reports), and is
+    /// replaced by it.
     fn set(&self, e: Error) {
         if let Ok(mut f) = self.first.lock() {
-            f.get_or_insert(e);
+            let replace = match f.as_ref() {
+                None => true,
+                Some(Error::Stopped(_)) => !matches!(e, Error::Stopped(_)),
+                Some(_) => false,
+            };
+            if replace {
+                *f = Some(e);
+            }
         }
         self.stopped.store(true, Ordering::SeqCst);
     }

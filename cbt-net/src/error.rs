@@ -115,10 +115,25 @@ pub enum Error {
     /// Invalid settings or arguments.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A block store (S3) refused a request or holds a damaged object;
-    /// the message names the object (never a credential).
+    /// A block store (S3) refused a request; the message names the object
+    /// (never a credential).
     #[error("{0}")]
     Store(String),
+    /// An object of a block store is missing or damaged: a pack a manifest
+    /// names is gone, shorter than the manifest says or holds a block
+    /// that does not match its digest; a manifest does not decode. The
+    /// store, not the request, is at fault (`cbt store verify --read`
+    /// lists every such object).
+    #[error("{store}/{object}: {reason}")]
+    StoreDamaged {
+        /// The store's root, `s3://BUCKET/PREFIX`.
+        store: String,
+        /// The object, relative to the root (`packs/<id>.pack`,
+        /// `images/<NAME>.cbtm`).
+        object: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The engine (images, index, output, verification) failed.
     #[error(transparent)]
     Core(#[from] cbt_core::Error),

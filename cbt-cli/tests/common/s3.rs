@@ -5,7 +5,9 @@
 //! deletions: moto does not check signatures); `cbt` runs with the AWS
 //! credentials in their environment; and [`Gate`], a proxy in front of the
 //! server that holds chosen requests, so a test can stop a push at an
-//! exact step (a pack upload, its lease) and act while it waits there.
+//! exact step (a pack upload, its lease) and act while it waits there;
+//! and [`Tap`], a listener that records every connection made to it (an
+//! endpoint or metadata service that must not be contacted).
 //!
 //! moto is required, never optional: without `moto_server` the tests fail
 //! with the command that installs it.
@@ -365,6 +367,20 @@ pub fn cbt_command(env: &TestEnv, args: &[OsString]) -> Command {
 
 /// [`cbt_command`] with these credentials.
 pub fn cbt_command_as(env: &TestEnv, access_key: &str, secret_key: &str, args: &[OsString]) -> Command {
+    cbt_command_with(
+        env,
+        &[
+            ("AWS_ACCESS_KEY_ID", access_key),
+            ("AWS_SECRET_ACCESS_KEY", secret_key),
+            ("AWS_REGION", REGION),
+        ],
+        args,
+    )
+}
+
+/// `cbt --cache <env cache> ARGS...` with exactly these `AWS_*` variables
+/// (none of the caller's, no proxy).
+pub fn cbt_command_with(env: &TestEnv, vars: &[(&str, &str)], args: &[OsString]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cbt"));
     cmd.arg("--cache").arg(env.cache_dir()).args(args);
     for (k, _) in std::env::vars_os() {
@@ -373,13 +389,111 @@ pub fn cbt_command_as(env: &TestEnv, access_key: &str, secret_key: &str, args: &
             cmd.env_remove(&k);
         }
     }
-    cmd.env("AWS_ACCESS_KEY_ID", access_key)
-        .env("AWS_SECRET_ACCESS_KEY", secret_key)
-        .env("AWS_REGION", REGION)
-        .env_remove("CBT_LOG")
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.env_remove("CBT_LOG")
         .current_dir(env.root())
         .stdin(Stdio::null());
     cmd
+}
+
+/// A listener on 127.0.0.1 that records every connection made to it (the
+/// first line of what was sent on it, if any) and answers each with
+/// `403 Forbidden`, so that a client that should never have come fails
+/// at once instead of waiting.
+pub struct Tap {
+    listener: TcpListener,
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    closed: Arc<Mutex<bool>>,
+}
+
+impl Tap {
+    /// A new listener, answering in a thread of its own.
+    pub fn start() -> Tap {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a tap");
+        listener.set_nonblocking(true).expect("non-blocking tap");
+        let addr = listener.local_addr().expect("tap address");
+        let tap = Tap {
+            listener: listener.try_clone().expect("clone the tap"),
+            addr,
+            seen: Arc::new(Mutex::new(Vec::new())),
+            closed: Arc::new(Mutex::new(false)),
+        };
+        let (seen, closed) = (Arc::clone(&tap.seen), Arc::clone(&tap.closed));
+        std::thread::spawn(move || {
+            while !*closed.lock().unwrap() {
+                match listener.accept() {
+                    Ok((conn, _)) => Tap::answer(conn, &seen),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        tap
+    }
+
+    /// Records one connection, reads its request head (briefly) and
+    /// refuses it.
+    fn answer(mut conn: TcpStream, seen: &Arc<Mutex<Vec<String>>>) {
+        let at = {
+            let mut s = seen.lock().unwrap();
+            s.push(String::new());
+            s.len() - 1
+        };
+        let seen = Arc::clone(seen);
+        std::thread::spawn(move || {
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                match conn.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let text = String::from_utf8_lossy(&head);
+            let line = text.lines().next().unwrap_or("(nothing sent)").to_string();
+            seen.lock().unwrap()[at] = line;
+            let _ =
+                conn.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = conn.shutdown(Shutdown::Both);
+        });
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every connection made so far (a client that has exited made all
+    /// of its own: those still waiting to be accepted are taken here), as
+    /// the first line sent on it.
+    pub fn seen(&self) -> Vec<String> {
+        while let Ok((conn, _)) = self.listener.accept() {
+            Tap::answer(conn, &self.seen);
+        }
+        // Let the answering threads read what was sent.
+        let start = Instant::now();
+        while self.seen.lock().unwrap().iter().any(String::is_empty)
+            && start.elapsed() < Duration::from_secs(3)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        *self.closed.lock().unwrap() = true;
+    }
 }
 
 /// Runs `cmd` to completion (at most `super::proc::HANG`).

@@ -1,8 +1,15 @@
 //! Talking to the object store: where a store lives (`s3://BUCKET/PREFIX`),
-//! how to reach it (endpoint, region, path-style; credentials only from
-//! the environment: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//! `AWS_SESSION_TOKEN`), and the store's objects by name. Every request
-//! error names the object and the store, never a credential.
+//! how to reach it (endpoint, region, path-style, and where the keys come
+//! from: [`CredentialSource`]), and the store's objects by name. Every
+//! request error names the object and the store, never a credential.
+//!
+//! The S3 client is built from explicit values only, never from the
+//! environment (`AmazonS3Builder::from_env`): given no keys, object_store
+//! falls back to credential providers that ask hosts nobody named (the
+//! instance metadata service at 169.254.169.254, ECS and EKS container
+//! endpoints, STS for a web identity token). cbt contacts the store's
+//! endpoint and nothing else, unless the caller asks for the instance
+//! metadata service ([`CredentialSource::Instance`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -139,14 +146,33 @@ impl Credentials {
     }
 }
 
+/// Where the keys for the store come from: always the caller's choice.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    /// These keys (the caller read them from its environment or a file).
+    Keys(Credentials),
+    /// The cloud's instance metadata service (EC2's IMDSv2), at
+    /// `http://169.254.169.254` or at `metadata_endpoint`.
+    Instance {
+        /// Another address of the service (`AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+        metadata_endpoint: Option<String>,
+    },
+}
+
+/// Variables that make object_store's S3 builder exchange a web identity
+/// token with STS, read from the environment by `build()` itself whenever
+/// it is given no keys: with [`CredentialSource::Instance`] they would win
+/// over the metadata service.
+const WEB_IDENTITY_VARS: [&str; 2] = ["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"];
+
 /// How to reach the object store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Keys from a file; the environment's otherwise.
-    pub credentials: Option<Credentials>,
+    /// Where the keys come from.
+    pub credentials: CredentialSource,
     /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS otherwise.
     pub endpoint: Option<String>,
-    /// The region (default: `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1).
+    /// The region (default: us-east-1).
     pub region: Option<String>,
     /// Bucket in the URL path rather than the host name (the default with
     /// an endpoint, which is what most S3-compatible servers expect).
@@ -212,7 +238,8 @@ fn parse_hex(s: &str) -> Option<[u8; 32]> {
 impl Store {
     /// Opens the store at `url` (nothing is requested yet).
     pub fn open(url: StoreUrl, options: StoreOptions) -> Result<Store> {
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(&url.bucket);
+        // Never `from_env()`: see the module's doc.
+        let mut b = AmazonS3Builder::new().with_bucket_name(&url.bucket);
         if let Some(e) = &options.endpoint {
             b = b
                 .with_endpoint(e)
@@ -224,16 +251,35 @@ impl Store {
         if let Some(r) = &options.region {
             b = b.with_region(r);
         }
-        if let Some(c) = &options.credentials {
-            b = b
-                .with_access_key_id(&c.access_key_id)
-                .with_secret_access_key(&c.secret_access_key);
-            if let Some(t) = &c.session_token {
-                b = b.with_token(t);
+        match &options.credentials {
+            CredentialSource::Keys(c) => {
+                if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {
+                    return Err(Error::Config(format!(
+                        "{}: an empty access key id or secret access key",
+                        url.root()
+                    )));
+                }
+                b = b
+                    .with_access_key_id(&c.access_key_id)
+                    .with_secret_access_key(&c.secret_access_key);
+                if let Some(t) = &c.session_token {
+                    b = b.with_token(t);
+                }
+                let _ = CREDENTIALS.set(c.clone());
             }
-        }
-        if let Some(c) = &options.credentials {
-            let _ = CREDENTIALS.set(c.clone());
+            CredentialSource::Instance { metadata_endpoint } => {
+                if WEB_IDENTITY_VARS.iter().all(|v| std::env::var_os(v).is_some()) {
+                    return Err(Error::Config(format!(
+                        "{}: the instance metadata service was asked for, but {} are set, which \
+                         would exchange a web identity token with STS instead: unset them",
+                        url.root(),
+                        WEB_IDENTITY_VARS.join(" and ")
+                    )));
+                }
+                if let Some(e) = metadata_endpoint {
+                    b = b.with_metadata_endpoint(e);
+                }
+            }
         }
         let inner = b
             .build()
@@ -277,6 +323,16 @@ impl Store {
         Error::Store(format!("{}/{what}: {text}", self.url.root()))
     }
 
+    /// The error for an object of this store that is missing or damaged
+    /// (`rel` relative to the store's root).
+    pub fn damaged(&self, rel: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::StoreDamaged {
+            store: self.url.root(),
+            object: rel.into(),
+            reason: reason.into(),
+        }
+    }
+
     /// Every pack in the store.
     pub async fn list_packs(&self) -> Result<Vec<PackInfo>> {
         let prefix = self.key("packs");
@@ -310,14 +366,32 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes `range` of a pack.
+    /// Bytes `range` of a pack. A pack that does not exist or ends before
+    /// `range` does is damage to the store (a manifest or the pack's own
+    /// index says these bytes are there).
     pub async fn get_pack_range(&self, id: &[u8; 32], range: std::ops::Range<u64>) -> Result<Bytes> {
         let rel = format!("packs/{}.pack", hex(id));
-        let got = self
-            .inner
-            .get_range(&self.key(&rel), range.clone())
-            .await
-            .map_err(|e| self.fail(&rel, e))?;
+        let got = match self.inner.get_range(&self.key(&rel), range.clone()).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(self.damaged(&rel, "missing (a manifest names it)"))
+            }
+            Err(e) => {
+                let e = self.fail(&rel, e);
+                if matches!(e, Error::Store(_)) {
+                    // A range past the end is refused: say so when that is why.
+                    if let Ok(meta) = self.inner.head(&self.key(&rel)).await {
+                        if meta.size < range.end {
+                            return Err(self.short(&rel, meta.size, range.end));
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if (got.len() as u64) < range.end - range.start {
+            return Err(self.short(&rel, range.start + got.len() as u64, range.end));
+        }
         if got.len() as u64 != range.end - range.start {
             return Err(Error::Store(format!(
                 "{}/{rel}: {} bytes for a range of {}",
@@ -329,11 +403,19 @@ impl Store {
         Ok(got)
     }
 
+    /// A pack that ends at `size`, before `needed`.
+    fn short(&self, rel: &str, size: u64, needed: u64) -> Error {
+        self.damaged(
+            rel,
+            format!("cut short: it ends at byte {size}, its blocks run to {needed}"),
+        )
+    }
+
     /// The index of a pack of `size` bytes: from the local cache, else its
     /// trailer and index, checked (then cached).
     pub async fn pack_index(&self, pack: &PackInfo) -> Result<Vec<(Digest, Stored)>> {
         let rel = format!("packs/{}.pack", hex(&pack.id));
-        let bad = |reason: String| Error::Store(format!("{}/{rel}: {reason}", self.url.root()));
+        let bad = |reason: String| self.damaged(&rel, reason);
         let cached = self.cache_path(&pack.id);
         if let Some(path) = &cached {
             if let Ok(data) = std::fs::read(path) {
@@ -352,14 +434,14 @@ impl Store {
             range: Some(GetRange::Suffix(PACK_TRAILER as u64)),
             ..GetOptions::default()
         };
-        let trailer = self
-            .inner
-            .get_opts(&self.key(&rel), opts)
-            .await
-            .map_err(|e| self.fail(&rel, e))?
-            .bytes()
-            .await
-            .map_err(|e| self.fail(&rel, e))?;
+        let trailer = match self.inner.get_opts(&self.key(&rel), opts).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Err(bad("missing".into())),
+            Err(e) => return Err(self.fail(&rel, e)),
+        }
+        .bytes()
+        .await
+        .map_err(|e| self.fail(&rel, e))?;
         let (start, end, sum) = pack_index_range(&trailer, pack.size).map_err(bad)?;
         if end - start > MAX_PACK_INDEX {
             return Err(bad("its index is too large".into()));
@@ -429,11 +511,10 @@ impl Store {
             Err(e) => return Err(self.fail(rel, e)),
         };
         if got.meta.size > max {
-            return Err(Error::Store(format!(
-                "{}/{rel}: {} bytes, more than the {max} accepted",
-                self.url.root(),
-                got.meta.size
-            )));
+            return Err(self.damaged(
+                rel,
+                format!("{} bytes, more than the {max} accepted", got.meta.size),
+            ));
         }
         Ok(Some(got.bytes().await.map_err(|e| self.fail(rel, e))?))
     }

@@ -9,14 +9,26 @@ use serde::Serialize;
 use cbt_core::Digest;
 
 use super::client::{hex, PackInfo, Store};
-use super::pull::read_manifest;
+use super::pull::{find_manifest, manifest_key, read_manifest};
 use crate::error::{Error, Result};
 
-/// An image in the store.
+/// An image in the store: what its manifest says, or why it cannot be read.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
     /// Its name.
     pub name: String,
+    /// What its manifest says (`None` when it is damaged).
+    #[serde(flatten)]
+    pub image: Option<ListedImage>,
+    /// Why its manifest cannot be read (bad checksum, cut short, unknown
+    /// version, ...); the image cannot be pulled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+}
+
+/// What a manifest says about its image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedImage {
     /// Image size.
     pub image_bytes: u64,
     /// Non-zero blocks.
@@ -27,37 +39,72 @@ pub struct Listed {
     pub image_digest: String,
 }
 
-/// The images in the store, by name.
+/// The names of the images in the store (their manifests' names), sorted.
+async fn image_names(store: &Store) -> Result<Vec<String>> {
+    let mut names: Vec<String> = store
+        .list("images")
+        .await?
+        .into_iter()
+        .filter_map(|(file, _, _)| Some(file.strip_suffix(".cbtm")?.to_string()))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The images in the store, by name. A manifest that does not decode is
+/// listed as damaged, the others as they are; one deleted since the
+/// listing is left out. Only a failed request fails the whole listing.
 pub async fn list_images(store: &Store) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
-    for (file, _, _) in store.list("images").await? {
-        let Some(name) = file.strip_suffix(".cbtm") else {
-            continue;
+    for name in image_names(store).await? {
+        let (image, damaged) = match find_manifest(store, &name).await {
+            Ok(Some((m, _))) => (
+                Some(ListedImage {
+                    image_bytes: m.layout.len(),
+                    blocks: m.blocks.len() as u64,
+                    packs: m.packs.len() as u64,
+                    image_digest: m.image_digest.to_hex(),
+                }),
+                None,
+            ),
+            Ok(None) => continue,
+            Err(Error::StoreDamaged { object, reason, .. }) => (None, Some(format!("{object}: {reason}"))),
+            Err(e) => return Err(e),
         };
-        let (m, _) = read_manifest(store, name).await?;
-        out.push(Listed {
-            name: name.to_string(),
-            image_bytes: m.layout.len(),
-            blocks: m.blocks.len() as u64,
-            packs: m.packs.len() as u64,
-            image_digest: m.image_digest.to_hex(),
-        });
+        out.push(Listed { name, image, damaged });
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
 /// What `verify` found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
+    /// The store's root, `s3://BUCKET/PREFIX`.
+    pub store: String,
     /// Images checked.
     pub images: u64,
     /// Packs checked.
     pub packs: u64,
     /// Blocks whose content was read and hashed.
     pub blocks_checked: u64,
-    /// Every problem, naming the object.
+    /// Every problem, once: the object (relative to the store's root) and
+    /// what is wrong with it.
     pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Records `e` as a problem if it is damage to the store; any other
+    /// error (the store could not be reached, refused a request) ends the
+    /// verification: it says nothing about the store's objects.
+    fn problem(&mut self, e: Error) -> Result<()> {
+        match e {
+            Error::StoreDamaged { object, reason, .. } => {
+                self.problems.push(format!("{object}: {reason}"));
+                Ok(())
+            }
+            other => Err(other),
+        }
+    }
 }
 
 /// Checks every manifest (or the one of `only`): its packs exist, their
@@ -69,46 +116,55 @@ pub async fn verify(
     read_blocks: bool,
     jobs: usize,
 ) -> Result<VerifyReport> {
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport {
+        store: store.name(),
+        ..VerifyReport::default()
+    };
     let names: Vec<String> = match only {
         Some(n) => vec![n.to_string()],
-        None => list_images(store).await?.into_iter().map(|l| l.name).collect(),
+        None => image_names(store).await?,
     };
     let packs: BTreeMap<[u8; 32], PackInfo> =
         store.list_packs().await?.into_iter().map(|p| (p.id, p)).collect();
     let mut checked: BTreeSet<[u8; 32]> = BTreeSet::new();
     for name in names {
         report.images += 1;
-        let (m, _) = match read_manifest(store, &name).await {
-            Ok(m) => m,
+        let m = match find_manifest(store, &name).await {
+            Ok(Some((m, _))) => m,
+            // Deleted since the listing.
+            Ok(None) if only.is_none() => continue,
+            Ok(None) => {
+                return Err(Error::Store(format!(
+                    "{}/{}: no such image in the store",
+                    store.name(),
+                    manifest_key(&name)
+                )))
+            }
             Err(e) => {
-                report.problems.push(e.to_string());
+                report.problem(e)?;
                 continue;
             }
         };
         for (i, id) in m.packs.iter().enumerate() {
+            let pack = format!("packs/{}.pack", hex(id));
             let Some(info) = packs.get(id) else {
-                report.problems.push(format!(
-                    "{}: image {name}: pack {} is missing",
-                    store.name(),
-                    hex(id)
-                ));
+                report
+                    .problems
+                    .push(format!("{pack}: missing (image {name} uses it)"));
                 continue;
             };
             let index: BTreeMap<Digest, _> = match store.pack_index(info).await {
                 Ok(e) => e.into_iter().collect(),
                 Err(e) => {
-                    report.problems.push(e.to_string());
+                    report.problem(e)?;
                     continue;
                 }
             };
             for b in m.blocks.iter().filter(|b| b.pack as usize == i) {
                 if index.get(&b.digest) != Some(&b.stored) {
                     report.problems.push(format!(
-                        "{}: image {name}: block {} is not where the manifest says in pack {}",
-                        store.name(),
-                        b.block,
-                        hex(id)
+                        "{pack}: block {} of image {name} is not where its manifest says",
+                        b.block
                     ));
                 }
             }
@@ -116,7 +172,7 @@ pub async fn verify(
                 report.packs += 1;
                 match check_pack(store, info, &index, jobs).await {
                     Ok(n) => report.blocks_checked += n,
-                    Err(e) => report.problems.push(e.to_string()),
+                    Err(e) => report.problem(e)?,
                 }
             }
         }
@@ -137,11 +193,10 @@ async fn check_pack(
         let at = s.offset as usize;
         let end = at + s.stored_len as usize;
         let bad = |why: String| {
-            Error::Store(format!(
-                "{}/packs/{}.pack: block at {at}: {why}",
-                store.name(),
-                hex(&info.id)
-            ))
+            store.damaged(
+                format!("packs/{}.pack", hex(&info.id)),
+                format!("block at {at}: {why}"),
+            )
         };
         let stored = data.get(at..end).ok_or_else(|| bad("outside the pack".into()))?;
         let plain = s.decode(stored).map_err(bad)?;

@@ -15,7 +15,7 @@ mod maintain;
 mod pull;
 mod push;
 
-pub use client::{hex, Credentials, PackInfo, Store, StoreOptions, StoreUrl};
-pub use maintain::{gc, list_images, verify, GcReport, Listed, VerifyReport};
+pub use client::{hex, CredentialSource, Credentials, PackInfo, Store, StoreOptions, StoreUrl};
+pub use maintain::{gc, list_images, verify, GcReport, Listed, ListedImage, VerifyReport};
 pub use pull::{pull, read_manifest, PullReport};
 pub use push::{push, PushOptions, PushReport, PACK_BYTES};

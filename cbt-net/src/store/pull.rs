@@ -53,15 +53,31 @@ pub struct PullReport {
     pub total_seconds: f64,
 }
 
-/// Reads the manifest of `name`.
+/// Reads the manifest of `name` (and its size in bytes).
 pub async fn read_manifest(store: &Store, name: &str) -> Result<(Manifest, u64)> {
-    let rel = format!("images/{name}.cbtm");
-    let data = store
-        .get(&rel, MAX_MANIFEST)
-        .await?
-        .ok_or_else(|| Error::Store(format!("{}/{rel}: no such image in the store", store.name())))?;
-    let m = Manifest::decode(&data).map_err(|e| Error::Store(format!("{}/{rel}: {e}", store.name())))?;
-    Ok((m, data.len() as u64))
+    find_manifest(store, name).await?.ok_or_else(|| {
+        Error::Store(format!(
+            "{}/{}: no such image in the store",
+            store.name(),
+            manifest_key(name)
+        ))
+    })
+}
+
+/// The key of `name`'s manifest, relative to the store's root.
+pub(crate) fn manifest_key(name: &str) -> String {
+    format!("images/{name}.cbtm")
+}
+
+/// Reads the manifest of `name`, `None` if there is none; one that does
+/// not decode is [`Error::StoreDamaged`].
+pub(crate) async fn find_manifest(store: &Store, name: &str) -> Result<Option<(Manifest, u64)>> {
+    let rel = manifest_key(name);
+    let Some(data) = store.get(&rel, MAX_MANIFEST).await? else {
+        return Ok(None);
+    };
+    let m = Manifest::decode(&data).map_err(|e| store.damaged(&rel, e))?;
+    Ok(Some((m, data.len() as u64)))
 }
 
 /// The manifest's blocks as the engine's records, zero blocks included.
@@ -102,10 +118,7 @@ pub fn pull(
         digester.push(r);
     }
     if digester.finish() != manifest.image_digest {
-        return Err(Error::Store(format!(
-            "{}/images/{name}.cbtm: its blocks do not make its image digest",
-            store.name()
-        )));
+        return Err(store.damaged(manifest_key(name), "its blocks do not make its image digest"));
     }
     let mut index_options = index_options.clone();
     index_options.block_size = manifest.layout.block_size();
@@ -113,6 +126,7 @@ pub fn pull(
     let mut source = StoreSource {
         store: store.clone(),
         runtime: runtime.clone(),
+        manifest: manifest_key(name),
         locations: manifest
             .blocks
             .iter()
@@ -156,6 +170,8 @@ fn repeats(m: &Manifest) -> HashMap<Digest, u32> {
 /// Missing blocks from the store's packs.
 struct StoreSource {
     store: Store,
+    /// The manifest's key, for messages.
+    manifest: String,
     runtime: tokio::runtime::Handle,
     locations: HashMap<Digest, ([u8; 32], Stored)>,
     downloaded: Arc<AtomicU64>,
@@ -226,12 +242,13 @@ impl BlockSource for StoreSource {
                     let at = (stored.offset - r.start) as usize;
                     let bytes = &data[at..at + stored.stored_len as usize];
                     let damaged = |why: String| {
-                        self.fail(Error::Store(format!(
-                            "{}/packs/{}.pack: the block at {}: {why} (a damaged pack: see cbt store verify --read)",
-                            self.store.name(),
-                            hex(&r.pack),
-                            stored.offset
-                        )))
+                        self.fail(self.store.damaged(
+                            format!("packs/{}.pack", hex(&r.pack)),
+                            format!(
+                                "the block at {}: {why} (a damaged pack: see cbt store verify --read)",
+                                stored.offset
+                            ),
+                        ))
                     };
                     let plain = stored.decode(bytes).map_err(damaged)?;
                     if Digest::of(&plain) != digest {
@@ -284,11 +301,13 @@ impl StoreSource {
         let mut by_pack: BTreeMap<[u8; 32], Vec<(Digest, Stored)>> = BTreeMap::new();
         for (digest, refs) in waiting {
             let Some(&(pack, stored)) = self.locations.get(digest) else {
-                return Err(self.fail(Error::Store(format!(
-                    "{}: block {} is in no pack of the manifest",
-                    self.store.name(),
-                    refs.first().map_or(0, |b| b.index)
-                ))));
+                return Err(self.fail(self.store.damaged(
+                    &self.manifest,
+                    format!(
+                        "block {} is in no pack of the manifest",
+                        refs.first().map_or(0, |b| b.index)
+                    ),
+                )));
             };
             by_pack.entry(pack).or_default().push((*digest, stored));
         }
