@@ -158,7 +158,12 @@ pub fn check_source(src: &Path, allow_inconsistent: bool) -> anyhow::Result<()> 
         }
         eprintln!("warning: {e}");
     }
-    if let Ok(chain) = cbt_core::backing_chain(src, &cbt_core::Backing::Anywhere) {
+    // Only regular files have backing files (opening a fifo would block).
+    let chain = match std::fs::metadata(src) {
+        Ok(m) if m.is_file() => cbt_core::backing_chain(src, &cbt_core::Backing::Anywhere).ok(),
+        _ => None,
+    };
+    if let Some(chain) = chain {
         for b in chain {
             eprintln!("cbt: {}: reading its backing file {}", src.display(), b.display());
         }

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The clone race, in a loop: a seed that another process keeps rewriting
+# (64 KiB random writes at random offsets, as a running VM does) while cbt
+# copies from it. Every run that exits 0 must have published exactly the
+# source; a run that exits non-zero must have published nothing.
+#
+#   benches/scripts/clone-race.sh DIR RUNS [MiB]
+#
+# DIR is where the images live: an ext4 directory, or a reflink XFS mount
+# (mkfs.xfs -m reflink=1 on a file, mount -o loop) to test shared extents.
+# Modes run in turn: copy, copy --inplace, recv from a one-shot sender
+# (recv --listen), and a push to `cbt serve --seed`.
+set -euo pipefail
+dir=${1:?DIR}
+runs=${2:?RUNS}
+mib=${3:-64}
+cbt=${CBT:-$(dirname "$0")/../../target/release/cbt}
+mkdir -p "$dir"
+cd "$dir"
+head -c $((mib << 20)) /dev/urandom > src.raw
+mkdir -p seeds data
+rewriter() {
+    python3 - "$1" <<'EOF'
+import os, random, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+size = os.fstat(fd).st_size
+while True:
+    off = random.randrange(0, size // 65536) * 65536
+    os.pwrite(fd, os.urandom(65536), off)
+EOF
+}
+wrong=0 failed=0 ok=0 cloned=0
+modes=(copy inplace recv push)
+for ((i = 0; i < runs; i++)); do
+    mode=${modes[i % 4]}
+    cp --reflink=auto src.raw seeds/seed.raw
+    rm -f out.raw data/out.raw
+    [ "$mode" = inplace ] && { head -c $((mib << 20)) /dev/urandom > out.raw; }
+    rewriter seeds/seed.raw & rw=$!
+    set +e
+    case $mode in
+    copy) "$cbt" --no-cache copy src.raw out.raw --seed seeds --json > run.json 2> run.err ;;
+    inplace) "$cbt" --no-cache copy src.raw out.raw --seed seeds --inplace --json > run.json 2> run.err ;;
+    recv)
+        "$cbt" --no-cache recv --listen 127.0.0.1:0 out.raw --seed seeds --json > run.json 2> run.err & r=$!
+        for _ in $(seq 100); do port=$(grep -o 'listening on [0-9.:]*' run.err | grep -o '[0-9]*$' || true); [ -n "$port" ] && break; sleep 0.05; done
+        "$cbt" --no-cache send src.raw "127.0.0.1:$port" > /dev/null 2>> run.err
+        wait $r ;;
+    push)
+        "$cbt" --no-cache serve --listen 127.0.0.1:0 --data data --seed seeds 2> serve.err & d=$!
+        for _ in $(seq 100); do port=$(grep -o 'listening on [0-9.:]*' serve.err | grep -o '[0-9]*$' || true); [ -n "$port" ] && break; sleep 0.05; done
+        "$cbt" --no-cache send src.raw "127.0.0.1:$port/out.raw" --json > run.json 2> run.err
+        rc=$?; kill $d; wait $d 2> /dev/null; (exit $rc) ;;
+    esac
+    rc=$?
+    set -e
+    kill $rw; wait $rw 2> /dev/null || true
+    out=out.raw; [ "$mode" = push ] && out=data/out.raw
+    if [ $rc -eq 0 ]; then
+        if cmp -s src.raw "$out"; then ok=$((ok + 1)); else wrong=$((wrong + 1)); echo "WRONG: run $i ($mode)"; fi
+        c=$(grep -o '"bytes_cloned": *[0-9]*' run.json | grep -o '[0-9]*$' || echo 0)
+        cloned=$((cloned + ${c:-0}))
+    else
+        failed=$((failed + 1))
+        # Nothing may be published by a failed run (in place: the journal stays).
+        if [ "$mode" != inplace ] && [ -e "$out" ]; then wrong=$((wrong + 1)); echo "LEFT OUTPUT: run $i ($mode)"; fi
+    fi
+done
+echo "runs=$runs ok=$ok failed=$failed wrong=$wrong bytes_cloned_total=$cloned dir=$dir"
+[ $wrong -eq 0 ]
