@@ -14,20 +14,25 @@ set -euo pipefail
 dir=${1:?DIR}
 runs=${2:?RUNS}
 mib=${3:-64}
-cbt=${CBT:-$(dirname "$0")/../../target/release/cbt}
+cbt=$(realpath "${CBT:-$(dirname "$0")/../../target/release/cbt}")
 mkdir -p "$dir"
 cd "$dir"
 head -c $((mib << 20)) /dev/urandom > src.raw
 mkdir -p seeds data
+# `exec`, so that $! is the writer itself and `kill` stops it. A pause
+# between writes (REWRITE_PAUSE seconds) keeps most of the seed usable, so
+# that clones and rejections both happen in one run.
 rewriter() {
-    python3 - "$1" <<'EOF'
-import os, random, sys
+    exec python3 -c '
+import os, random, sys, time
 fd = os.open(sys.argv[1], os.O_WRONLY)
 size = os.fstat(fd).st_size
+pause = float(sys.argv[2])
 while True:
     off = random.randrange(0, size // 65536) * 65536
     os.pwrite(fd, os.urandom(65536), off)
-EOF
+    time.sleep(pause)
+' "$1" "${REWRITE_PAUSE:-0.002}"
 }
 wrong=0 failed=0 ok=0 cloned=0
 modes=(copy inplace recv push)
@@ -35,7 +40,11 @@ for ((i = 0; i < runs; i++)); do
     mode=${modes[i % 4]}
     cp --reflink=auto src.raw seeds/seed.raw
     rm -f out.raw data/out.raw
-    [ "$mode" = inplace ] && { head -c $((mib << 20)) /dev/urandom > out.raw; }
+    if [ "$mode" = inplace ]; then
+        # An older version of the image: its second half already right.
+        cp src.raw out.raw
+        head -c $((mib << 19)) /dev/urandom | dd of=out.raw conv=notrunc status=none
+    fi
     rewriter seeds/seed.raw & rw=$!
     set +e
     case $mode in
