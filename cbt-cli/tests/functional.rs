@@ -51,6 +51,11 @@ const FAILING_POSTINST: &str = "#!/bin/sh\necho 'postinst says no' >&2\nexit 1\n
 /// puts a `broken` 1.0 whose postinst fails there, while the source has
 /// a working `broken` 1.0 installed.
 fn world(webby_in_repo: &str, with_broken: bool) -> World {
+    world_with(webby_in_repo, with_broken, &|_| {})
+}
+
+/// [`world`], with `extra` adding to the source's tree before its image is made.
+fn world_with(webby_in_repo: &str, with_broken: bool, extra: &dyn Fn(&Path)) -> World {
     require_rebuild_support();
     let env = TestEnv::new();
     let debs = env.dir("debs-built");
@@ -119,6 +124,7 @@ fn world(webby_in_repo: &str, with_broken: bool) -> World {
             .arg(source_tree.join("home/user/notes.txt")),
         "touch",
     );
+    extra(&source_tree);
     let source = env.ext4(&source_tree, "export/source.img", 64);
 
     let candidate_tree = base_tree(&env, "candidate-tree");
@@ -472,4 +478,83 @@ fn a_daemon_that_cannot_describe_its_image_says_why_and_nothing_is_left() {
     assert!(!out.exists());
     assert_clean(&env, &out);
     drop(daemon);
+}
+
+/// The work directory a rebuild of `out` uses.
+fn work_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().unwrap().to_string_lossy();
+    out.with_file_name(format!(".{name}.cbt-rebuild"))
+}
+
+/// Leaves at `work` what a rebuild killed with its daemon leaves: the
+/// export file with a FUSE mount on it whose daemon is gone.
+fn dead_rebuild(env: &TestEnv, work: &Path) {
+    fs::create_dir_all(work.join("root")).unwrap();
+    let export = work.join("export");
+    fs::write(&export, b"").unwrap();
+    let pidfile = env.path("dead-qsd.pid");
+    run_tool(
+        Command::new("qemu-storage-daemon")
+            .args([
+                "--blockdev",
+                "driver=null-co,node-name=n,size=1048576",
+                "--export",
+            ])
+            .arg(format!(
+                "type=fuse,id=e,node-name=n,mountpoint={}",
+                export.display()
+            ))
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .arg("--daemonize"),
+        "qemu-storage-daemon",
+    );
+    let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    run_tool(Command::new("kill").args(["-KILL", &pid]), "kill");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let err = fs::metadata(&export).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::NOTCONN.raw_os_error()),
+        "the export should be a dead FUSE mount: {err}"
+    );
+}
+
+#[test]
+fn a_dead_rebuilds_mount_is_taken_over_and_a_running_one_is_refused() {
+    let w = world("2.0", false);
+    let out = w.env.dir("out").join("rebuilt.qcow2");
+    let work = work_dir(&out);
+    dead_rebuild(&w.env, &work);
+
+    // A rebuild that holds the work directory is running: refused, and
+    // its directory left alone.
+    let dir = fs::File::open(&work).unwrap();
+    rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 1);
+    assert!(stderr(&run).contains("another rebuild"), "{}", stderr(&run));
+    assert!(
+        work.join("export").symlink_metadata().is_err(),
+        "the mount was touched"
+    );
+    drop(dir);
+
+    // Nobody holds it: what the dead rebuild left is detached, and the
+    // rebuild runs.
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 0);
+    assert!(stderr(&run).contains("no longer running"), "{}", stderr(&run));
+    assert_eq!(json_of(&run)["functional_match"], true);
+    assert_clean(&w.env, &out);
+
+    // And a failed run (the output exists now) leaves nothing either,
+    // so the same name can be rebuilt again at once.
+    let out2 = out.with_file_name("again.qcow2");
+    let run = w.cbt(&w.rebuild_args(&w.source, &out2, &[]));
+    assert_code(&run, 0);
+    assert_clean(&w.env, &out2);
 }

@@ -306,18 +306,13 @@ pub fn prepare_clone(request: &GuestRequest, out: &Path, options: &RebuildOption
 
     let t = Instant::now();
     let partial = cbt_core::temp_path_for(out);
-    let work = hidden_path(out, "cbt-rebuild");
-    if work.exists() {
-        return Err(RebuildError::Failed(format!(
-            "{}: exists: another rebuild of this name is running, or one was killed (unmount {}/root and remove it)",
-            work.display(),
-            work.display()
-        )));
-    }
+    // Claimed before the partial clone is touched: a running rebuild of
+    // the same name holds it (refused), a dead one's leftovers are undone.
+    let work = attach::WorkDir::claim(&hidden_path(out, "cbt-rebuild"))?;
     let _ = std::fs::remove_file(&partial);
     let guard = RemoveOnDrop(partial.clone());
     attach::create_overlay(&spec.path, format, &partial)?;
-    let mut attached = attach::Attached::attach(&partial, fs.0, fs.1, &work)?;
+    let mut attached = attach::Attached::attach(&partial, fs.0, fs.1, work)?;
     phases.clone = t.elapsed().as_secs_f64();
     options.check_stop()?;
 
