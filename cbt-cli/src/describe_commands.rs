@@ -226,6 +226,28 @@ fn print_description(d: &Description, packages: bool, files: bool) -> anyhow::Re
             };
             writeln!(out, "  {kind:<9} {:>12} {} {}", f.size, &f.blake3[..16], f.path)?;
         }
+        if !m.specials.is_empty() {
+            writeln!(
+                out,
+                "unowned device nodes, fifos and sockets: {}",
+                m.specials.len()
+            )?;
+        }
+        for sp in m.specials.iter().filter(|_| files) {
+            writeln!(
+                out,
+                "  {:<9} {:o} {}:{} {}",
+                sp.kind.name(),
+                sp.mode,
+                sp.uid,
+                sp.gid,
+                sp.path
+            )?;
+        }
+        // Never shortened: what was not read is not in the counts above.
+        for u in &m.unreadable {
+            writeln!(out, "not read: {u}")?;
+        }
     }
     writeln!(out, "warnings: {}", d.warnings.len())?;
     for w in d.warnings.iter().take(WARNINGS_SHOWN) {

@@ -214,10 +214,25 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
     }
     print(&report, transfer.as_ref(), args.json)?;
     if !report.functional_match {
+        let mut why = Vec::new();
+        let versions = report.verification.version_differences.len();
+        if versions > 0 {
+            why.push(format!(
+                "{versions} {} differ in version from the source",
+                plural(versions, "package", "packages")
+            ));
+        }
+        let skipped = report.skipped.len();
+        if skipped > 0 {
+            why.push(format!(
+                "{skipped} user-data {} could not be carried",
+                plural(skipped, "entry", "entries")
+            ));
+        }
         return Err(VersionsDiffer(format!(
-            "{}: rebuilt and verified, but {} packages differ in version from the source (listed above)",
+            "{}: rebuilt and verified, but {} (listed above)",
             out.display(),
-            report.verification.version_differences.len()
+            why.join(" and ")
         ))
         .into());
     }
@@ -366,10 +381,11 @@ fn print(report: &RebuildReport, transfer: Option<&TransferReport>, json: bool) 
     let u = &report.user_data;
     writeln!(
         out,
-        "  user data: {} files ({:.1} MB), {} symlinks, {} directories written; {} files deleted",
+        "  user data: {} files ({:.1} MB), {} symlinks, {} fifos, {} directories written; {} files deleted",
         u.files,
         u.bytes as f64 / 1e6,
         u.symlinks,
+        u.fifos,
         u.dirs,
         u.deleted
     )?;
@@ -412,8 +428,16 @@ fn print(report: &RebuildReport, transfer: Option<&TransferReport>, json: bool) 
         if report.functional_match {
             "functional match"
         } else {
-            "rebuilt with other package versions"
+            "rebuilt, but not a functional match (see above)"
         }
     )?;
     Ok(())
+}
+
+fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
 }

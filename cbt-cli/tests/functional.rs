@@ -558,3 +558,162 @@ fn a_dead_rebuilds_mount_is_taken_over_and_a_running_one_is_refused() {
     assert_code(&run, 0);
     assert_clean(&w.env, &out2);
 }
+
+/// A file name of 255 bytes, the longest Linux allows.
+fn longest_name() -> String {
+    format!("{}.html", "n".repeat(250))
+}
+
+#[test]
+fn the_longest_names_and_fifos_are_carried() {
+    let w = world_with("2.0", false, &|tree| {
+        fs::write(tree.join("srv/site").join(longest_name()), b"a long name\n").unwrap();
+        let fifo = tree.join("srv/pipe");
+        run_tool(Command::new("mkfifo").args(["-m", "620"]).arg(&fifo), "mkfifo");
+        run_tool(Command::new("chown").arg("1000:1001").arg(&fifo), "chown");
+    });
+    let source_desc = w.describe(&w.source);
+    let out = w.env.dir("out").join("rebuilt.qcow2");
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 0);
+    let report = json_of(&run);
+    assert_eq!(report["functional_match"], true, "{report:#}");
+    assert_eq!(report["user_data"]["fifos"], 1, "{report:#}");
+    assert_eq!(report["skipped"], serde_json::json!([]), "{report:#}");
+
+    let rebuilt = w.describe(&out);
+    assert_eq!(user_files(&rebuilt), user_files(&source_desc));
+    let long = format!("/srv/site/{}", longest_name());
+    assert!(user_files(&rebuilt).iter().any(|f| f.0 == long));
+    let specials = &rebuilt["user_data"]["specials"];
+    assert_eq!(specials, &source_desc["user_data"]["specials"]);
+    assert_eq!(specials[0]["path"], "/srv/pipe", "{specials:#}");
+    assert_eq!(specials[0]["kind"], "fifo");
+    assert_eq!(specials[0]["mode"].as_u64().unwrap() & 0o7777, 0o620);
+    assert_eq!(
+        (specials[0]["uid"].as_u64(), specials[0]["gid"].as_u64()),
+        (Some(1000), Some(1001))
+    );
+    assert_clean(&w.env, &out);
+}
+
+#[test]
+fn device_nodes_and_sockets_not_carried_are_reported_and_no_match_is_claimed() {
+    let w = world_with("2.0", false, &|tree| {
+        run_tool(
+            Command::new("mknod")
+                .arg(tree.join("srv/null"))
+                .args(["c", "1", "3"]),
+            "mknod",
+        );
+        let sock = tree.join("srv/sock");
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    });
+    let out = w.env.dir("out").join("rebuilt.qcow2");
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 6);
+    let report = json_of(&run);
+    assert_eq!(report["functional_match"], false, "{report:#}");
+    let skipped: Vec<&str> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s.starts_with("/srv/null: character device")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped.iter().any(|s| s.starts_with("/srv/sock: socket")),
+        "{skipped:?}"
+    );
+    assert!(
+        stderr(&run).contains("2 user-data entries could not be carried"),
+        "{}",
+        stderr(&run)
+    );
+    // Everything else was carried, and the result published.
+    assert_eq!(user_files(&w.describe(&out)), user_files(&w.describe(&w.source)));
+    assert_clean(&w.env, &out);
+}
+
+/// Makes `depth` nested directories of 200-byte names under `base` and a
+/// file at the bottom (through descriptors: the path is longer than the
+/// host's PATH_MAX); returns the file's path relative to `base`.
+fn deep_file(base: &Path, depth: usize, content: &[u8]) -> String {
+    use rustix::fs::{Mode, OFlags};
+    let name = "d".repeat(200);
+    let mut fd = rustix::fs::open(base, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    let mut rel = String::new();
+    for _ in 0..depth {
+        rustix::fs::mkdirat(&fd, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(
+            &fd,
+            name.as_str(),
+            OFlags::DIRECTORY | OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .unwrap();
+        rel.push_str(&name);
+        rel.push('/');
+    }
+    let f = rustix::fs::openat(
+        &fd,
+        "deep.txt",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut fs::File::from(f), content).unwrap();
+    rel.push_str("deep.txt");
+    rel
+}
+
+#[test]
+fn describe_files_reaches_paths_longer_than_4096_bytes() {
+    let env = TestEnv::new();
+    let tree = base_tree(&env, "tree");
+    fs::create_dir_all(tree.join("srv")).unwrap();
+    let rel = deep_file(&tree.join("srv"), 25, b"deep down\n");
+    fs::write(tree.join("srv/shallow.txt"), b"deep down\n").unwrap();
+    let deep = format!("/srv/{rel}");
+    assert!(deep.len() > 5000);
+    let cbt = |a: &[OsString]| {
+        Command::new(env!("CARGO_BIN_EXE_cbt"))
+            .arg("--no-cache")
+            .args(a)
+            .output()
+            .unwrap()
+    };
+
+    // A directory: walked with descriptors, every file read.
+    let run = cbt(&args!["describe", tree, "--json"]);
+    assert_code(&run, 0);
+    let desc = json_of(&run);
+    let files = desc["user_data"]["files"].as_array().unwrap();
+    let digest_of = |path: &str| {
+        let f = files.iter().find(|f| f["path"] == path);
+        f.unwrap_or_else(|| panic!("{path} not in {files:#?}"))["blake3"].clone()
+    };
+    assert_eq!(digest_of(&deep), digest_of("/srv/shallow.txt"));
+
+    // An image: the ext4 reader resolves at most 4096 bytes; the rest is
+    // described and the deep file named as unreadable, not a failure.
+    let img = env.ext4(&tree, "tree.img", 64);
+    let run = cbt(&args!["describe", img, "--json"]);
+    assert_code(&run, 0);
+    let desc = json_of(&run);
+    let unreadable = desc["user_data"]["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+    assert!(
+        unreadable[0].as_str().unwrap().contains("longer than the 4096"),
+        "{unreadable:?}"
+    );
+    let run = cbt(&args!["describe", img, "--files"]);
+    assert_code(&run, 0);
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(text.contains("not read:"), "{text}");
+}
