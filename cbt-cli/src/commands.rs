@@ -75,13 +75,19 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                     "{}: {} bytes, {} non-zero blocks ({} bytes), {} zero blocks",
                     est.source, est.image_bytes, est.blocks_nonzero, est.bytes_nonzero, est.blocks_zero
                 )?;
-                writeln!(out, "{:>8}  {:>14}  candidate", "found", "bytes to send")?;
+                // Each candidate alone (an overlay: its own layer), unlike
+                // `teleport plan`, which counts whole backing chains.
                 writeln!(
                     out,
-                    "{:>7.2}%  {:>14}  (union of all {} candidates)",
+                    "{:>8}  {:>14}  candidate (its own layer only, backing files counted separately)",
+                    "found", "bytes to send"
+                )?;
+                writeln!(
+                    out,
+                    "{:>7.2}%  {:>14}  (union of all {})",
                     est.union.found_fraction * 100.0,
                     est.union.bytes_missing,
-                    est.candidates.len()
+                    crate::stdout::counted(est.candidates.len() as u64, "candidate", "candidates")
                 )?;
                 for c in &est.candidates {
                     writeln!(

@@ -15,6 +15,7 @@ use cbt_teleport::{
 };
 
 use crate::cli::Config;
+use crate::stdout::counted;
 
 /// `cbt describe`.
 #[derive(Debug, Args)]
@@ -325,7 +326,7 @@ fn print_plan(p: &TeleportPlan) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "candidates (same distribution, version and architecture), best first:"
+        "candidates (same distribution, version and architecture), each with its backing chain, best first:"
     )?;
     writeln!(
         out,
@@ -425,13 +426,20 @@ pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bo
         "{}: {} bytes, {} non-zero blocks ({} bytes), {} zero blocks",
         e.source, e.image_bytes, e.blocks_nonzero, e.bytes_nonzero, e.blocks_zero
     )?;
-    writeln!(out, "{:>8}  {:>14}  candidate", "found", "bytes to send")?;
+    // Each candidate alone: a qcow2 overlay counts only its own layer
+    // (its backing files are candidates of their own); `teleport plan`
+    // counts a candidate with its whole backing chain.
     writeln!(
         out,
-        "{:>7.2}%  {:>14}  (union of all {} images and the package caches)",
+        "{:>8}  {:>14}  candidate (its own layer only, backing files counted separately)",
+        "found", "bytes to send"
+    )?;
+    writeln!(
+        out,
+        "{:>7.2}%  {:>14}  (union of all {} and the package caches)",
         e.union.found_fraction * 100.0,
         e.union.bytes_missing,
-        e.candidates.len()
+        counted(e.candidates.len() as u64, "image", "images")
     )?;
     let skipped = match pc.archives_skipped + pc.index_files_skipped {
         0 => String::new(),
@@ -442,8 +450,8 @@ pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bo
         "{:>7.2}%  {:>14}  package caches ({}, {}{skipped})",
         pc.found_fraction * 100.0,
         pc.bytes_missing,
-        counted(pc.archives, "archive", "archives"),
-        counted(pc.index_files, "index file", "index files")
+        counted(pc.archives as u64, "archive", "archives"),
+        counted(pc.index_files as u64, "index file", "index files")
     )?;
     for c in &e.candidates {
         writeln!(
@@ -455,11 +463,6 @@ pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bo
         )?;
     }
     Ok(())
-}
-
-/// `1 archive`, `2 archives`.
-fn counted(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn canonical(p: &Path) -> Option<PathBuf> {

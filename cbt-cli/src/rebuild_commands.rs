@@ -218,15 +218,15 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
         let versions = report.verification.version_differences.len();
         if versions > 0 {
             why.push(format!(
-                "{versions} {} differ in version from the source",
-                plural(versions, "package", "packages")
+                "{} differ in version from the source",
+                crate::stdout::counted(versions as u64, "package", "packages")
             ));
         }
         let skipped = report.skipped.len();
         if skipped > 0 {
             why.push(format!(
-                "{skipped} user-data {} could not be carried",
-                plural(skipped, "entry", "entries")
+                "{} could not be carried",
+                crate::stdout::counted(skipped as u64, "user-data entry", "user-data entries")
             ));
         }
         return Err(VersionsDiffer(format!(
@@ -432,12 +432,4 @@ fn print(report: &RebuildReport, transfer: Option<&TransferReport>, json: bool) 
         }
     )?;
     Ok(())
-}
-
-fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
-    if n == 1 {
-        one
-    } else {
-        many
-    }
 }

@@ -402,6 +402,10 @@ impl Engine {
         }
         self.stats.blocks_local += matched.iter().filter(|m| m.is_some()).count() as u64;
         self.shared.assembly()?.place(&checked, &same_place)?;
+        let kept = same_place.iter().filter(|s| **s).count() as u64;
+        self.shared
+            .unchanged
+            .fetch_add(kept, std::sync::atomic::Ordering::Relaxed);
         for (i, m) in matched.iter().enumerate() {
             if let Some(k) = *m {
                 self.shared.index.note_supplied(candidates[i][k].0.image, 1);
