@@ -27,7 +27,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         Command::Man { dir } => return crate::completions::man(dir.as_deref(), &mut crate::stdout::stdout()),
         _ => {}
     }
-    let config = opts.common.resolve()?;
+    let config = opts.resolve()?;
     match opts.command {
         Command::Copy {
             src,
@@ -38,6 +38,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             no_readback,
             inplace,
             json,
+            ..
         } => {
             let spec = ImageSpec { path: src, snapshot };
             crate::cli::warn_format_mismatch(format.into(), &dst);
@@ -56,7 +57,11 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             snapshot,
             against,
             json,
+            ..
         } => {
+            if against.is_empty() && config.package_caches.is_empty() {
+                crate::bail_usage!("estimate needs candidates: give --against ROOT or --package-cache DIR");
+            }
             let spec = ImageSpec { path: src, snapshot };
             if !config.package_caches.is_empty() {
                 return crate::describe_commands::estimate(&config, &spec, &against, json);
@@ -101,7 +106,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-        Command::Index { roots, json } => {
+        Command::Index { roots, json, .. } => {
             let index = Index::build(&roots, &config.index)?;
             let stats = index.stats();
             if json {
@@ -134,8 +139,8 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         }
         Command::Describe(args) => crate::describe_commands::describe(&config, args),
         Command::Teleport(args) => crate::describe_commands::teleport(&config, args),
-        Command::Store { command } => crate::store_commands::run(&config, command),
-        Command::Demo { dir, size_mib } => crate::demo::run(&config, dir.as_deref(), size_mib),
+        Command::Store { command, .. } => crate::store_commands::run(&config, command),
+        Command::Demo { dir, size_mib, .. } => crate::demo::run(&config, dir.as_deref(), size_mib),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
         cmd @ (Command::Send { .. } | Command::Recv { .. } | Command::Serve { .. }) => {
             crate::net_commands::run(&config, cmd)

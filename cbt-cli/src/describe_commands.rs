@@ -51,6 +51,8 @@ pub struct TeleportArgs {
     pub command: Option<TeleportCommand>,
     #[command(flatten)]
     pub transfer: crate::teleport_commands::TransferArgs,
+    #[command(flatten)]
+    pub shared: crate::cli::MovingOpts,
 }
 
 /// The `teleport` subcommands.

@@ -36,6 +36,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             inplace,
             force,
             json,
+            ..
         } => {
             let mut client = client_options(&net, Some(&s), Tls::Client(&tls))?;
             client.push_in_place = inplace;
@@ -54,6 +55,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             store,
             inplace,
             json,
+            ..
         } => {
             if let [source, out] = args.as_slice() {
                 if source.starts_with("s3://") {
@@ -108,6 +110,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             net,
             tls_server,
             mirror,
+            ..
         } => {
             let flags = ServeFlags {
                 listen,

@@ -139,3 +139,48 @@ fn store_verify_says_what_it_checked() {
         "{text}"
     );
 }
+
+#[test]
+fn each_help_lists_only_the_options_of_its_command() {
+    let env = TestEnv::new();
+    let help = |cmd: &[&str]| {
+        let mut a: Vec<std::ffi::OsString> = cmd.iter().map(Into::into).collect();
+        a.push("--help".into());
+        stdout(&env.cbt_ok(&a))
+    };
+    for (cmd, absent) in [
+        (
+            &["man"][..],
+            &["--threads", "--cache", "--progress", "--verify-readback"][..],
+        ),
+        (&["completions"][..], &["--block-size", "--package-cache"][..]),
+        (
+            &["describe"][..],
+            &["--progress", "--verify-readback", "--raw-ext"][..],
+        ),
+        (&["estimate"][..], &["--progress", "--verify-readback"][..]),
+        (&["send"][..], &["--verify-readback"][..]),
+        (&["serve"][..], &["--progress"][..]),
+    ] {
+        let text = help(cmd);
+        for o in absent {
+            assert!(!text.contains(o), "cbt {cmd:?} --help lists {o}:\n{text}");
+        }
+        assert!(text.contains("--verbose"), "{text}");
+    }
+    let text = help(&["copy"]);
+    for o in [
+        "--cache",
+        "--threads",
+        "--package-cache",
+        "--verify-readback",
+        "--progress",
+    ] {
+        assert!(text.contains(o), "cbt copy --help lacks {o}:\n{text}");
+    }
+    // A command's option is refused after a command it does not apply to,
+    // and still taken before any command, as scripts write it.
+    let o = env.cbt_bare(&args!["man", "--threads", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    env.cbt_ok(&args!["--threads", "2", "completions", "bash"]);
+}
