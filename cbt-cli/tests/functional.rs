@@ -497,9 +497,20 @@ fn work_dir(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.cbt-rebuild"))
 }
 
+/// Detaches the mount at its path when dropped, so a failing test leaves
+/// no dead mount behind.
+struct DetachOnDrop(PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 /// Leaves at `work` what a rebuild killed with its daemon leaves: the
 /// export file with a FUSE mount on it whose daemon is gone.
-fn dead_rebuild(env: &TestEnv, work: &Path) {
+#[must_use]
+fn dead_rebuild(env: &TestEnv, work: &Path) -> DetachOnDrop {
     fs::create_dir_all(work.join("root")).unwrap();
     let export = work.join("export");
     fs::write(&export, b"").unwrap();
@@ -532,6 +543,7 @@ fn dead_rebuild(env: &TestEnv, work: &Path) {
         Some(rustix::io::Errno::NOTCONN.raw_os_error()),
         "the export should be a dead FUSE mount: {err}"
     );
+    DetachOnDrop(export)
 }
 
 #[test]
@@ -541,7 +553,7 @@ fn a_dead_rebuilds_mount_is_taken_over_and_a_running_one_is_refused() {
     };
     let out = w.env.dir("out").join("rebuilt.qcow2");
     let work = work_dir(&out);
-    dead_rebuild(&w.env, &work);
+    let _left = dead_rebuild(&w.env, &work);
 
     // A rebuild that holds the work directory is running: refused, and
     // its directory left alone.
