@@ -16,45 +16,218 @@ use cbt_teleport::PackageCaches;
 pub struct Opts {
     #[command(subcommand)]
     pub command: Command,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(flatten)]
     pub common: CommonOpts,
 }
 
-/// Options every command takes.
+/// Declares an option group twice, with the same options: `$lead` for
+/// the top level, before the subcommand (`cbt --cache DIR copy ...`, as
+/// scripts and README write it), and `$own` for the subcommands it
+/// applies to, which list it in their help and take it after their name
+/// too (global within them: `cbt teleport plan ... --package-cache D`).
+/// A subcommand's own value wins; lists add up ([`Overlay`]).
+macro_rules! option_group {
+    (
+        $(#[$doc:meta])*
+        $lead:ident / $own:ident {
+            $(
+                $(#[$fdoc:meta])*
+                [$($attr:tt)*] $field:ident : $ty:ty,
+            )*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, Args)]
+        pub struct $lead {
+            $(
+                $(#[$fdoc])*
+                // An id of its own: clap hands a global argument's value
+                // to every command that has an argument of that id.
+                #[arg(id = concat!("lead-", stringify!($field)), $($attr)*)]
+                pub $field: $ty,
+            )*
+        }
+
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, Args)]
+        pub struct $own {
+            $(
+                $(#[$fdoc])*
+                #[arg(global = true, $($attr)*)]
+                pub $field: $ty,
+            )*
+        }
+
+        impl $own {
+            /// These options over `lead`'s.
+            pub fn over(self, lead: $lead) -> $own {
+                $own {
+                    $($field: Overlay::overlay(self.$field, lead.$field),)*
+                }
+            }
+        }
+    };
+}
+
+/// How a subcommand's value combines with the one given before it.
+pub trait Overlay {
+    /// `self` (the subcommand's) over `base` (the top level's).
+    fn overlay(self, base: Self) -> Self;
+}
+
+impl<T> Overlay for Option<T> {
+    fn overlay(self, base: Self) -> Self {
+        self.or(base)
+    }
+}
+
+impl<T> Overlay for Vec<T> {
+    fn overlay(mut self, mut base: Self) -> Self {
+        base.append(&mut self);
+        base
+    }
+}
+
+impl Overlay for bool {
+    fn overlay(self, base: Self) -> Self {
+        self || base
+    }
+}
+
+option_group! {
+    /// Index options: for the commands that hash images or build an index
+    /// of seeds (copy, estimate, index, send, recv, serve, teleport, store,
+    /// demo).
+    LeadIndexOpts / IndexOpts {
+        /// Block size in bytes (a power of two from 512 to 1048576) [default: 4096].
+        [long = "block-size", value_name = "BYTES"] block_size: Option<u32>,
+        /// Digest cache directory [default: $XDG_CACHE_HOME/cbt or ~/.cache/cbt].
+        [long = "cache", value_name = "DIR"] cache: Option<PathBuf>,
+        /// Do not read or write the digest cache.
+        [long = "no-cache"] no_cache: bool,
+        /// Worker threads for hashing and copying (0: one per core) [default: 0].
+        [long = "threads", value_name = "N"] threads: Option<usize>,
+        /// File extensions taken as raw images when walking seed directories
+        /// [default: img,raw,bin,iso].
+        [long = "raw-ext", value_delimiter = ',', value_name = "EXT"] raw_ext: Vec<String>,
+        /// Directory of .deb package archives whose files also seed blocks, as
+        /// do apt index files there (Packages, Release, ... plain or .xz, .gz,
+        /// .zst; e.g. a mirror's dists/ or /var/lib/apt/lists). Repeatable.
+        [long = "package-cache", value_name = "DIR"] package_cache: Vec<PathBuf>,
+    }
+}
+
+option_group! {
+    /// Read-back: for the commands that publish an image (copy, recv,
+    /// serve, teleport, store, demo).
+    LeadReadbackOpts / ReadbackOpts {
+        /// Re-read the whole output and check every block before publishing
+        /// it. Without it, every block is checked as it is written and the
+        /// image digest is folded from those checks.
+        [long = "verify-readback"] verify_readback: bool,
+    }
+}
+
+option_group! {
+    /// Progress: for the commands that move data (copy, send, recv,
+    /// teleport, store, demo).
+    LeadProgressOpts / ProgressOpts {
+        /// How progress is reported on stderr [default: auto].
+        [long = "progress", value_enum, value_name = "HOW"] progress: Option<ProgressArg>,
+    }
+}
+
+/// Options given before the subcommand: each applies to the commands that
+/// take it (their help lists it), and is accepted here for all of them.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Options for the commands that take them (also accepted after the command)")]
 pub struct CommonOpts {
-    /// Block size in bytes (a power of two from 512 to 1048576).
-    #[arg(long, global = true, default_value_t = cbt_core::DEFAULT_BLOCK_SIZE)]
-    pub block_size: u32,
-    /// Digest cache directory [default: $XDG_CACHE_HOME/cbt or ~/.cache/cbt].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
-    /// Do not read or write the digest cache.
-    #[arg(long, global = true, conflicts_with = "cache")]
-    pub no_cache: bool,
-    /// Worker threads for hashing and copying (0: one per core).
-    #[arg(long, global = true, default_value_t = 0)]
-    pub threads: usize,
-    /// File extensions taken as raw images when walking seed directories.
-    #[arg(long, global = true, value_delimiter = ',', default_value = "img,raw,bin,iso")]
-    pub raw_ext: Vec<String>,
-    /// More log output (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// Re-read the whole output and check every block before publishing
-    /// it (copy, recv, serve). Without it, every block is checked as it is
-    /// written and the image digest is folded from those checks.
-    #[arg(long, global = true)]
-    pub verify_readback: bool,
-    /// Directory of .deb package archives whose files also seed blocks, as
-    /// do apt index files there (Packages, Release, ... plain or .xz, .gz,
-    /// .zst; e.g. a mirror's dists/ or /var/lib/apt/lists). Repeatable;
-    /// used by every command that builds an index.
-    #[arg(long, global = true, value_name = "DIR")]
-    pub package_cache: Vec<PathBuf>,
-    /// How send, recv, copy and teleport report progress on stderr.
-    #[arg(long, global = true, value_enum, value_name = "HOW", default_value_t = ProgressArg::Auto)]
-    pub progress: ProgressArg,
+    #[command(flatten)]
+    pub index: LeadIndexOpts,
+    #[command(flatten)]
+    pub readback: LeadReadbackOpts,
+    #[command(flatten)]
+    pub progress: LeadProgressOpts,
+}
+
+/// The option groups a subcommand takes, flattened into it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct MovingOpts {
+    #[command(flatten)]
+    pub index: IndexOpts,
+    #[command(flatten)]
+    pub readback: ReadbackOpts,
+    #[command(flatten)]
+    pub progress: ProgressOpts,
+}
+
+/// [`MovingOpts`] less read-back: for commands that publish nothing.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SendingOpts {
+    #[command(flatten)]
+    pub index: IndexOpts,
+    #[command(flatten)]
+    pub progress: ProgressOpts,
+}
+
+/// [`MovingOpts`] less progress: for the daemon.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServingOpts {
+    #[command(flatten)]
+    pub index: IndexOpts,
+    #[command(flatten)]
+    pub readback: ReadbackOpts,
+}
+
+/// What a subcommand took of the option groups (`None`: that group does
+/// not apply to it).
+#[derive(Debug, Clone, Default)]
+pub struct OwnOpts {
+    pub index: Option<IndexOpts>,
+    pub readback: Option<ReadbackOpts>,
+    pub progress: Option<ProgressOpts>,
+}
+
+impl From<&MovingOpts> for OwnOpts {
+    fn from(m: &MovingOpts) -> Self {
+        OwnOpts {
+            index: Some(m.index.clone()),
+            readback: Some(m.readback.clone()),
+            progress: Some(m.progress.clone()),
+        }
+    }
+}
+
+impl From<&SendingOpts> for OwnOpts {
+    fn from(m: &SendingOpts) -> Self {
+        OwnOpts {
+            index: Some(m.index.clone()),
+            progress: Some(m.progress.clone()),
+            ..OwnOpts::default()
+        }
+    }
+}
+
+impl From<&ServingOpts> for OwnOpts {
+    fn from(m: &ServingOpts) -> Self {
+        OwnOpts {
+            index: Some(m.index.clone()),
+            readback: Some(m.readback.clone()),
+            ..OwnOpts::default()
+        }
+    }
+}
+
+impl From<&IndexOpts> for OwnOpts {
+    fn from(m: &IndexOpts) -> Self {
+        OwnOpts {
+            index: Some(m.clone()),
+            ..OwnOpts::default()
+        }
+    }
 }
 
 /// `--progress`: how progress is reported.
@@ -65,7 +238,7 @@ pub enum ProgressArg {
     /// A bar (drawn only when stderr is a terminal).
     Bar,
     /// One JSON object per line (phase, bytes_done, bytes_total, local,
-    /// sent, wire, rate, eta_seconds), at most 2 a second and a last one
+    /// zero, sent, wire, rate, eta_seconds), at most 2 a second and a last one
     /// when the work ends.
     Json,
     /// Nothing.
@@ -108,6 +281,8 @@ pub enum Command {
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        shared: MovingOpts,
     },
     /// Estimate how much of SRC each candidate image (and all together) holds.
     Estimate {
@@ -117,16 +292,14 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
         /// A candidate image or directory; repeat for more (--against A
-        /// --against B).
-        #[arg(
-            long = "against",
-            value_name = "ROOT",
-            required_unless_present = "package_cache"
-        )]
+        /// --against B). Required unless --package-cache is given.
+        #[arg(long = "against", value_name = "ROOT")]
         against: Vec<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        shared: IndexOpts,
     },
     /// Build or refresh the digest cache of the images under ROOT... and print totals.
     Index {
@@ -136,6 +309,8 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        shared: IndexOpts,
     },
     /// Send an image over the network: to a one-shot receiver
     /// (`cbt recv --listen`) at HOST:PORT, or into a daemon's data
@@ -169,6 +344,8 @@ pub enum Command {
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        shared: SendingOpts,
     },
     /// Receive an image over the network: pull HOST:PORT/NAME from a daemon
     /// into OUT, or (with --listen) wait for one `cbt send` and write OUT.
@@ -204,6 +381,8 @@ pub enum Command {
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        shared: MovingOpts,
     },
     /// Run the transfer daemon: receive pushed images into DIR (seeding from
     /// the seed roots and DIR), serve pulls from the export directory.
@@ -248,6 +427,8 @@ pub enum Command {
         tls_server: crate::net_commands::TlsServerOpts,
         #[command(flatten)]
         mirror: crate::teleport_commands::MirrorOpts,
+        #[command(flatten)]
+        shared: ServingOpts,
     },
     /// Describe the guest on an image offline: OS, packages, repositories,
     /// hostname and the user-data manifest.
@@ -267,6 +448,8 @@ pub enum Command {
     Store {
         #[command(subcommand)]
         command: crate::store_commands::StoreCommand,
+        #[command(flatten)]
+        shared: MovingOpts,
     },
     /// Run a self-contained demonstration: generate two sample images,
     /// start a daemon on 127.0.0.1 holding the older one, push the newer one
@@ -278,6 +461,8 @@ pub enum Command {
         /// Size of the sample images in MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
+        #[command(flatten)]
+        shared: MovingOpts,
     },
     /// Print a shell completion script to stdout, e.g.
     /// `cbt completions bash > /etc/bash_completion.d/cbt`.
@@ -356,45 +541,84 @@ pub struct Config {
     pub progress: crate::progress::Choice,
 }
 
-impl CommonOpts {
-    /// Checks the options and resolves defaults (the cache directory).
-    pub fn resolve(&self) -> anyhow::Result<Config> {
-        check_block_size(self.block_size)?;
-        if self.raw_ext.iter().any(|e| e.is_empty() || e.contains('/')) {
-            crate::bail_usage!("--raw-ext: extensions must be non-empty and contain no '/'");
+impl Command {
+    /// The option groups this command takes, as given after its name.
+    pub fn own_opts(&self) -> OwnOpts {
+        match self {
+            Command::Copy { shared, .. } | Command::Recv { shared, .. } => shared.into(),
+            Command::Store { shared, .. } | Command::Demo { shared, .. } => shared.into(),
+            Command::Teleport(t) => (&t.shared).into(),
+            Command::Estimate { shared, .. } | Command::Index { shared, .. } => shared.into(),
+            Command::Send { shared, .. } => shared.into(),
+            Command::Serve { shared, .. } => shared.into(),
+            Command::Describe(_) | Command::Completions { .. } | Command::Man { .. } => OwnOpts::default(),
         }
-        let cache_dir = if self.no_cache {
-            None
-        } else {
-            Some(match &self.cache {
-                Some(d) => d.clone(),
-                None => default_cache_dir()
-                    .context("cannot find a cache directory; pass --cache DIR or --no-cache")?,
-            })
-        };
-        let index = IndexOptions {
-            block_size: self.block_size,
-            raw_extensions: self
-                .raw_ext
-                .iter()
-                .map(|e| e.trim_start_matches('.').to_string())
-                .collect(),
-            cache_dir,
-            threads: self.threads,
-            exclude: Vec::new(),
-            extra_seeds: package_seeds(&self.package_cache),
-            stop: None,
-            // A local command's seeds are the user's; `cbt serve` confines them.
-            backing: Backing::Anywhere,
-        };
-        Ok(Config {
-            index,
-            package_caches: self.package_cache.clone(),
-            threads: self.threads,
-            verify_readback: self.verify_readback,
-            progress: crate::progress::Choice::resolve(self.progress),
-        })
     }
+}
+
+impl Opts {
+    /// Checks the options, given before the subcommand or after it, and
+    /// resolves defaults (the cache directory).
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let own = self.command.own_opts();
+        let lead = &self.common;
+        let index = own.index.unwrap_or_default().over(lead.index.clone());
+        let readback = own.readback.unwrap_or_default().over(lead.readback.clone());
+        let progress = own.progress.unwrap_or_default().over(lead.progress.clone());
+        resolve(
+            &index,
+            readback.verify_readback,
+            progress.progress.unwrap_or(ProgressArg::Auto),
+        )
+    }
+}
+
+/// Checks the options and resolves defaults (the cache directory).
+fn resolve(o: &IndexOpts, verify_readback: bool, progress: ProgressArg) -> anyhow::Result<Config> {
+    let block_size = o.block_size.unwrap_or(cbt_core::DEFAULT_BLOCK_SIZE);
+    check_block_size(block_size)?;
+    let raw_ext: Vec<String> = if o.raw_ext.is_empty() {
+        ["img", "raw", "bin", "iso"].map(String::from).to_vec()
+    } else {
+        o.raw_ext.clone()
+    };
+    if raw_ext.iter().any(|e| e.is_empty() || e.contains('/')) {
+        crate::bail_usage!("--raw-ext: extensions must be non-empty and contain no '/'");
+    }
+    if o.no_cache && o.cache.is_some() {
+        crate::bail_usage!("--cache and --no-cache cannot be used together");
+    }
+    let cache_dir = if o.no_cache {
+        None
+    } else {
+        Some(match &o.cache {
+            Some(d) => d.clone(),
+            None => default_cache_dir()
+                .context("cannot find a cache directory; pass --cache DIR or --no-cache")?,
+        })
+    };
+    let threads = o.threads.unwrap_or(0);
+    let index = IndexOptions {
+        block_size,
+        raw_extensions: raw_ext
+            .iter()
+            .map(|e| e.trim_start_matches('.').to_string())
+            .collect(),
+        cache_dir,
+        threads,
+        exclude: Vec::new(),
+        extra_seeds: package_seeds(&o.package_cache),
+        stop: None,
+        // A local command's seeds are the user's; `cbt serve` confines them.
+        backing: Backing::Anywhere,
+    };
+    Ok(Config {
+        index,
+        package_caches: o.package_cache.clone(),
+        threads,
+        verify_readback,
+        progress: crate::progress::Choice::resolve(progress),
+    })
 }
 
 /// The index's extra seeds for package-cache directories: none, or one
@@ -492,7 +716,48 @@ mod tests {
     #[test]
     fn rejects_bad_block_size() {
         let o = parse(["cbt", "--block-size", "1000", "index", "x"]).unwrap();
-        assert!(o.common.resolve().is_err());
-        assert!(parse(["cbt", "estimate", "a.img"]).is_err());
+        assert!(o.resolve().is_err());
+        let o = parse(["cbt", "index", "x", "--block-size", "1000"]).unwrap();
+        assert!(o.resolve().is_err());
+        let o = parse(["cbt", "index", "x", "--block-size", "1024", "--no-cache"]).unwrap();
+        assert_eq!(o.resolve().unwrap().index.block_size, 1024);
+    }
+
+    #[test]
+    fn options_apply_where_they_mean_something() {
+        // Before the command, as scripts write it, or after it.
+        for argv in [
+            &[
+                "cbt",
+                "--package-cache",
+                "d",
+                "--no-cache",
+                "teleport",
+                "plan",
+                "s",
+                "--candidates",
+                "c",
+            ][..],
+            &[
+                "cbt",
+                "--no-cache",
+                "teleport",
+                "plan",
+                "s",
+                "--candidates",
+                "c",
+                "--package-cache",
+                "d",
+            ][..],
+        ] {
+            let c = parse(argv).unwrap().resolve().unwrap();
+            assert_eq!(c.package_caches, [PathBuf::from("d")], "{argv:?}");
+        }
+        // Not after a command they do not apply to.
+        assert!(parse(["cbt", "man", "--threads", "2"]).is_err());
+        assert!(parse(["cbt", "describe", "x", "--progress", "json"]).is_err());
+        assert!(parse(["cbt", "estimate", "a", "--verify-readback"]).is_err());
+        assert!(parse(["cbt", "--threads", "2", "man"]).is_ok());
+        assert!(parse(["cbt", "--no-cache", "describe", "x", "-v"]).is_ok());
     }
 }

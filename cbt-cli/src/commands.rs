@@ -27,7 +27,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         Command::Man { dir } => return crate::completions::man(dir.as_deref(), &mut crate::stdout::stdout()),
         _ => {}
     }
-    let config = opts.common.resolve()?;
+    let config = opts.resolve()?;
     match opts.command {
         Command::Copy {
             src,
@@ -39,6 +39,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             inplace,
             allow_inconsistent,
             json,
+            ..
         } => {
             check_source(&src, allow_inconsistent)?;
             let spec = ImageSpec {
@@ -62,7 +63,11 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
             snapshot,
             against,
             json,
+            ..
         } => {
+            if against.is_empty() && config.package_caches.is_empty() {
+                crate::bail_usage!("estimate needs candidates: give --against ROOT or --package-cache DIR");
+            }
             let spec = ImageSpec {
                 path: src,
                 snapshot,
@@ -85,13 +90,19 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                     "{}: {} bytes, {} non-zero blocks ({} bytes), {} zero blocks",
                     est.source, est.image_bytes, est.blocks_nonzero, est.bytes_nonzero, est.blocks_zero
                 )?;
-                writeln!(out, "{:>8}  {:>14}  candidate", "found", "bytes to send")?;
+                // Each candidate alone (an overlay: its own layer), unlike
+                // `teleport plan`, which counts whole backing chains.
                 writeln!(
                     out,
-                    "{:>7.2}%  {:>14}  (union of all {} candidates)",
+                    "{:>8}  {:>14}  candidate (its own layer only, backing files counted separately)",
+                    "found", "bytes to send"
+                )?;
+                writeln!(
+                    out,
+                    "{:>7.2}%  {:>14}  (union of all {})",
                     est.union.found_fraction * 100.0,
                     est.union.bytes_missing,
-                    est.candidates.len()
+                    crate::stdout::counted(est.candidates.len() as u64, "candidate", "candidates")
                 )?;
                 for c in &est.candidates {
                     writeln!(
@@ -105,7 +116,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-        Command::Index { roots, json } => {
+        Command::Index { roots, json, .. } => {
             let index = Index::build(&roots, &config.index)?;
             let stats = index.stats();
             if json {
@@ -138,8 +149,8 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
         }
         Command::Describe(args) => crate::describe_commands::describe(&config, args),
         Command::Teleport(args) => crate::describe_commands::teleport(&config, args),
-        Command::Store { command } => crate::store_commands::run(&config, command),
-        Command::Demo { dir, size_mib } => crate::demo::run(&config, dir.as_deref(), size_mib),
+        Command::Store { command, .. } => crate::store_commands::run(&config, command),
+        Command::Demo { dir, size_mib, .. } => crate::demo::run(&config, dir.as_deref(), size_mib),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
         cmd @ (Command::Send { .. } | Command::Recv { .. } | Command::Serve { .. }) => {
             crate::net_commands::run(&config, cmd)

@@ -15,6 +15,7 @@ use cbt_teleport::{
 };
 
 use crate::cli::Config;
+use crate::stdout::counted;
 
 /// `cbt describe`.
 #[derive(Debug, Args)]
@@ -50,6 +51,8 @@ pub struct TeleportArgs {
     pub command: Option<TeleportCommand>,
     #[command(flatten)]
     pub transfer: crate::teleport_commands::TransferArgs,
+    #[command(flatten)]
+    pub shared: crate::cli::MovingOpts,
 }
 
 /// The `teleport` subcommands.
@@ -227,6 +230,28 @@ fn print_description(d: &Description, packages: bool, files: bool) -> anyhow::Re
             };
             writeln!(out, "  {kind:<9} {:>12} {} {}", f.size, &f.blake3[..16], f.path)?;
         }
+        if !m.specials.is_empty() {
+            writeln!(
+                out,
+                "unowned device nodes, fifos and sockets: {}",
+                m.specials.len()
+            )?;
+        }
+        for sp in m.specials.iter().filter(|_| files) {
+            writeln!(
+                out,
+                "  {:<9} {:o} {}:{} {}",
+                sp.kind.name(),
+                sp.mode,
+                sp.uid,
+                sp.gid,
+                sp.path
+            )?;
+        }
+        // Never shortened: what was not read is not in the counts above.
+        for u in &m.unreadable {
+            writeln!(out, "not read: {u}")?;
+        }
     }
     writeln!(out, "warnings: {}", d.warnings.len())?;
     for w in d.warnings.iter().take(WARNINGS_SHOWN) {
@@ -308,7 +333,7 @@ fn print_plan(p: &TeleportPlan) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "candidates (same distribution, version and architecture), best first:"
+        "candidates (same distribution, version and architecture), each with its backing chain, best first:"
     )?;
     writeln!(
         out,
@@ -408,13 +433,20 @@ pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bo
         "{}: {} bytes, {} non-zero blocks ({} bytes), {} zero blocks",
         e.source, e.image_bytes, e.blocks_nonzero, e.bytes_nonzero, e.blocks_zero
     )?;
-    writeln!(out, "{:>8}  {:>14}  candidate", "found", "bytes to send")?;
+    // Each candidate alone: a qcow2 overlay counts only its own layer
+    // (its backing files are candidates of their own); `teleport plan`
+    // counts a candidate with its whole backing chain.
     writeln!(
         out,
-        "{:>7.2}%  {:>14}  (union of all {} images and the package caches)",
+        "{:>8}  {:>14}  candidate (its own layer only, backing files counted separately)",
+        "found", "bytes to send"
+    )?;
+    writeln!(
+        out,
+        "{:>7.2}%  {:>14}  (union of all {} and the package caches)",
         e.union.found_fraction * 100.0,
         e.union.bytes_missing,
-        e.candidates.len()
+        counted(e.candidates.len() as u64, "image", "images")
     )?;
     let skipped = match pc.archives_skipped + pc.index_files_skipped {
         0 => String::new(),
@@ -425,8 +457,8 @@ pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bo
         "{:>7.2}%  {:>14}  package caches ({}, {}{skipped})",
         pc.found_fraction * 100.0,
         pc.bytes_missing,
-        counted(pc.archives, "archive", "archives"),
-        counted(pc.index_files, "index file", "index files")
+        counted(pc.archives as u64, "archive", "archives"),
+        counted(pc.index_files as u64, "index file", "index files")
     )?;
     for c in &e.candidates {
         writeln!(
@@ -438,11 +470,6 @@ pub fn estimate(config: &Config, spec: &ImageSpec, against: &[PathBuf], json: bo
         )?;
     }
     Ok(())
-}
-
-/// `1 archive`, `2 archives`.
-fn counted(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn canonical(p: &Path) -> Option<PathBuf> {

@@ -193,8 +193,19 @@ mod tests {
         let peer = || "127.0.0.1:9".to_string();
         let cases: Vec<(cbt_net::Error, Exit, R)> = vec![
             (cbt_net::Error::Closed { peer: peer() }, Exit::Io, R::Closed),
-            (cbt_net::Error::Timeout { peer: peer(), seconds: 5 }, Exit::Io, R::Timeout),
-            (cbt_net::Error::Internal("lost group".into()), Exit::Failure, R::Other),
+            (
+                cbt_net::Error::Timeout {
+                    peer: peer(),
+                    seconds: 5,
+                },
+                Exit::Io,
+                R::Timeout,
+            ),
+            (
+                cbt_net::Error::Internal("lost group".into()),
+                Exit::Failure,
+                R::Other,
+            ),
             (cbt_net::Error::Cancelled, Exit::Failure, R::Cancelled),
             (
                 cbt_net::Error::Core(cbt_core::Error::Internal("x".into())),

@@ -38,10 +38,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(
-        opts.common.verbose,
-        matches!(opts.command, cli::Command::Serve { .. }),
-    );
+    init_logging(opts.verbose, matches!(opts.command, cli::Command::Serve { .. }));
     match commands::run(opts) {
         Ok(()) => Exit::Ok.into(),
         Err(err) => {

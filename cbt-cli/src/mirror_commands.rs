@@ -283,7 +283,7 @@ mod tests {
             "1.5",
         ])
         .unwrap();
-        let config = o.common.resolve().unwrap();
+        let config = o.resolve().unwrap();
         let Command::Teleport(t) = o.command else {
             panic!("wrong command")
         };
@@ -312,7 +312,7 @@ mod tests {
             let mut argv = vec!["cbt", "teleport", "fetch", "g.img", "--mirror", "http://x/"];
             argv.extend_from_slice(extra);
             let o = parse(argv).unwrap();
-            let config = o.common.resolve().unwrap();
+            let config = o.resolve().unwrap();
             let Command::Teleport(t) = o.command else {
                 panic!("wrong command")
             };

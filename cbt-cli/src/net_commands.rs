@@ -37,6 +37,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             force,
             allow_inconsistent,
             json,
+            ..
         } => {
             crate::commands::check_source(&image, allow_inconsistent)?;
             let mut client = client_options(&net, Some(&s), Tls::Client(&tls))?;
@@ -56,6 +57,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             store,
             inplace,
             json,
+            ..
         } => {
             if let [source, out] = args.as_slice() {
                 if source.starts_with("s3://") {
@@ -110,6 +112,7 @@ pub fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             net,
             tls_server,
             mirror,
+            ..
         } => {
             let flags = ServeFlags {
                 listen,
@@ -309,7 +312,10 @@ pub fn recv(
     let bar = Bar::start(progress::wanted(config.progress, json), move || {
         progress::receiving(&counters.snapshot())
     });
-    let report = match (source, listen) {
+    // A pull names its source as the user did (the daemon's own name for
+    // it is a path relative to its export directory).
+    let pulled_from = source.as_ref().map(|(addr, name)| format!("{addr}/{name}"));
+    let mut report = match (source, listen) {
         (Some((addr, name)), _) => run_with_signals(|shutdown| async move {
             cbt_net::pull(&addr, &name, options, &client, shutdown).await
         })?,
@@ -327,6 +333,11 @@ pub fn recv(
         (None, None) => bail!("no source given"),
     };
     drop(bar);
+    if let Some(from) = pulled_from {
+        if !json {
+            report.source = from;
+        }
+    }
     print_report(&report, json)
 }
 
@@ -558,6 +569,13 @@ pub(crate) fn print_report(r: &TransferReport, json: bool) -> anyhow::Result<()>
         }
     };
     match &r.output {
+        Some(o) if r.source.starts_with(&r.peer) => writeln!(
+            out,
+            "received {} into {} in {:.2}s",
+            r.source,
+            o.display(),
+            r.seconds
+        )?,
         Some(o) => writeln!(
             out,
             "received {} from {} into {} in {:.2}s",
@@ -591,6 +609,9 @@ pub(crate) fn print_report(r: &TransferReport, json: bool) -> anyhow::Result<()>
         r.blocks_sent,
         pct(r.blocks_sent)
     )?;
+    if let Some(n) = r.blocks_unchanged.filter(|n| *n > 0) {
+        writeln!(out, "  unchanged:    {n:>14} ({:.1}%, already in place)", pct(n))?;
+    }
     let wire = r.wire_bytes_sent + r.wire_bytes_received;
     let saved = if r.image_bytes > 0 {
         100.0 - wire as f64 * 100.0 / r.image_bytes as f64

@@ -15,7 +15,8 @@
 //! | `phase` | `connecting`, `indexing`, `sending`, `receiving`, `verifying` or `copying` |
 //! | `bytes_done` | bytes settled so far (zero, found locally or moved) |
 //! | `bytes_total` | the image's size |
-//! | `local` | bytes the receiving side did not need over the link: found in its seeds (on the sender: everything done that did not cross the link, zero blocks included) |
+//! | `local` | bytes the receiving side found in its seeds (on the sender: everything done that did not cross the link and is not `zero`) |
+//! | `zero` | bytes of all-zero blocks (never sent nor looked up; on the sender, whole zero groups) |
 //! | `sent` | bytes of the blocks that crossed the link (copy: read from the source) |
 //! | `wire` | bytes on the socket, both directions (copy: 0) |
 //! | `rate` | `bytes_done` per second over the last few seconds |
@@ -110,6 +111,8 @@ pub struct Sample {
     pub done: u64,
     /// See `local` in the module doc.
     pub local: u64,
+    /// See `zero` in the module doc.
+    pub zero: u64,
     /// See `sent` in the module doc.
     pub sent: u64,
     /// See `wire` in the module doc.
@@ -196,6 +199,7 @@ struct Line<'a> {
     bytes_done: u64,
     bytes_total: u64,
     local: u64,
+    zero: u64,
     sent: u64,
     wire: u64,
     rate: u64,
@@ -217,6 +221,7 @@ impl<'a> Line<'a> {
             bytes_done: s.done,
             bytes_total: s.total,
             local: s.local,
+            zero: s.zero,
             sent: s.sent,
             wire: s.wire,
             rate: rate as u64,
@@ -292,6 +297,7 @@ pub fn receiving(p: &ProgressSnapshot) -> Sample {
         total: p.image_bytes,
         done: p.bytes_done,
         local: p.bytes_local,
+        zero: p.bytes_zero,
         sent: p.bytes_moved,
         wire: p.wire_received + p.wire_sent,
         detail: format!(
@@ -315,7 +321,11 @@ pub fn sending(p: &ProgressSnapshot) -> Sample {
         },
         total: p.image_bytes,
         done: p.bytes_done,
-        local: p.bytes_done.saturating_sub(p.bytes_moved),
+        local: p
+            .bytes_done
+            .saturating_sub(p.bytes_moved)
+            .saturating_sub(p.bytes_zero),
+        zero: p.bytes_zero,
         sent: p.bytes_moved,
         wire: p.wire_sent + p.wire_received,
         detail: format!(
@@ -347,11 +357,13 @@ pub fn copying(p: &cbt_core::Progress, total: u64, block_size: u64) -> Sample {
         p.bytes_local.load(Ordering::Relaxed),
         p.bytes_fetched.load(Ordering::Relaxed),
     );
+    let done = planned.saturating_mul(block_size).min(total);
     Sample {
         stage: "copying",
         total,
-        done: planned.saturating_mul(block_size).min(total),
+        done,
         local,
+        zero: done.saturating_sub(local).saturating_sub(fetched),
         sent: fetched,
         wire: 0,
         detail: format!(

@@ -214,10 +214,25 @@ pub fn functional(config: &Config, args: TransferArgs, src: &str, out: &str) -> 
     }
     print(&report, transfer.as_ref(), args.json)?;
     if !report.functional_match {
+        let mut why = Vec::new();
+        let versions = report.verification.version_differences.len();
+        if versions > 0 {
+            why.push(format!(
+                "{} differ in version from the source",
+                crate::stdout::counted(versions as u64, "package", "packages")
+            ));
+        }
+        let skipped = report.skipped.len();
+        if skipped > 0 {
+            why.push(format!(
+                "{} could not be carried",
+                crate::stdout::counted(skipped as u64, "user-data entry", "user-data entries")
+            ));
+        }
         return Err(VersionsDiffer(format!(
-            "{}: rebuilt and verified, but {} packages differ in version from the source (listed above)",
+            "{}: rebuilt and verified, but {} (listed above)",
             out.display(),
-            report.verification.version_differences.len()
+            why.join(" and ")
         ))
         .into());
     }
@@ -366,10 +381,11 @@ fn print(report: &RebuildReport, transfer: Option<&TransferReport>, json: bool) 
     let u = &report.user_data;
     writeln!(
         out,
-        "  user data: {} files ({:.1} MB), {} symlinks, {} directories written; {} files deleted",
+        "  user data: {} files ({:.1} MB), {} symlinks, {} fifos, {} directories written; {} files deleted",
         u.files,
         u.bytes as f64 / 1e6,
         u.symlinks,
+        u.fifos,
         u.dirs,
         u.deleted
     )?;
@@ -412,7 +428,7 @@ fn print(report: &RebuildReport, transfer: Option<&TransferReport>, json: bool) 
         if report.functional_match {
             "functional match"
         } else {
-            "rebuilt with other package versions"
+            "rebuilt, but not a functional match (see above)"
         }
     )?;
     Ok(())

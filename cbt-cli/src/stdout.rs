@@ -66,6 +66,11 @@ pub fn is_stdout_closed(err: &anyhow::Error) -> bool {
     })
 }
 
+/// `1 archive`, `2 archives`: a count with its noun in the right number.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

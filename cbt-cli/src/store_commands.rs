@@ -328,14 +328,24 @@ pub fn run(config: &Config, command: StoreCommand) -> anyhow::Result<()> {
             } else {
                 // The store once, each problem once (relative to it).
                 let mut out = crate::stdout::stdout();
+                use crate::stdout::counted;
+                // Without --read no block is read: say what was checked.
+                let checked = if read {
+                    format!(
+                        "{} read, {} read and hashed",
+                        counted(report.packs, "pack", "packs"),
+                        counted(report.blocks_checked, "block", "blocks")
+                    )
+                } else {
+                    "manifests checked against the pack indexes; block contents not read (--read reads and hashes them)"
+                        .to_string()
+                };
                 writeln!(
                     out,
-                    "{}: {} images, {} packs read, {} blocks checked, {} problems",
+                    "{}: {}: {checked}; {}",
                     report.store,
-                    report.images,
-                    report.packs,
-                    report.blocks_checked,
-                    report.problems.len()
+                    counted(report.images, "image", "images"),
+                    counted(report.problems.len() as u64, "problem", "problems")
                 )?;
                 for p in &report.problems {
                     writeln!(out, "  {p}")?;

@@ -156,3 +156,87 @@ fn man_pages_for_every_subcommand_render() {
     assert_success(&out, "cbt", &args!["man"]);
     assert_eq!(out.stdout, fs::read(dir.join("cbt.1")).unwrap());
 }
+
+/// The codes README's exit-code paragraph names ("Exit codes: 0 success,
+/// 1 failure ..."): each digit followed by a word, in order, once.
+fn readme_exit_codes() -> Vec<u32> {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme
+        .find("Exit codes: ")
+        .expect("README has an exit-code paragraph");
+    let para = &readme[start..readme[start..].find("\n\n").map_or(readme.len(), |e| start + e)];
+    let words: Vec<&str> = para.split_whitespace().collect();
+    let mut codes: Vec<u32> = words
+        .windows(2)
+        .filter(|w| w[1].starts_with(|c: char| c.is_ascii_alphabetic()))
+        .filter_map(|w| w[0].trim_start_matches('(').parse().ok())
+        .filter(|c| *c < 10)
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    codes
+}
+
+#[test]
+fn the_manual_has_exit_status_as_readme_and_examples() {
+    let env = TestEnv::new();
+    let dir = env.path("man1");
+    assert_success(
+        &cbt_homeless(&env, &args!["man", "--dir", dir]),
+        "cbt",
+        &args!["man"],
+    );
+    let groff = tool("groff", "groff-base");
+    let text = |page: &str| {
+        let out = Command::new(&groff)
+            .args(["-man", "-Tutf8", "-ww", "-P-cbou"])
+            .arg(dir.join(page))
+            .output()
+            .unwrap();
+        assert!(
+            out.stderr.is_empty(),
+            "{page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let main = text("cbt.1");
+    let section = |t: &str, name: &str| -> String {
+        let start = t
+            .find(&format!("\n{name}\n"))
+            .unwrap_or_else(|| panic!("no {name}:\n{t}"));
+        let rest = &t[start + name.len() + 2..];
+        // The next section heading starts a line in capitals.
+        let end = rest
+            .match_indices('\n')
+            .map(|(i, _)| i + 1)
+            .find(|&i| rest[i..].starts_with(|c: char| c.is_ascii_uppercase()))
+            .unwrap_or(rest.len());
+        rest[..end].to_string()
+    };
+    let exit = section(&main, "EXIT STATUS");
+    // Each code starts an entry, indented less than its text.
+    let codes: Vec<u32> = exit
+        .lines()
+        .filter(|l| l.len() - l.trim_start().len() < 10)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(codes, readme_exit_codes(), "EXIT STATUS:\n{exit}");
+    assert_eq!(codes, (0..=6).collect::<Vec<u32>>());
+    let examples = section(&main, "EXAMPLES");
+    for cmd in [
+        "cbt copy",
+        "cbt serve",
+        "cbt send",
+        "cbt recv",
+        "cbt teleport plan",
+    ] {
+        assert!(examples.contains(cmd), "no {cmd} in EXAMPLES:\n{examples}");
+    }
+    // Every page has the codes; only cbt(1) the examples.
+    let copy = text("cbt-copy.1");
+    assert!(
+        copy.contains("\nEXIT STATUS\n") && !copy.contains("\nEXAMPLES\n"),
+        "{copy}"
+    );
+}

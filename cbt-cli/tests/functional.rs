@@ -50,8 +50,16 @@ const FAILING_POSTINST: &str = "#!/bin/sh\necho 'postinst says no' >&2\nexit 1\n
 /// `webby` is in the repository at `webby_in_repo`; `broken_in_repo`
 /// puts a `broken` 1.0 whose postinst fails there, while the source has
 /// a working `broken` 1.0 installed.
-fn world(webby_in_repo: &str, with_broken: bool) -> World {
-    require_rebuild_support();
+fn world(webby_in_repo: &str, with_broken: bool) -> Option<World> {
+    world_with(webby_in_repo, with_broken, &|_| {})
+}
+
+/// [`world`], with `extra` adding to the source's tree before its image
+/// is made; `None` when the test is skipped (not root, outside CI).
+fn world_with(webby_in_repo: &str, with_broken: bool, extra: &dyn Fn(&Path)) -> Option<World> {
+    if !require_rebuild_support() {
+        return None;
+    }
     let env = TestEnv::new();
     let debs = env.dir("debs-built");
     let tool_deb = build_deb(
@@ -119,6 +127,7 @@ fn world(webby_in_repo: &str, with_broken: bool) -> World {
             .arg(source_tree.join("home/user/notes.txt")),
         "touch",
     );
+    extra(&source_tree);
     let source = env.ext4(&source_tree, "export/source.img", 64);
 
     let candidate_tree = base_tree(&env, "candidate-tree");
@@ -160,14 +169,14 @@ fn world(webby_in_repo: &str, with_broken: bool) -> World {
     index_repo(&repo);
     let server = Server::start(&repo);
     let cache = env.root().join("packages");
-    World {
+    Some(World {
         env,
         source,
         candidate,
         repo,
         server,
         cache,
-    }
+    })
 }
 
 impl World {
@@ -294,7 +303,9 @@ fn assert_clean(env: &TestEnv, out: &Path) {
 
 #[test]
 fn a_pull_from_a_daemon_rebuilds_the_guest_on_the_candidate() {
-    let w = world("2.0", false);
+    let Some(w) = world("2.0", false) else {
+        return;
+    };
     let before = digest(&w.candidate);
     let source_desc = w.describe(&w.source);
     let (daemon, addr) = exporting_daemon(&w.env, &w.env.root().join("export"));
@@ -347,7 +358,9 @@ fn a_pull_from_a_daemon_rebuilds_the_guest_on_the_candidate() {
 
 #[test]
 fn only_newer_versions_on_the_mirror_rebuild_with_a_distinct_exit_code() {
-    let w = world("2.1", false);
+    let Some(w) = world("2.1", false) else {
+        return;
+    };
     let out = w.env.dir("out").join("rebuilt.qcow2");
     let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
     assert_code(&run, 6);
@@ -367,7 +380,9 @@ fn only_newer_versions_on_the_mirror_rebuild_with_a_distinct_exit_code() {
 
 #[test]
 fn a_failing_maintainer_script_stops_the_rebuild_unless_keep_going() {
-    let w = world("2.0", true);
+    let Some(w) = world("2.0", true) else {
+        return;
+    };
     let before = digest(&w.candidate);
     let out = w.env.dir("out").join("rebuilt.qcow2");
     let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
@@ -440,7 +455,9 @@ fn refusals_name_what_is_missing() {
 
 #[test]
 fn a_daemon_that_cannot_describe_its_image_says_why_and_nothing_is_left() {
-    require_rebuild_support();
+    if !require_rebuild_support() {
+        return;
+    }
     let env = TestEnv::new();
     let export = env.dir("export");
     fs::write(export.join("noise.img"), random(7, 4 << 20)).unwrap();
@@ -472,4 +489,260 @@ fn a_daemon_that_cannot_describe_its_image_says_why_and_nothing_is_left() {
     assert!(!out.exists());
     assert_clean(&env, &out);
     drop(daemon);
+}
+
+/// The work directory a rebuild of `out` uses.
+fn work_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().unwrap().to_string_lossy();
+    out.with_file_name(format!(".{name}.cbt-rebuild"))
+}
+
+/// Detaches the mount at its path when dropped, so a failing test leaves
+/// no dead mount behind.
+struct DetachOnDrop(PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// Leaves at `work` what a rebuild killed with its daemon leaves: the
+/// export file with a FUSE mount on it whose daemon is gone.
+#[must_use]
+fn dead_rebuild(env: &TestEnv, work: &Path) -> DetachOnDrop {
+    fs::create_dir_all(work.join("root")).unwrap();
+    let export = work.join("export");
+    fs::write(&export, b"").unwrap();
+    let pidfile = env.path("dead-qsd.pid");
+    run_tool(
+        Command::new("qemu-storage-daemon")
+            .args([
+                "--blockdev",
+                "driver=null-co,node-name=n,size=1048576",
+                "--export",
+            ])
+            .arg(format!(
+                "type=fuse,id=e,node-name=n,mountpoint={}",
+                export.display()
+            ))
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .arg("--daemonize"),
+        "qemu-storage-daemon",
+    );
+    let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    run_tool(Command::new("kill").args(["-KILL", &pid]), "kill");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let err = fs::metadata(&export).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::NOTCONN.raw_os_error()),
+        "the export should be a dead FUSE mount: {err}"
+    );
+    DetachOnDrop(export)
+}
+
+#[test]
+fn a_dead_rebuilds_mount_is_taken_over_and_a_running_one_is_refused() {
+    let Some(w) = world("2.0", false) else {
+        return;
+    };
+    let out = w.env.dir("out").join("rebuilt.qcow2");
+    let work = work_dir(&out);
+    let _left = dead_rebuild(&w.env, &work);
+
+    // A rebuild that holds the work directory is running: refused, and
+    // its directory left alone.
+    let dir = fs::File::open(&work).unwrap();
+    rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 1);
+    assert!(stderr(&run).contains("another rebuild"), "{}", stderr(&run));
+    assert!(
+        work.join("export").symlink_metadata().is_err(),
+        "the mount was touched"
+    );
+    drop(dir);
+
+    // Nobody holds it: what the dead rebuild left is detached, and the
+    // rebuild runs.
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 0);
+    assert!(stderr(&run).contains("no longer running"), "{}", stderr(&run));
+    assert_eq!(json_of(&run)["functional_match"], true);
+    assert_clean(&w.env, &out);
+
+    // And a failed run (the output exists now) leaves nothing either,
+    // so the same name can be rebuilt again at once.
+    let out2 = out.with_file_name("again.qcow2");
+    let run = w.cbt(&w.rebuild_args(&w.source, &out2, &[]));
+    assert_code(&run, 0);
+    assert_clean(&w.env, &out2);
+}
+
+/// A file name of 255 bytes, the longest Linux allows.
+fn longest_name() -> String {
+    format!("{}.html", "n".repeat(250))
+}
+
+#[test]
+fn the_longest_names_and_fifos_are_carried() {
+    let Some(w) = world_with("2.0", false, &|tree| {
+        fs::write(tree.join("srv/site").join(longest_name()), b"a long name\n").unwrap();
+        let fifo = tree.join("srv/pipe");
+        run_tool(Command::new("mkfifo").args(["-m", "620"]).arg(&fifo), "mkfifo");
+        run_tool(Command::new("chown").arg("1000:1001").arg(&fifo), "chown");
+    }) else {
+        return;
+    };
+    let source_desc = w.describe(&w.source);
+    let out = w.env.dir("out").join("rebuilt.qcow2");
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 0);
+    let report = json_of(&run);
+    assert_eq!(report["functional_match"], true, "{report:#}");
+    assert_eq!(report["user_data"]["fifos"], 1, "{report:#}");
+    assert_eq!(report["skipped"], serde_json::json!([]), "{report:#}");
+
+    let rebuilt = w.describe(&out);
+    assert_eq!(user_files(&rebuilt), user_files(&source_desc));
+    let long = format!("/srv/site/{}", longest_name());
+    assert!(user_files(&rebuilt).iter().any(|f| f.0 == long));
+    let specials = &rebuilt["user_data"]["specials"];
+    assert_eq!(specials, &source_desc["user_data"]["specials"]);
+    assert_eq!(specials[0]["path"], "/srv/pipe", "{specials:#}");
+    assert_eq!(specials[0]["kind"], "fifo");
+    assert_eq!(specials[0]["mode"].as_u64().unwrap() & 0o7777, 0o620);
+    assert_eq!(
+        (specials[0]["uid"].as_u64(), specials[0]["gid"].as_u64()),
+        (Some(1000), Some(1001))
+    );
+    assert_clean(&w.env, &out);
+}
+
+#[test]
+fn device_nodes_and_sockets_not_carried_are_reported_and_no_match_is_claimed() {
+    let Some(w) = world_with("2.0", false, &|tree| {
+        run_tool(
+            Command::new("mknod")
+                .arg(tree.join("srv/null"))
+                .args(["c", "1", "3"]),
+            "mknod",
+        );
+        let sock = tree.join("srv/sock");
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    }) else {
+        return;
+    };
+    let out = w.env.dir("out").join("rebuilt.qcow2");
+    let run = w.cbt(&w.rebuild_args(&w.source, &out, &[]));
+    assert_code(&run, 6);
+    let report = json_of(&run);
+    assert_eq!(report["functional_match"], false, "{report:#}");
+    let skipped: Vec<&str> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s.starts_with("/srv/null: character device")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped.iter().any(|s| s.starts_with("/srv/sock: socket")),
+        "{skipped:?}"
+    );
+    assert!(
+        stderr(&run).contains("2 user-data entries could not be carried"),
+        "{}",
+        stderr(&run)
+    );
+    // Everything else was carried, and the result published.
+    assert_eq!(user_files(&w.describe(&out)), user_files(&w.describe(&w.source)));
+    assert_clean(&w.env, &out);
+}
+
+/// Makes `depth` nested directories of 200-byte names under `base` and a
+/// file at the bottom (through descriptors: the path is longer than the
+/// host's PATH_MAX); returns the file's path relative to `base`.
+fn deep_file(base: &Path, depth: usize, content: &[u8]) -> String {
+    use rustix::fs::{Mode, OFlags};
+    let name = "d".repeat(200);
+    let mut fd = rustix::fs::open(base, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    let mut rel = String::new();
+    for _ in 0..depth {
+        rustix::fs::mkdirat(&fd, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(
+            &fd,
+            name.as_str(),
+            OFlags::DIRECTORY | OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .unwrap();
+        rel.push_str(&name);
+        rel.push('/');
+    }
+    let f = rustix::fs::openat(
+        &fd,
+        "deep.txt",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut fs::File::from(f), content).unwrap();
+    rel.push_str("deep.txt");
+    rel
+}
+
+#[test]
+fn describe_files_reaches_paths_longer_than_4096_bytes() {
+    let env = TestEnv::new();
+    let tree = base_tree(&env, "tree");
+    fs::create_dir_all(tree.join("srv")).unwrap();
+    let rel = deep_file(&tree.join("srv"), 25, b"deep down\n");
+    fs::write(tree.join("srv/shallow.txt"), b"deep down\n").unwrap();
+    let deep = format!("/srv/{rel}");
+    assert!(deep.len() > 5000);
+    let cbt = |a: &[OsString]| {
+        Command::new(env!("CARGO_BIN_EXE_cbt"))
+            .arg("--no-cache")
+            .args(a)
+            .output()
+            .unwrap()
+    };
+
+    // A directory: walked with descriptors, every file read.
+    let run = cbt(&args!["describe", tree, "--json"]);
+    assert_code(&run, 0);
+    let desc = json_of(&run);
+    let files = desc["user_data"]["files"].as_array().unwrap();
+    let digest_of = |path: &str| {
+        let f = files.iter().find(|f| f["path"] == path);
+        f.unwrap_or_else(|| panic!("{path} not in {files:#?}"))["blake3"].clone()
+    };
+    assert_eq!(digest_of(&deep), digest_of("/srv/shallow.txt"));
+
+    // An image: the ext4 reader resolves at most 4096 bytes; the rest is
+    // described and the deep file named as unreadable, not a failure.
+    let img = env.ext4(&tree, "tree.img", 64);
+    let run = cbt(&args!["describe", img, "--json"]);
+    assert_code(&run, 0);
+    let desc = json_of(&run);
+    let unreadable = desc["user_data"]["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+    assert!(
+        unreadable[0].as_str().unwrap().contains("longer than the 4096"),
+        "{unreadable:?}"
+    );
+    let run = cbt(&args!["describe", img, "--files"]);
+    assert_code(&run, 0);
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(text.contains("not read:"), "{text}");
 }

@@ -16,10 +16,11 @@ use common::{json_u64, TestEnv};
 use serde_json::Value;
 
 /// The fields every line has, all numbers but `phase` and `eta_seconds`.
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "bytes_done",
     "bytes_total",
     "local",
+    "zero",
     "sent",
     "wire",
     "rate",
@@ -131,7 +132,7 @@ fn send_and_recv_write_json_lines() {
     );
     let addr = recv.addr();
     let started = Instant::now();
-    let sent = env.cbt_ok(&args!["send", &src, &addr, "--progress", "json"]);
+    let sent = env.cbt_ok(&args!["send", &src, &addr, "--progress", "json", "--json"]);
     let took = started.elapsed();
     let (status, _, recv_err) = recv.finish(HANG);
     assert!(status.success(), "{recv_err}");
@@ -144,10 +145,22 @@ fn send_and_recv_write_json_lines() {
     let last = lines.last().unwrap();
     // Nothing was at the receiver: every non-zero block crossed the link.
     assert!(json_u64(last, "sent") > 0 && json_u64(last, "wire") >= json_u64(last, "sent"));
+    // The sender's last line agrees with its report: zero blocks counted
+    // as zero, not as found at the receiver (1 MiB in 8 is zeros).
+    let report: Value = serde_json::from_slice(&sent.stdout).unwrap();
+    assert_eq!(json_u64(&report, "blocks_local"), 0, "{report:#}");
+    assert_eq!(json_u64(last, "local"), 0, "{last}");
+    assert_eq!(
+        json_u64(last, "zero"),
+        json_u64(&report, "blocks_zero") * 4096,
+        "{last}"
+    );
+    assert_eq!(json_u64(last, "zero"), 4 << 20, "{last}");
 
     let phases = ["connecting", "indexing", "receiving", "verifying"];
     let lines = progress_lines(&recv_err, &phases, |l| l.starts_with("cbt: listening on "));
     assert_eq!(json_u64(lines.last().unwrap(), "bytes_total"), 32 << 20);
+    assert_eq!(json_u64(lines.last().unwrap(), "zero"), 4 << 20);
 }
 
 #[test]

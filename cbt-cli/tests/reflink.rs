@@ -1,7 +1,8 @@
 //! Shared extents: runs of local blocks read from raw seeds are placed by
 //! `copy_file_range`, which on XFS with reflink shares the seed's extents
 //! instead of writing. Run on a real XFS made by mkfs.xfs and loop-mounted
-//! (root only; CI runs as root).
+//! (root only: skipped, saying so, as a normal user; CI runs as root and
+//! fails them rather than skip: `common::root_or_skip`).
 #![allow(clippy::unwrap_used)] // Tests fail loudly on any unexpected error.
 
 #[macro_use]
@@ -13,23 +14,17 @@ use std::process::Command;
 
 use common::{json_u64, TestEnv, MIB};
 
-fn need_root() {
-    let uid = Command::new("id").arg("-u").output().expect("run id");
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "this test needs root (mount); CI runs as root"
-    );
-}
-
 /// An XFS filesystem with reflink, loop-mounted; unmounted when dropped.
 struct Xfs {
     mnt: PathBuf,
 }
 
 impl Xfs {
-    fn new(env: &TestEnv) -> Xfs {
-        need_root();
+    /// `None` (the test skipped, saying so) when not root outside CI.
+    fn new(env: &TestEnv) -> Option<Xfs> {
+        if !common::root_or_skip("it loop-mounts an XFS filesystem") {
+            return None;
+        }
         let img = env.path("xfs.img");
         fs::File::create(&img).unwrap().set_len(512 * MIB).unwrap();
         let mkfs = common::tool("mkfs.xfs", "xfsprogs");
@@ -55,7 +50,7 @@ impl Xfs {
             "mount: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Xfs { mnt }
+        Some(Xfs { mnt })
     }
 }
 
@@ -94,7 +89,9 @@ fn shared_bytes(path: &Path) -> (u64, u64) {
 #[test]
 fn all_local_copy_on_reflink_xfs_shares_extents() {
     let env = TestEnv::new();
-    let xfs = Xfs::new(&env);
+    let Some(xfs) = Xfs::new(&env) else {
+        return;
+    };
     let seeds = xfs.mnt.join("seeds");
     fs::create_dir(&seeds).unwrap();
     // A real filesystem image as the seed; the source is a copy of it elsewhere.
@@ -146,7 +143,9 @@ fn received_image_on_reflink_xfs_shares_the_seeds_extents() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let env = TestEnv::new();
-    let xfs = Xfs::new(&env);
+    let Some(xfs) = Xfs::new(&env) else {
+        return;
+    };
     let seeds = xfs.mnt.join("seeds");
     fs::create_dir(&seeds).unwrap();
     let tree = env.tree("tree", 6, 120);

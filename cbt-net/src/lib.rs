@@ -105,6 +105,10 @@ pub struct TransferReport {
     /// the blocks that differed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_written: Option<u64>,
+    /// In place: blocks the output already held at their own offset,
+    /// recorded and not rewritten (receiver only; as `cbt copy` reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks_unchanged: Option<u64>,
     /// Bytes of local blocks the kernel copied from raw seeds (receiver
     /// only; shared, not written, on XFS with reflink and btrfs).
     #[serde(skip_serializing_if = "Option::is_none")]

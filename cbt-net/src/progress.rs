@@ -42,6 +42,9 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     /// Image bytes found at the receiver (receiver only).
     pub bytes_local: AtomicU64,
+    /// Image bytes of all-zero blocks settled (never sent, never looked
+    /// up): in the receiver's blocks; whole zero groups on the sender.
+    pub bytes_zero: AtomicU64,
     /// Image bytes of the blocks that crossed the network.
     pub bytes_moved: AtomicU64,
     /// Bytes this side wrote to the socket.
@@ -67,6 +70,8 @@ pub struct ProgressSnapshot {
     pub bytes_done: u64,
     /// See [`Progress::bytes_local`].
     pub bytes_local: u64,
+    /// See [`Progress::bytes_zero`].
+    pub bytes_zero: u64,
     /// See [`Progress::bytes_moved`].
     pub bytes_moved: u64,
     /// See [`Progress::wire_sent`].
@@ -90,6 +95,7 @@ impl Progress {
             image_bytes,
             bytes_done: self.bytes_done.load(Ordering::Relaxed).min(image_bytes),
             bytes_local: self.bytes_local.load(Ordering::Relaxed),
+            bytes_zero: self.bytes_zero.load(Ordering::Relaxed),
             bytes_moved: self.bytes_moved.load(Ordering::Relaxed),
             wire_sent: self.wire_sent.load(Ordering::Relaxed),
             wire_received: self.wire_received.load(Ordering::Relaxed),

@@ -360,11 +360,20 @@ async fn run(
     let (mut data_sent, mut completed) = (0u64, 0u64);
     let mut next_group = 0u64;
     let mut summary: Option<HashSummary> = None;
+    // Zero groups not yet behind the receiver's progress, in order, and the
+    // bytes of those behind it (progress counts zeros apart from local).
+    let mut zero_groups: VecDeque<u64> = VecDeque::new();
+    let mut zero_done = 0u64;
     let stats = loop {
         if let Some(p) = &progress {
             // The receiver's in-order progress: the first group not credited yet.
             let first_open = pending.front().map_or(next_group, |(g, _)| *g);
             let done = map.group(first_open).map_or(layout.len(), |s| s.offset);
+            while let Some(&g) = zero_groups.front().filter(|g| **g < first_open) {
+                zero_groups.pop_front();
+                zero_done += map.group(g).map_or(0, |s| s.len);
+            }
+            Progress::set(&p.bytes_zero, zero_done);
             Progress::set(&p.bytes_done, done);
             Progress::set(&p.bytes_moved, served.bytes.load(Ordering::Relaxed));
             p.set_wire(&link.counters);
@@ -416,7 +425,10 @@ async fn run(
                 let mut item = first;
                 loop {
                     match item {
-                        Some(Hashed::Group { zero: true, .. }) => zero_run += 1,
+                        Some(Hashed::Group { zero: true, .. }) => {
+                            zero_run += 1;
+                            zero_groups.push_back(next_group);
+                        }
                         Some(Hashed::Group { zero: false, digests }) => {
                             if zero_run > 0 {
                                 entries.push(GroupEntry::Zeros(zero_run));
@@ -460,6 +472,11 @@ async fn run(
             }
         }
     };
+    if let Some(p) = &progress {
+        // The receiver's count: zero blocks inside data groups too, so the
+        // last progress line agrees with the report.
+        Progress::set(&p.bytes_zero, stats.blocks_zero * u64::from(layout.block_size()));
+    }
     drop(req_tx);
     let compression = tokio::task::spawn_blocking(move || block_server.join())
         .await

@@ -477,6 +477,13 @@ pub fn fetch_may_pay(installed_bytes: u64, link_rate: f64) -> (bool, String) {
     }
 }
 
+/// [`fetch_may_pay`] when a block transfer would move `bytes_to_move`
+/// bytes: the packages' share of the link cannot exceed that.
+pub fn fetch_may_pay_moving(installed_bytes: u64, bytes_to_move: u64, link_rate: f64) -> (bool, String) {
+    let most = (bytes_to_move as f64 / WIRE_BYTES_PER_INSTALLED_BYTE) as u64;
+    fetch_may_pay(installed_bytes.min(most), link_rate)
+}
+
 /// Before any mirror is asked: `None` when fetching packages of
 /// `installed` bytes (as installed) could save time over a link of `link`
 /// bytes per second, else why not. The best case: an infinitely fast mirror,

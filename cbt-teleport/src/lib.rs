@@ -49,7 +49,8 @@ pub use destination::{
 };
 pub use inspect::{
     describe_dir, describe_fs, describe_image, dpkg, DescribeOptions, Description, EntryKind, FilesystemInfo,
-    GuestFs, HostDirFs, KeyFile, Manifest, ManifestEntry, OsRelease, Package, Repository, SymlinkEntry,
+    GuestFs, HostDirFs, KeyFile, Manifest, ManifestEntry, OsRelease, Package, Repository, SpecialEntry,
+    SpecialKind, SymlinkEntry,
 };
 pub use mirror::{
     fetch_packages, guest_dists, index_architectures, packages_to_fetch, Dist, FetchOptions, FetchReport,

@@ -172,6 +172,27 @@ pub struct TeleportPlan {
     pub reason: String,
 }
 
+/// The fetch decision for packages of `installed` bytes (as installed)
+/// when a block transfer would move `bytes_to_move`: fetching can save at
+/// most what the transfer would move, and nothing when it moves nothing.
+fn mirror_fetch(installed: u64, bytes_to_move: u64, link: Option<f64>) -> Option<MirrorFetch> {
+    let link = link.filter(|r| *r > 0.0)?;
+    let (fetch, reason) = if bytes_to_move == 0 {
+        (
+            false,
+            "nothing to save: the local images already hold every block of the source".to_string(),
+        )
+    } else if installed == 0 {
+        (
+            false,
+            "nothing to fetch: the local images and package caches hold every package".to_string(),
+        )
+    } else {
+        crate::destination::fetch_may_pay_moving(installed, bytes_to_move, link)
+    };
+    Some(MirrorFetch { fetch, reason })
+}
+
 /// Plans the transfer of `source` given the local images under `roots`.
 pub fn teleport_plan(
     source: &ImageSpec,
@@ -216,11 +237,11 @@ pub fn teleport_plan(
         link_rate: options.link_rate,
         cbt,
         teleport: None,
-        mirror_fetch: options.link_rate.filter(|r| *r > 0.0).map(|link| {
-            let installed = desc.installed().filter_map(|p| p.installed_size).sum();
-            let (fetch, reason) = crate::destination::fetch_may_pay(installed, link);
-            MirrorFetch { fetch, reason }
-        }),
+        mirror_fetch: mirror_fetch(
+            desc.installed().filter_map(|p| p.installed_size).sum(),
+            union.bytes_missing,
+            options.link_rate,
+        ),
         choice: "cbt".into(),
         reason: String::new(),
     };
@@ -390,6 +411,9 @@ pub fn teleport_plan(
         bytes,
         seconds: tp_seconds,
     });
+    // Only the packages the best candidate and the caches lack would come
+    // from a mirror.
+    plan.mirror_fetch = mirror_fetch(download, plan.cbt.bytes, options.link_rate);
     plan.install = install;
     plan.remove = remove;
     let (choice, reason) = match (plan.cbt.seconds, tp_seconds) {

@@ -242,6 +242,37 @@ impl TestEnv {
     }
 }
 
+/// True when this process runs as root.
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|u| u.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// For a test that needs root (`why`: what for): true as root. Otherwise
+/// the test is skipped, saying so on the terminal (written past the test
+/// harness's capture, so a passing run shows it) — except under CI
+/// (`CI` set), which runs as root and must run every test: there, a
+/// missing root fails the test.
+#[track_caller]
+pub fn root_or_skip(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{test} needs root ({why}); CI must run as root");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root ({why}); run the tests as root to include it (CI does)"
+    );
+    false
+}
+
 /// Finds an external tool on `PATH` or in the sbin directories (mkfs.ext4
 /// and sfdisk live there and a non-root `PATH` may lack them); panics with
 /// the package to install when it is missing.

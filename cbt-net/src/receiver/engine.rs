@@ -235,6 +235,7 @@ impl Engine {
                 (s.blocks_zero + s.blocks_local + s.blocks_sent) * bs,
             );
             Progress::set(&p.bytes_local, s.blocks_local * bs);
+            Progress::set(&p.bytes_zero, s.blocks_zero * bs);
             Progress::set(&p.bytes_moved, s.blocks_sent * bs);
             p.set_wire(&self.counters);
         }

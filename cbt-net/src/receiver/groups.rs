@@ -406,7 +406,11 @@ impl Engine {
         }
         self.stats.blocks_local += matched.iter().filter(|m| m.is_some()).count() as u64;
         self.shared.assembly()?.place(&checked)?;
-        let kept_any = checked.kept().contains(&true);
+        let kept = checked.kept().iter().filter(|k| **k).count() as u64;
+        let kept_any = kept > 0;
+        self.shared
+            .unchanged
+            .fetch_add(kept, std::sync::atomic::Ordering::Relaxed);
         for (i, m) in matched.iter().enumerate() {
             if let Some(k) = *m {
                 self.shared.index.note_supplied(candidates[i][k].0.image, 1);

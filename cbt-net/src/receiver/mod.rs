@@ -283,6 +283,7 @@ pub async fn receive(
             )
             .with_compression(&r.compression);
             report.bytes_written = Some(r.bytes_written);
+            report.blocks_unchanged = Some(r.blocks_unchanged);
             report.bytes_cloned = Some(r.bytes_cloned);
             report.index = Some(r.index);
             if let (Some(log), Some(body)) = (log.as_mut(), r.finished) {
@@ -310,6 +311,7 @@ struct Received {
     digest: Digest,
     output: PathBuf,
     bytes_written: u64,
+    blocks_unchanged: u64,
     bytes_cloned: u64,
     compression: crate::compress::CompressionStats,
     /// The teleport's `finished` report, if any.
@@ -511,6 +513,7 @@ fn run_engine(
         map,
         out_image: out.as_ref().map(|_| OUT_IMAGE),
         out,
+        unchanged: Default::default(),
     };
     let window_log = u32::from(begin.window_log).min(
         options
@@ -541,6 +544,7 @@ fn run_engine(
         (Ok(_), Some(f)) => Some(f(&shared.index)),
         _ => None,
     };
+    let blocks_unchanged = shared.unchanged.load(std::sync::atomic::Ordering::Relaxed);
     let Some(Ok(assembly)) = shared.assembly.map(Arc::try_unwrap) else {
         return Err(Error::Internal("the output is still in use".into()));
     };
@@ -563,6 +567,7 @@ fn run_engine(
                 digest,
                 output: published,
                 bytes_written,
+                blocks_unchanged,
                 bytes_cloned,
                 compression,
                 finished,

@@ -95,6 +95,11 @@ pub(super) fn check_prediction(
     }
     let zero = checked.good_zero().filter(|z| *z).count() as u64;
     let local = lens.len() as u64 - zero;
+    if here {
+        shared
+            .unchanged
+            .fetch_add(local, std::sync::atomic::Ordering::Relaxed);
+    }
     shared.index.note_seed_check(job.image, local, 0);
     shared.index.note_supplied(job.image, local);
     Ok(Outcome::Matched { zero, local })

@@ -15,6 +15,8 @@ pub(super) struct Shared {
     pub(super) out_image: Option<u32>,
     /// In place: the output itself, read (not through the index).
     pub(super) out: Option<Arc<dyn Image>>,
+    /// In place: blocks found in the output at their own offset (kept).
+    pub(super) unchanged: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The image number that stands for the output updated in place.

@@ -12,10 +12,12 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
 use cbt_core::{Error, Image, Result};
 
@@ -23,6 +25,8 @@ use cbt_core::{Error, Image, Result};
 const MAX_SYMLINKS: usize = 40;
 /// Linux's PATH_MAX: no valid symlink target is longer.
 const MAX_LINK_TARGET: u64 = 4096;
+/// The longest path ext4-view resolves (its `MAX_PATH_LEN`).
+const EXT4_VIEW_MAX_PATH: usize = 4096;
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +39,44 @@ pub enum Kind {
     Symlink,
     /// A device, FIFO or socket.
     Other,
+}
+
+/// What a special file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecialKind {
+    /// A named pipe.
+    Fifo,
+    /// A character device node.
+    CharDevice,
+    /// A block device node.
+    BlockDevice,
+    /// A Unix socket (meaningless once its listener is gone).
+    Socket,
+}
+
+impl SpecialKind {
+    /// The kind of an entry with `mode` (type bits included); `None` for
+    /// a file, directory or symlink.
+    fn of_mode(mode: u32) -> Option<SpecialKind> {
+        match mode & 0o170_000 {
+            0o010_000 => Some(SpecialKind::Fifo),
+            0o020_000 => Some(SpecialKind::CharDevice),
+            0o060_000 => Some(SpecialKind::BlockDevice),
+            0o140_000 => Some(SpecialKind::Socket),
+            _ => None,
+        }
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpecialKind::Fifo => "fifo",
+            SpecialKind::CharDevice => "character device",
+            SpecialKind::BlockDevice => "block device",
+            SpecialKind::Socket => "socket",
+        }
+    }
 }
 
 /// What [`GuestFs::lstat`] reports.
@@ -52,6 +94,8 @@ pub struct Meta {
     pub gid: u32,
     /// Modification time: seconds since the epoch and nanoseconds.
     pub mtime: (i64, u32),
+    /// For [`Kind::Other`], what it is.
+    pub special: Option<SpecialKind>,
 }
 
 /// A read-only guest filesystem.
@@ -66,6 +110,10 @@ pub trait GuestFs {
     fn list_dir(&self, path: &[u8]) -> Result<Vec<(Vec<u8>, Kind)>>;
     /// A reader of the regular file at `path`.
     fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>>;
+    /// The longest path this reader can reach, if it has a limit.
+    fn max_path_len(&self) -> Option<usize> {
+        None
+    }
 
     /// The error for a defect found at guest path `path`.
     fn error(&self, path: &[u8], reason: String) -> Error {
@@ -337,6 +385,20 @@ fn ext4_kind(t: ext4_view::FileType) -> Kind {
     }
 }
 
+fn ext4_special(t: ext4_view::FileType) -> Option<SpecialKind> {
+    if t.is_fifo() {
+        Some(SpecialKind::Fifo)
+    } else if t.is_char_dev() {
+        Some(SpecialKind::CharDevice)
+    } else if t.is_block_dev() {
+        Some(SpecialKind::BlockDevice)
+    } else if t.is_socket() {
+        Some(SpecialKind::Socket)
+    } else {
+        None
+    }
+}
+
 impl GuestFs for Ext4Fs {
     fn label(&self) -> &str {
         &self.label
@@ -351,6 +413,7 @@ impl GuestFs for Ext4Fs {
                 uid: m.uid(),
                 gid: m.gid(),
                 mtime: (m.modified().seconds(), m.modified().nanoseconds()),
+                special: ext4_special(m.file_type()),
             })),
             Err(ext4_view::Ext4Error::NotFound | ext4_view::Ext4Error::NotADirectory) => Ok(None),
             Err(e) => Err(self.fail(path, e)),
@@ -397,6 +460,11 @@ impl GuestFs for Ext4Fs {
         let file = self.fs.open(path).map_err(|e| self.fail(path, e))?;
         Ok(Box::new(Ext4Reader { file }))
     }
+
+    /// ext4-view resolves whole paths and refuses one longer than 4096 bytes.
+    fn max_path_len(&self) -> Option<usize> {
+        Some(EXT4_VIEW_MAX_PATH)
+    }
 }
 
 struct Ext4Reader {
@@ -412,43 +480,88 @@ impl Read for Ext4Reader {
 }
 
 /// A host directory seen as a guest's root.
+///
+/// Every operation walks from a descriptor of the root, one component at
+/// a time with `openat` (no symlink followed): a guest path may be longer
+/// than the host's PATH_MAX (4096), and a symlink inside the tree must
+/// never lead the walk out of it. The directory last walked to is kept,
+/// so that listing a directory and then reading its entries, as the
+/// manifest does, opens it once.
 pub struct HostDirFs {
-    root: PathBuf,
+    root: Arc<OwnedFd>,
     label: String,
+    last_dir: Mutex<Option<(Vec<u8>, Arc<OwnedFd>)>>,
 }
 
 impl HostDirFs {
     /// The tree under `root`.
     pub fn new(root: &Path) -> Result<HostDirFs> {
-        let meta = std::fs::metadata(root).map_err(|e| Error::io(root, "open", e))?;
-        if !meta.is_dir() {
-            return Err(Error::malformed(root, "not a directory"));
-        }
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOTDIR => Error::malformed(root, "not a directory"),
+            e => Error::io(root, "open", e.into()),
+        })?;
         Ok(HostDirFs {
-            root: root.to_path_buf(),
+            root: Arc::new(fd),
             label: root.display().to_string(),
+            last_dir: Mutex::new(None),
         })
     }
 
-    fn host(&self, path: &[u8]) -> PathBuf {
-        let rel = path.strip_prefix(b"/").unwrap_or(path);
-        self.root.join(std::ffi::OsStr::from_bytes(rel))
+    fn io(&self, path: &[u8], op: &'static str, e: impl Into<std::io::Error>) -> Error {
+        Error::io(guest_name(&self.label, path), op, e.into())
     }
 
-    fn io(&self, path: &[u8], op: &'static str, e: std::io::Error) -> Error {
-        Error::io(guest_name(&self.label, path), op, e)
+    /// The directory `dir` (a guest path), walked to from the root without
+    /// following symlinks.
+    fn dir(&self, dir: &[u8]) -> std::result::Result<Arc<OwnedFd>, Errno> {
+        if let Ok(last) = self.last_dir.lock() {
+            if let Some((_, fd)) = last.as_ref().filter(|(p, _)| p.as_slice() == dir) {
+                return Ok(Arc::clone(fd));
+            }
+        }
+        let mut fd = Arc::clone(&self.root);
+        for name in components(dir) {
+            let next = rustix::fs::openat(
+                &*fd,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            fd = Arc::new(next);
+        }
+        if let Ok(mut last) = self.last_dir.lock() {
+            *last = Some((dir.to_vec(), Arc::clone(&fd)));
+        }
+        Ok(fd)
+    }
+
+    /// The parent directory of `path` and its last component (`.` for the root).
+    fn parent<'p>(&self, path: &'p [u8]) -> std::result::Result<(Arc<OwnedFd>, &'p [u8]), Errno> {
+        let (dir, name) = split_last(path);
+        if name.is_empty() {
+            return Ok((Arc::clone(&self.root), b"."));
+        }
+        Ok((self.dir(dir)?, name))
     }
 }
 
-fn host_kind(t: std::fs::FileType) -> Kind {
-    if t.is_file() {
-        Kind::File
-    } else if t.is_dir() {
-        Kind::Dir
-    } else if t.is_symlink() {
-        Kind::Symlink
-    } else {
-        Kind::Other
+/// Errors that mean "no such entry" to the trait: missing, or a
+/// component that is not a directory (or is a symlink, not followed).
+fn absent(e: Errno) -> bool {
+    matches!(e, Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
+}
+
+fn host_kind(mode: u32) -> Kind {
+    match rustix::fs::FileType::from_raw_mode(mode) {
+        rustix::fs::FileType::RegularFile => Kind::File,
+        rustix::fs::FileType::Directory => Kind::Dir,
+        rustix::fs::FileType::Symlink => Kind::Symlink,
+        _ => Kind::Other,
     }
 }
 
@@ -458,50 +571,78 @@ impl GuestFs for HostDirFs {
     }
 
     fn lstat(&self, path: &[u8]) -> Result<Option<Meta>> {
-        match std::fs::symlink_metadata(self.host(path)) {
-            Ok(m) => Ok(Some(Meta {
-                kind: host_kind(m.file_type()),
-                len: m.len(),
-                mode: m.mode(),
-                uid: m.uid(),
-                gid: m.gid(),
-                mtime: (m.mtime(), m.mtime_nsec().clamp(0, 999_999_999) as u32),
-            })),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(self.io(path, "stat", e)),
-        }
+        let st = match self
+            .parent(path)
+            .and_then(|(dir, name)| rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW))
+        {
+            Ok(st) => st,
+            Err(e) if absent(e) => return Ok(None),
+            Err(e) => return Err(self.io(path, "stat", e)),
+        };
+        Ok(Some(Meta {
+            kind: host_kind(st.st_mode),
+            len: st.st_size as u64,
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: (st.st_mtime, st.st_mtime_nsec.clamp(0, 999_999_999) as u32),
+            special: SpecialKind::of_mode(st.st_mode),
+        }))
     }
 
     fn read_link(&self, path: &[u8]) -> Result<Vec<u8>> {
-        std::fs::read_link(self.host(path))
-            .map(|t| t.as_os_str().as_bytes().to_vec())
+        self.parent(path)
+            .and_then(|(dir, name)| rustix::fs::readlinkat(&*dir, name, Vec::new()))
+            .map(|t| t.into_bytes())
             .map_err(|e| self.io(path, "readlink", e))
     }
 
     fn list_dir(&self, path: &[u8]) -> Result<Vec<(Vec<u8>, Kind)>> {
+        let dir = self.dir(path).map_err(|e| self.io(path, "list", e))?;
+        // A descriptor of its own: reading moves the directory's offset.
+        let fd = rustix::fs::openat(
+            &*dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io(path, "list", e))?;
+        let mut entries = rustix::fs::Dir::new(fd).map_err(|e| self.io(path, "list", e))?;
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(self.host(path)).map_err(|e| self.io(path, "list", e))? {
+        while let Some(entry) = entries.read() {
             let entry = entry.map_err(|e| self.io(path, "list", e))?;
-            let kind = entry
-                .file_type()
-                .map(host_kind)
-                .map_err(|e| self.io(path, "stat", e))?;
-            out.push((entry.file_name().as_bytes().to_vec(), kind));
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name = name.to_vec();
+            let kind = match entry.file_type() {
+                rustix::fs::FileType::Unknown => {
+                    let st = rustix::fs::statat(&*dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| self.io(&join(path, &name), "stat", e))?;
+                    host_kind(st.st_mode)
+                }
+                t => host_kind(t.as_raw_mode()),
+            };
+            out.push((name, kind));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
     fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>> {
-        let f = std::fs::File::open(self.host(path)).map_err(|e| self.io(path, "open", e))?;
-        Ok(Box::new(f))
+        let fd = self
+            .parent(path)
+            .and_then(|(dir, name)| {
+                rustix::fs::openat(
+                    &*dir,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            })
+            .map_err(|e| self.io(path, "open", e))?;
+        Ok(Box::new(std::fs::File::from(fd)))
     }
 }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 use cbt_core::{Error, Result};
 
 use super::dpkg::{self, Diversion, Package};
-use super::guestfs::{guest_name, join, read_file, GuestFs, Kind, Resolver};
+use super::guestfs::{guest_name, join, read_file, GuestFs, Kind, Resolver, SpecialKind};
 
 /// Largest per-package info file read (`.list`, `.md5sums`).
 const MAX_INFO_FILE: u64 = 64 << 20;
@@ -76,6 +76,21 @@ pub struct SymlinkEntry {
     pub target: String,
 }
 
+/// A device node, fifo or socket no package owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecialEntry {
+    /// Guest path.
+    pub path: String,
+    /// What it is.
+    pub kind: SpecialKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
 /// The user data of a guest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Manifest {
@@ -95,6 +110,13 @@ pub struct Manifest {
     pub missing_files: Vec<String>,
     /// Symlinks no package owns.
     pub symlinks: Vec<SymlinkEntry>,
+    /// Device nodes, fifos and sockets no package owns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub specials: Vec<SpecialEntry>,
+    /// Entries the reader could not reach, and why (a path longer than
+    /// the ext4 reader resolves): not in the manifest, never silently.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 struct Owner {
@@ -222,9 +244,18 @@ fn walk(
     let mut m = Manifest::default();
     let mut buf = vec![0u8; 256 << 10];
     let mut stack: Vec<Vec<u8>> = vec![b"/".to_vec()];
+    let max_path = fs.max_path_len().unwrap_or(usize::MAX);
     while let Some(dir) = stack.pop() {
         for (name, kind) in fs.list_dir(&dir)? {
             let path = join(&dir, &name);
+            if path.len() > max_path {
+                m.unreadable.push(format!(
+                    "{}: path of {} bytes, longer than the {max_path} the ext4 reader resolves",
+                    lossy(&path),
+                    path.len()
+                ));
+                continue;
+            }
             match kind {
                 Kind::Dir => stack.push(path),
                 Kind::Symlink => {
@@ -236,7 +267,21 @@ fn walk(
                         });
                     }
                 }
-                Kind::Other => {}
+                Kind::Other => {
+                    if owned.contains_key(&path) {
+                        continue;
+                    }
+                    let Some(meta) = fs.lstat(&path)? else { continue };
+                    if let Some(kind) = meta.special {
+                        m.specials.push(SpecialEntry {
+                            path: lossy(&path),
+                            kind,
+                            mode: meta.mode & 0o7777,
+                            uid: meta.uid,
+                            gid: meta.gid,
+                        });
+                    }
+                }
                 Kind::File => {
                     let Some(meta) = fs.lstat(&path)? else { continue };
                     let mut entry_kind = EntryKind::Unowned;
@@ -301,6 +346,8 @@ fn walk(
     m.missing_files = missing;
     m.files.sort_by(|a, b| a.path.cmp(&b.path));
     m.symlinks.sort_by(|a, b| a.path.cmp(&b.path));
+    m.specials.sort_by(|a, b| a.path.cmp(&b.path));
+    m.unreadable.sort();
     Ok(m)
 }
 

@@ -29,8 +29,8 @@ use cbt_core::{read_partitions, Error, Image, Result};
 
 pub use apt::Repository;
 pub use dpkg::Package;
-pub use guestfs::{GuestFs, HostDirFs};
-pub use manifest::{EntryKind, Manifest, ManifestEntry, SymlinkEntry};
+pub use guestfs::{GuestFs, HostDirFs, SpecialKind};
+pub use manifest::{EntryKind, Manifest, ManifestEntry, SpecialEntry, SymlinkEntry};
 pub use osrelease::OsRelease;
 
 use guestfs::{guest_name, read_file, Resolver};

@@ -6,21 +6,23 @@
 //! treats the mount as `/` for absolute links and `..` alike. A file is
 //! written under a temporary name in its directory, checked against its
 //! digest, given its owner, mode and time, and only then renamed over the
-//! final name.
+//! final name. The temporary name is short and never derived from the
+//! final one (a legal 255-byte name plus a suffix would not be legal).
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use serde::Serialize;
 
 use cbt_core::{Error, Result};
 
-use super::pack::{PackFile, PackIndex, PackLink};
+use super::pack::{PackFifo, PackFile, PackIndex, PackLink};
 
 /// What applying a pack did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -31,6 +33,8 @@ pub struct Applied {
     pub bytes: u64,
     /// Symlinks made.
     pub symlinks: u64,
+    /// Fifos made.
+    pub fifos: u64,
     /// Directories given the source's owner, mode and time (created if missing).
     pub dirs: u64,
     /// Entries removed because the source does not have them.
@@ -42,6 +46,8 @@ pub struct Applied {
 pub struct GuestRoot {
     root: OwnedFd,
     path: PathBuf,
+    /// Numbers the temporary names.
+    next_tmp: AtomicU64,
 }
 
 impl GuestRoot {
@@ -56,6 +62,7 @@ impl GuestRoot {
         Ok(GuestRoot {
             root,
             path: path.to_path_buf(),
+            next_tmp: AtomicU64::new(0),
         })
     }
 
@@ -101,15 +108,18 @@ impl GuestRoot {
         for d in &pack.dirs {
             self.dir_or_create(&d.path)?;
         }
-        let tmp_tag = format!(".cbt-{}", std::process::id());
         for f in &pack.files {
-            self.write_file(blob, f, &tmp_tag)?;
+            self.write_file(blob, f)?;
             done.files += 1;
             done.bytes += f.size;
         }
         for l in &pack.symlinks {
-            self.write_link(l, &tmp_tag)?;
+            self.write_link(l)?;
             done.symlinks += 1;
+        }
+        for f in &pack.fifos {
+            self.write_fifo(f)?;
+            done.fifos += 1;
         }
         for d in pack.dirs.iter().rev() {
             let fd = self
@@ -122,17 +132,49 @@ impl GuestRoot {
         Ok(done)
     }
 
-    fn write_file(&self, blob: &File, f: &PackFile, tmp_tag: &str) -> Result<()> {
+    /// A new temporary name for a directory entry: `.cbt-PID-N`, short
+    /// whatever the final name's length.
+    fn temp_name(&self) -> String {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        format!(".cbt-{}-{n}", std::process::id())
+    }
+
+    /// Creates an entry under a fresh temporary name in `dir` with
+    /// `make`, taking the next name while one exists (a guest file may
+    /// bear such a name); returns the name used.
+    fn create_temp(
+        &self,
+        guest: &str,
+        what: &'static str,
+        mut make: impl FnMut(&str) -> std::result::Result<(), Errno>,
+    ) -> Result<String> {
+        for _ in 0..1000 {
+            let tmp = self.temp_name();
+            match make(&tmp) {
+                Ok(()) => return Ok(tmp),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(self.fail(guest, what, e)),
+            }
+        }
+        Err(self.fail(guest, what, Errno::EXIST))
+    }
+
+    fn write_file(&self, blob: &File, f: &PackFile) -> Result<()> {
         let (parent, name) = split(&f.path);
         let dir = self.dir_or_create(parent)?;
-        let tmp = format!(".{name}{tmp_tag}");
-        let fd = rustix::fs::openat(
-            &dir,
-            tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| self.fail(&f.path, "create", e))?;
+        let mut fd = None;
+        let tmp = self.create_temp(&f.path, "create", |tmp| {
+            fd = Some(rustix::fs::openat(
+                &dir,
+                tmp,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?);
+            Ok(())
+        })?;
+        let Some(fd) = fd else {
+            return Err(self.fail(&f.path, "create", Errno::NOENT));
+        };
         let result = self.fill(blob, f, File::from(fd)).and_then(|file| {
             set_meta(&file, f.uid, f.gid, Some(f.mode), f.mtime)
                 .map_err(|e| self.fail(&f.path, "set owner, mode and time", e))?;
@@ -176,12 +218,12 @@ impl GuestRoot {
         Ok(out)
     }
 
-    fn write_link(&self, l: &PackLink, tmp_tag: &str) -> Result<()> {
+    fn write_link(&self, l: &PackLink) -> Result<()> {
         let (parent, name) = split(&l.path);
         let dir = self.dir_or_create(parent)?;
-        let tmp = format!(".{name}{tmp_tag}");
-        rustix::fs::symlinkat(l.target.as_str(), &dir, tmp.as_str())
-            .map_err(|e| self.fail(&l.path, "symlink", e))?;
+        let tmp = self.create_temp(&l.path, "symlink", |tmp| {
+            rustix::fs::symlinkat(l.target.as_str(), &dir, tmp)
+        })?;
         let result = rustix::fs::chownat(
             &dir,
             tmp.as_str(),
@@ -194,6 +236,37 @@ impl GuestRoot {
         if let Err(e) = result {
             let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
             return Err(self.fail(&l.path, "place symlink", e));
+        }
+        Ok(())
+    }
+
+    fn write_fifo(&self, f: &PackFifo) -> Result<()> {
+        let (parent, name) = split(&f.path);
+        let dir = self.dir_or_create(parent)?;
+        let tmp = self.create_temp(&f.path, "mknod", |tmp| {
+            rustix::fs::mknodat(&dir, tmp, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+        })?;
+        let result = rustix::fs::chownat(
+            &dir,
+            tmp.as_str(),
+            Some(rustix::fs::Uid::from_raw(f.uid)),
+            Some(rustix::fs::Gid::from_raw(f.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        // Owner first: chown clears setuid and setgid bits.
+        .and_then(|()| {
+            rustix::fs::chmodat(
+                &dir,
+                tmp.as_str(),
+                Mode::from_raw_mode(f.mode & 0o7777),
+                AtFlags::empty(),
+            )
+        })
+        .and_then(|()| rustix::fs::utimensat(&dir, tmp.as_str(), &times(f.mtime), AtFlags::SYMLINK_NOFOLLOW))
+        .and_then(|()| rustix::fs::renameat(&dir, tmp.as_str(), &dir, name));
+        if let Err(e) = result {
+            let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+            return Err(self.fail(&f.path, "place fifo", e));
         }
         Ok(())
     }

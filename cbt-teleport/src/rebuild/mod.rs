@@ -62,7 +62,9 @@ pub enum RebuildError {
 pub type Result<T> = std::result::Result<T, RebuildError>;
 
 pub use apply::{Applied, GuestRoot};
-pub use pack::{check_path, write_pack, PackDir, PackFile, PackIndex, PackLink, ALIGN as PACK_ALIGN};
+pub use pack::{
+    check_path, write_pack, PackDir, PackFifo, PackFile, PackIndex, PackLink, ALIGN as PACK_ALIGN,
+};
 pub use packages::{Install, PackageChanges, PackageFailure};
 pub use version::{compare as compare_versions, nearest as nearest_version};
 
@@ -130,7 +132,7 @@ pub struct Verification {
     pub version_differences: Vec<VersionDifference>,
     /// User-data files whose digest was compared.
     pub files_checked: u64,
-    /// Files (and symlinks) that differ or are missing.
+    /// Files (and symlinks and fifos) that differ or are missing.
     pub files_differing: Vec<String>,
 }
 
@@ -176,11 +178,13 @@ pub struct RebuildReport {
     pub packages: PackageChanges,
     /// User data written.
     pub user_data: Applied,
-    /// User-data entries the source could not carry.
+    /// User-data entries the source could not carry (device nodes,
+    /// sockets, unreachable paths, ...), and why.
     pub skipped: Vec<String>,
     /// The check of the result.
     pub verification: Verification,
-    /// True if packages and user data match the source exactly.
+    /// True if packages and user data match the source exactly: same
+    /// versions, every entry carried and read back the same.
     pub functional_match: bool,
     /// Time per phase.
     pub phases: Phases,
@@ -306,18 +310,13 @@ pub fn prepare_clone(request: &GuestRequest, out: &Path, options: &RebuildOption
 
     let t = Instant::now();
     let partial = cbt_core::temp_path_for(out);
-    let work = hidden_path(out, "cbt-rebuild");
-    if work.exists() {
-        return Err(RebuildError::Failed(format!(
-            "{}: exists: another rebuild of this name is running, or one was killed (unmount {}/root and remove it)",
-            work.display(),
-            work.display()
-        )));
-    }
+    // Claimed before the partial clone is touched: a running rebuild of
+    // the same name holds it (refused), a dead one's leftovers are undone.
+    let work = attach::WorkDir::claim(&hidden_path(out, "cbt-rebuild"))?;
     let _ = std::fs::remove_file(&partial);
     let guard = RemoveOnDrop(partial.clone());
     attach::create_overlay(&spec.path, format, &partial)?;
-    let mut attached = attach::Attached::attach(&partial, fs.0, fs.1, &work)?;
+    let mut attached = attach::Attached::attach(&partial, fs.0, fs.1, work)?;
     phases.clone = t.elapsed().as_secs_f64();
     options.check_stop()?;
 
@@ -407,7 +406,7 @@ pub fn finish_rebuild(
         output: out.display().to_string(),
         candidate,
         candidates,
-        functional_match: verification.functional_match(),
+        functional_match: verification.functional_match() && user.index.skipped.is_empty(),
         packages: changes,
         user_data: applied,
         skipped: user.index.skipped.clone(),
@@ -586,6 +585,15 @@ fn verify(
     for l in &pack.symlinks {
         if fs.read_link(l.path.as_bytes()).ok().as_deref() != Some(l.target.as_bytes()) {
             v.files_differing.push(l.path.clone());
+        }
+    }
+    for f in &pack.fifos {
+        let same = fs.lstat(f.path.as_bytes()).ok().flatten().is_some_and(|m| {
+            m.special == Some(crate::inspect::SpecialKind::Fifo)
+                && (m.mode & 0o7777, m.uid, m.gid) == (f.mode, f.uid, f.gid)
+        });
+        if !same {
+            v.files_differing.push(f.path.clone());
         }
     }
     Ok(v)

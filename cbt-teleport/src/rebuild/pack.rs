@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use cbt_core::{Error, Result};
 
-use crate::inspect::{EntryKind, GuestFs, Kind, Manifest};
+use crate::inspect::{EntryKind, GuestFs, Kind, Manifest, SpecialKind};
 
 const MAGIC: &[u8; 8] = b"CBTUDAT1";
 const VERSION: u32 = 1;
@@ -94,6 +94,21 @@ pub struct PackLink {
     pub mtime: (i64, u32),
 }
 
+/// A named pipe no package owns (no content: made again with mknod).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackFifo {
+    /// Absolute guest path.
+    pub path: String,
+    /// Mode bits (permissions).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: (i64, u32),
+}
+
 /// What the pack holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackIndex {
@@ -103,7 +118,12 @@ pub struct PackIndex {
     pub dirs: Vec<PackDir>,
     /// Symlinks, by path.
     pub symlinks: Vec<PackLink>,
-    /// Files of the manifest left out, and why.
+    /// Fifos, by path (absent from packs that have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fifos: Vec<PackFifo>,
+    /// Entries of the manifest left out, and why: device nodes (their
+    /// device numbers cannot be read from an image), sockets, names that
+    /// are not UTF-8, paths the reader cannot reach.
     pub skipped: Vec<String>,
 }
 
@@ -144,7 +164,9 @@ impl PackIndex {
     /// Bounds every entry: paths, ids, and file extents inside the pack,
     /// aligned, in order and not overlapping.
     fn check(&self, data_start: u64, len: u64) -> std::result::Result<(), String> {
-        if self.files.len() + self.dirs.len() + self.symlinks.len() + self.skipped.len() > MAX_ENTRIES {
+        if self.files.len() + self.dirs.len() + self.symlinks.len() + self.fifos.len() + self.skipped.len()
+            > MAX_ENTRIES
+        {
             return Err("too many entries".into());
         }
         let mut next = data_start;
@@ -170,6 +192,10 @@ impl PackIndex {
             if l.target.is_empty() || l.target.len() > MAX_PATH || l.target.contains('\0') {
                 return Err(format!("{}: unusable symlink target", l.path));
             }
+        }
+        for f in &self.fifos {
+            check_path(&f.path)?;
+            check_ids(&f.path, f.uid, f.gid, f.mtime)?;
         }
         Ok(())
     }
@@ -241,8 +267,8 @@ pub fn write_pack(fs: &dyn GuestFs, manifest: &Manifest, out: &mut File, label: 
     // written before the content.
     let mut files = Vec::new();
     for f in wanted {
-        if f.path.contains('\u{fffd}') || check_path(&f.path).is_err() {
-            index.skipped.push(format!("{}: name is not UTF-8", f.path));
+        if let Some(why) = unusable_name(&f.path) {
+            index.skipped.push(format!("{}: {why}", f.path));
             continue;
         }
         let Some(meta) = fs.lstat(f.path.as_bytes())? else {
@@ -268,8 +294,10 @@ pub fn write_pack(fs: &dyn GuestFs, manifest: &Manifest, out: &mut File, label: 
         });
     }
     for l in &manifest.symlinks {
-        if l.path.contains('\u{fffd}') || l.target.contains('\u{fffd}') || check_path(&l.path).is_err() {
-            index.skipped.push(format!("{}: name is not UTF-8", l.path));
+        if let Some(why) =
+            unusable_name(&l.path).or_else(|| l.target.contains('\u{fffd}').then_some("target is not UTF-8"))
+        {
+            index.skipped.push(format!("{}: {why}", l.path));
             continue;
         }
         if let Some(meta) = fs.lstat(l.path.as_bytes())? {
@@ -282,6 +310,46 @@ pub fn write_pack(fs: &dyn GuestFs, manifest: &Manifest, out: &mut File, label: 
                 mtime: meta.mtime,
             });
         }
+    }
+    for sp in &manifest.specials {
+        if let Some(why) = unusable_name(&sp.path) {
+            index.skipped.push(format!("{}: {why}", sp.path));
+            continue;
+        }
+        match sp.kind {
+            SpecialKind::Fifo => {
+                let Some(meta) = fs.lstat(sp.path.as_bytes())? else {
+                    index.skipped.push(format!("{}: vanished", sp.path));
+                    continue;
+                };
+                if meta.special != Some(SpecialKind::Fifo) {
+                    index
+                        .skipped
+                        .push(format!("{}: changed since it was described", sp.path));
+                    continue;
+                }
+                add_parents(&sp.path, &mut dirs);
+                index.fifos.push(PackFifo {
+                    path: sp.path.clone(),
+                    mode: meta.mode & 0o7777,
+                    uid: meta.uid,
+                    gid: meta.gid,
+                    mtime: meta.mtime,
+                });
+            }
+            SpecialKind::CharDevice | SpecialKind::BlockDevice => index.skipped.push(format!(
+                "{}: {}: not carried (cbt's ext4 reader cannot read its device number)",
+                sp.path,
+                sp.kind.name()
+            )),
+            SpecialKind::Socket => index.skipped.push(format!(
+                "{}: socket: not carried (a socket on disk is only a name; its service makes it again)",
+                sp.path
+            )),
+        }
+    }
+    for u in &manifest.unreadable {
+        index.skipped.push(u.clone());
     }
     for path in dirs.into_keys() {
         if let Some(meta) = fs.lstat(path.as_bytes())?.filter(|m| m.kind == Kind::Dir) {
@@ -320,6 +388,17 @@ pub fn write_pack(fs: &dyn GuestFs, manifest: &Manifest, out: &mut File, label: 
     out.set_len(offset).map_err(io)?;
     out.sync_all().map_err(io)?;
     Ok(index)
+}
+
+/// Why a manifest path cannot be carried, if it cannot.
+fn unusable_name(path: &str) -> Option<&'static str> {
+    if path.contains('\u{fffd}') {
+        Some("name is not UTF-8")
+    } else if check_path(path).is_err() {
+        Some("not a clean absolute path of at most 4096 bytes")
+    } else {
+        None
+    }
 }
 
 fn json_error(e: serde_json::Error) -> Error {
