@@ -37,6 +37,7 @@ use cbt_benches::{random_bytes, splitmix64, write_random_image, MemStatus, MIB};
 use clap::Parser;
 
 mod procs;
+mod race;
 
 use procs::{peak_rss, tail, Proc, Tmpfs, Watch};
 
@@ -74,10 +75,13 @@ struct Opts {
     /// Sender rate limit while a fault is injected (so kills land mid-transfer).
     #[arg(long, default_value = "4M")]
     bwlimit: String,
+    /// Run only these kinds (repeat for more), e.g. `--only seed-rewritten`.
+    #[arg(long, value_enum)]
+    only: Vec<Kind>,
 }
 
 /// The faults injected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 enum Kind {
     KillSender,
     KillReceiver,
@@ -87,10 +91,11 @@ enum Kind {
     FullDisk,
     PlantedLink,
     SilentFlood,
+    SeedRewritten,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 9] = [
         Kind::KillSender,
         Kind::KillReceiver,
         Kind::KillDaemon,
@@ -99,6 +104,7 @@ impl Kind {
         Kind::FullDisk,
         Kind::PlantedLink,
         Kind::SilentFlood,
+        Kind::SeedRewritten,
     ];
 
     fn label(self) -> &'static str {
@@ -111,6 +117,7 @@ impl Kind {
             Kind::FullDisk => "full disk (16 MiB tmpfs), smaller push",
             Kind::PlantedLink => "planted symlinks, other name",
             Kind::SilentFlood => "1000 silent connections, push",
+            Kind::SeedRewritten => "seed rewritten during copy (new, in place)",
         }
     }
 }
@@ -659,6 +666,7 @@ fn run(opts: &Opts) -> Result<bool> {
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| root || *k != Kind::FullDisk)
+        .filter(|k| opts.only.is_empty() || opts.only.contains(k))
         .collect();
     let mut stats: HashMap<Kind, Stats> = HashMap::new();
 
@@ -708,6 +716,7 @@ fn run(opts: &Opts) -> Result<bool> {
             },
             Kind::PlantedLink => planted_link(&mut s, st, &daemon, &addr, &data, run),
             Kind::SilentFlood => silent_flood(&mut s, st, &flood, &flood_addr, &flood_data, &secret, run),
+            Kind::SeedRewritten => race::seed_rewritten(&mut s, st, run),
         };
         if let Err(e) = r {
             st.rerun_failures += 1;
