@@ -71,6 +71,7 @@ for ((i = 0; i < runs; i++)); do
         cloned=$((cloned + ${c:-0}))
     else
         failed=$((failed + 1))
+        echo "failed (exit $rc): run $i ($mode): $(tail -n 2 run.err | tr '\n' ' ')"
         # Nothing may be published by a failed run (in place: the journal stays).
         if [ "$mode" != inplace ] && [ -e "$out" ]; then wrong=$((wrong + 1)); echo "LEFT OUTPUT: run $i ($mode)"; fi
     fi
