@@ -52,12 +52,12 @@ for ((i = 0; i < runs; i++)); do
     inplace) "$cbt" --no-cache copy src.raw out.raw --seed seeds --inplace --json > run.json 2> run.err ;;
     recv)
         "$cbt" --no-cache recv --listen 127.0.0.1:0 out.raw --seed seeds --json > run.json 2> run.err & r=$!
-        for _ in $(seq 100); do port=$(grep -o 'listening on [0-9.:]*' run.err | grep -o '[0-9]*$' || true); [ -n "$port" ] && break; sleep 0.05; done
+        port=; for _ in $(seq 400); do port=$(grep -o 'listening on [0-9.:]*' run.err | grep -o '[0-9]*$' || true); [ -n "$port" ] && break; sleep 0.05; done
         "$cbt" --no-cache send src.raw "127.0.0.1:$port" > /dev/null 2>> run.err
         wait $r ;;
     push)
         "$cbt" --no-cache serve --listen 127.0.0.1:0 --data data --seed seeds 2> serve.err & d=$!
-        for _ in $(seq 100); do port=$(grep -o 'listening on [0-9.:]*' serve.err | grep -o '[0-9]*$' || true); [ -n "$port" ] && break; sleep 0.05; done
+        port=; for _ in $(seq 400); do port=$(grep -o 'listening on [0-9.:]*' serve.err | grep -o '[0-9]*$' || true); [ -n "$port" ] && break; sleep 0.05; done
         "$cbt" --no-cache send src.raw "127.0.0.1:$port/out.raw" --json > run.json 2> run.err
         rc=$?; kill $d; wait $d 2> /dev/null; (exit $rc) ;;
     esac
