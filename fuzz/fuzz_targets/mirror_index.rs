@@ -4,7 +4,8 @@
 //!
 //! Besides "no panic", the target checks their promises: every Release
 //! path is relative without `..`; every Packages entry's Filename is under
-//! `pool/` without `..`, its Size within the limit given, and the skipped
+//! `pool/` without `..`, its Size within the limit given, its name,
+//! version and architecture within Debian policy's charset, and the skipped
 //! stanzas plus the entries never outnumber the paragraphs.
 #![no_main]
 
@@ -27,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(map.len() + skipped.total() <= paragraphs);
         for (id, e) in &map {
             assert!(!id.name.is_empty(), "{id:?}");
+            assert!(id.is_well_formed(), "{id:?}");
             assert!(check_pool_path(&e.filename).is_ok(), "{e:?}");
             assert!(e.size <= limit, "{e:?}");
         }

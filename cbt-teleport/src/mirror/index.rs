@@ -195,12 +195,16 @@ pub struct SkippedStanzas {
     pub bad_filename: usize,
     /// A Size above the `.deb` limit.
     pub oversize: usize,
+    /// A Package, Version or Architecture that is empty or holds a
+    /// character Debian policy does not allow there (see
+    /// [`PackageId::is_well_formed`]).
+    pub bad_id: usize,
 }
 
 impl SkippedStanzas {
     /// All stanzas skipped.
     pub fn total(&self) -> usize {
-        self.incomplete + self.no_sha256 + self.bad_filename + self.oversize
+        self.incomplete + self.no_sha256 + self.bad_filename + self.oversize + self.bad_id
     }
 }
 
@@ -247,6 +251,15 @@ pub fn parse_packages(
             version,
             architecture,
         };
+        // `text` trims and decodes lossily, so an empty field, NUL bytes or
+        // invalid UTF-8 would otherwise become a key no guest can ask for
+        // (its dpkg only records policy-conforming ids) and, worse, a
+        // cache file name built from index bytes: refuse what policy
+        // refuses, as the guest side does.
+        if !id.is_well_formed() {
+            skipped.bad_id += 1;
+            continue;
+        }
         into.entry(id).or_insert(PoolEntry {
             filename,
             size,
@@ -369,10 +382,50 @@ mod tests {
                 incomplete: 1,
                 no_sha256: 1,
                 bad_filename: 4,
-                oversize: 1
+                oversize: 1,
+                bad_id: 0,
             }
         );
         assert!(parse_packages(b"garbage\n", 1, &mut map, &mut skipped).is_err());
+    }
+
+    #[test]
+    fn ids_outside_policy_charset_are_skipped() {
+        let mut text = stanza("", "1", "amd64", "pool/e.deb", 1);
+        text += &stanza("nul", "1\0\0", "amd64", "pool/n.deb", 1);
+        text += &stanza("space", "05 .", "all", "pool/s.deb", 1);
+        text += &stanza("ctl\u{8}", "1", "all", "pool/c.deb", 1);
+        text += &stanza("arch", "1", "am/d64", "pool/a.deb", 1);
+        text += &stanza("ok", "1:2.0~rc1+b1", "amd64", "pool/o.deb", 1);
+        let mut map = HashMap::new();
+        let mut skipped = SkippedStanzas::default();
+        parse_packages(text.as_bytes(), 1 << 20, &mut map, &mut skipped).unwrap();
+        assert_eq!(map.keys().map(|id| id.name.as_str()).collect::<Vec<_>>(), ["ok"]);
+        assert_eq!(skipped.bad_id, 5);
+    }
+
+    /// The `mirror_index` fuzz target's first finding (after 5.8 M
+    /// executions): a stanza with an empty `Package` and NUL bytes in its
+    /// `Version` was taken as a package (the literal is that stanza, cut
+    /// out of the input by hand; the whole input is in the fuzz corpus as
+    /// `fuzz/corpus/mirror_index/crash-e9471afd` and checked too).
+    #[test]
+    fn fuzz_crash_e9471afd_empty_name_and_nul_version() {
+        const STANZA: &[u8] = b"Package: \nASuite: .deb\ndSize: 1\0\x002\0\xf4ool\nVackage: dool\n\
+            Version:02 .\0\0\0\0\nArchitecture: all\nFilename: pool/eb\nSize: 10\n\
+            SHA256: 1111111111111111111111111111111111111111111111111111111111111111\n\n";
+        let whole = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/corpus/mirror_index/crash-e9471afd"
+        ))
+        .unwrap();
+        for data in [STANZA, &whole] {
+            let mut map = HashMap::new();
+            let mut skipped = SkippedStanzas::default();
+            parse_packages(data, 1 << 20, &mut map, &mut skipped).unwrap();
+            assert!(map.is_empty(), "{map:?}");
+            assert!(skipped.bad_id > 0);
+        }
     }
 
     #[test]

@@ -257,12 +257,13 @@ impl Mirror {
         }
         if m.skipped.total() > 0 {
             m.warnings.push(format!(
-                "{} index stanzas skipped ({} incomplete, {} without SHA256, {} with an unsafe Filename, {} too large)",
+                "{} index stanzas skipped ({} incomplete, {} without SHA256, {} with an unsafe Filename, {} too large, {} with an invalid name, version or architecture)",
                 m.skipped.total(),
                 m.skipped.incomplete,
                 m.skipped.no_sha256,
                 m.skipped.bad_filename,
-                m.skipped.oversize
+                m.skipped.oversize,
+                m.skipped.bad_id
             ));
         }
         Ok(m)
