@@ -502,6 +502,40 @@ fn a_dripping_mirror_is_given_up_and_the_transfer_completes() {
     );
 }
 
+/// `cbt serve --mirror URL` without `--package-cache` starts, fills
+/// `DATA/.cbt-package-cache` and seeds from it (it used to refuse to start).
+#[test]
+fn a_daemon_with_a_mirror_and_no_package_cache_fills_one_under_its_data() {
+    let w = world(&REPO);
+    let n = w.s.debs.len() as u64;
+    let data = w.s.env.dir("data");
+    let (_d, addr) = w.s.daemon(&data, &args!["--mirror", w.s.server.url()]);
+    let v = w.push(&format!("{addr}/guest.img"), &[]);
+    check_teleport(&v, n);
+    assert_same_bytes(&data.join("guest.img"), &w.s.guest);
+    assert_eq!(tp(&v, "prepared.fetched"), n, "{v:#}");
+    let cache = data.join(".cbt-package-cache");
+    for d in &w.s.debs {
+        let cached = fs::read(cache.join(d.cache_name()))
+            .unwrap_or_else(|e| panic!("{} not in {}: {e}", d.cache_name(), cache.display()));
+        assert!(
+            cached == fs::read(w.s.repo.join(&d.pool)).unwrap(),
+            "{}",
+            d.cache_name()
+        );
+    }
+    assert_eq!(
+        tp(&v, "finished.blocks_from_fetched_packages"),
+        w.package_blocks(&[]),
+        "{v:#}"
+    );
+    // The next push finds them there.
+    let v = w.push(&format!("{addr}/again.img"), &[]);
+    check_teleport(&v, n);
+    assert_same_bytes(&data.join("again.img"), &w.s.guest);
+    assert_eq!(tp(&v, "plan.cached"), n, "{v:#}");
+}
+
 #[test]
 fn one_shot_receiver_and_mirrors_from_the_config_file() {
     let w = world(&REPO);
