@@ -25,7 +25,8 @@
 //!                               # (false: only `cbt send --force` may)
 //! metrics = "127.0.0.1:9730"    # serve Prometheus metrics at /metrics
 //! mirrors = ["http://deb.debian.org/debian"]  # apt mirrors for teleported guests' packages,
-//!                               # fetched into the first package_cache
+//!                               # fetched into the first package_cache (by default,
+//!                               # with no package_cache: DATA/.cbt-package-cache)
 //! mirror_timeout = 30           # seconds a mirror may stay silent
 //! mirror_jobs = 4               # package downloads at once
 //! ```
@@ -57,6 +58,11 @@ pub const DEFAULT_IDLE_TIMEOUT: u64 = 120;
 pub const DEFAULT_MAX_PARTIAL_BYTES: u64 = 64 << 30;
 /// Age after which a kept partial output is removed, by default (a day).
 pub const DEFAULT_PARTIAL_MAX_AGE: u64 = 24 * 3600;
+/// The package cache mirrors fill when none is given: under the data
+/// directory, hidden (so it is neither an image the daemon seeds from or
+/// serves, nor a name a peer can push to; see `cbt_net::names`).
+pub const DEFAULT_PACKAGE_CACHE: &str = ".cbt-package-cache";
+
 /// Unauthenticated connections at once, by default.
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
 /// Seconds a new connection has to authenticate, by default.
@@ -184,7 +190,9 @@ pub struct ServeSettings {
     pub max_connections: usize,
     /// Seconds of silence after which a peer is dropped (at least 5).
     pub idle_timeout: u64,
-    /// Directories of .deb archives (and apt index files) that seed blocks too.
+    /// Directories of .deb archives (and apt index files) that seed blocks
+    /// too; mirrors fill the first. With mirrors and none given,
+    /// `DATA/`[`DEFAULT_PACKAGE_CACHE`].
     pub package_cache: Vec<PathBuf>,
     /// TLS certificate chain and key (PEM).
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -253,6 +261,15 @@ impl ServeSettings {
             (Some(_), None) => bail!("a TLS certificate needs its key: --tls-key FILE (or tls_key)"),
             (None, Some(_)) => bail!("a TLS key needs its certificate: --tls-cert FILE (or tls_cert)"),
         };
+        let mirrors = if flags.mirrors.is_empty() {
+            f.mirrors.unwrap_or_default()
+        } else {
+            flags.mirrors
+        };
+        let mut package_cache = list(flags.package_cache, f.package_cache);
+        if package_cache.is_empty() && !mirrors.is_empty() {
+            package_cache.push(data.join(DEFAULT_PACKAGE_CACHE));
+        }
         let s = ServeSettings {
             listen: flags
                 .listen
@@ -270,7 +287,7 @@ impl ServeSettings {
                 .idle_timeout
                 .or(f.idle_timeout)
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT),
-            package_cache: list(flags.package_cache, f.package_cache),
+            package_cache,
             tls,
             format: format.into(),
             compress: flags
@@ -285,11 +302,7 @@ impl ServeSettings {
             allow_inplace: f.allow_inplace.unwrap_or(true),
             overwrite: f.overwrite.unwrap_or(false),
             metrics: flags.metrics.or(f.metrics),
-            mirrors: if flags.mirrors.is_empty() {
-                f.mirrors.unwrap_or_default()
-            } else {
-                flags.mirrors
-            },
+            mirrors,
             mirror_timeout: flags.mirror_timeout.or(f.mirror_timeout).unwrap_or(30.0),
             mirror_jobs: flags.mirror_jobs.or(f.mirror_jobs).unwrap_or(4),
         };
@@ -449,5 +462,37 @@ mod tests {
         let e =
             ServeSettings::resolve(ServeFlags::default(), Some((Path::new("x.toml"), f)), None).unwrap_err();
         assert!(e.to_string().contains("x.toml: format"), "{e}");
+    }
+
+    #[test]
+    fn mirrors_without_a_package_cache_fill_one_under_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        let mirrored = |package_cache: Vec<PathBuf>| ServeFlags {
+            data: Some(data.clone()),
+            mirrors: vec!["http://deb.example/debian".into()],
+            package_cache,
+            ..ServeFlags::default()
+        };
+        let s = ServeSettings::resolve(mirrored(Vec::new()), None, None).unwrap();
+        assert_eq!(s.package_cache, [data.join(".cbt-package-cache")]);
+        // Not created yet (the daemon creates the first cache it fills),
+        // and hidden: no peer can name it as an image.
+        assert!(!s.package_cache[0].exists());
+        assert!(cbt_net::names::check_name(DEFAULT_PACKAGE_CACHE).is_err());
+        // A cache given (flag or file) is used instead; no mirror, no cache.
+        let own = dir.path().join("debs");
+        let s = ServeSettings::resolve(mirrored(vec![own.clone()]), None, None).unwrap();
+        assert_eq!(s.package_cache, [own]);
+        let f =
+            file("mirrors = [\"http://deb.example/debian\"]\npackage_cache = [\"/var/cache/x\"]\n").unwrap();
+        let bare = || ServeFlags {
+            data: Some(data.clone()),
+            ..ServeFlags::default()
+        };
+        let s = ServeSettings::resolve(bare(), Some((Path::new("/etc/cbt.toml"), f)), None).unwrap();
+        assert_eq!(s.package_cache, [PathBuf::from("/var/cache/x")]);
+        let s = ServeSettings::resolve(bare(), None, None).unwrap();
+        assert!(s.package_cache.is_empty());
     }
 }

@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::aptrepo::{build_repo, dead_mirror_url, json_of, setup, Server, Setup};
-use common::assert_success;
+use common::aptrepo::{
+    apt_download_name, build_guest, build_repo, build_repo_named, dead_mirror_url, json_of, run_tool, setup,
+    write_release, Drip, Server, Setup, DRIP_FOR,
+};
+use common::{assert_success, tool, TestEnv};
 
 impl Setup {
     fn fetch_args(&self, extra: &[&str]) -> Vec<OsString> {
@@ -127,6 +130,60 @@ fn fetches_the_exact_packages_then_nothing() {
     assert!(text.contains("newer:amd64 9.9"), "{text}");
 }
 
+/// An offline mirror built from `apt-get download`s lists file names
+/// with a literal `%3a` (the epoch's `:`) and `+`: they are requested
+/// percent-encoded (`%253a`, `%2B`), so the server finds the files.
+#[test]
+fn file_names_that_need_escaping_in_a_url_are_fetched() {
+    let env = TestEnv::new();
+    let specs = [
+        ("dmsetup", "2:1.02.185-2+b1", "amd64", 3_000),
+        ("libstdc++6", "12.2.0-14+deb12u1", "amd64", 5_000),
+        ("tool", "0.5", "all", 2_000),
+    ];
+    let (repo, debs) = build_repo_named(&env, "repo", &specs, 3, apt_download_name);
+    let packages = fs::read_to_string(repo.join("dists/stable/main/binary-amd64/Packages")).unwrap();
+    assert!(
+        packages.contains("Filename: pool/main/d/dmsetup/dmsetup_2%3a1.02.185-2+b1_amd64.deb\n"),
+        "apt-ftparchive lists the literal name:\n{packages}"
+    );
+    let server = Server::start(&repo);
+    let guest = build_guest(&env, &debs);
+    let cache = env.root().join("debs");
+    let s = Setup {
+        env,
+        repo,
+        debs,
+        server,
+        guest,
+        cache,
+    };
+    let v = s.cbt_json(&s.fetch_args(&[]));
+    assert_eq!(
+        ids(&v, "fetched"),
+        [
+            "dmsetup 2:1.02.185-2+b1 amd64",
+            "libstdc++6 12.2.0-14+deb12u1 amd64",
+            "tool 0.5 all"
+        ],
+        "{v}"
+    );
+    assert!(v["failed"].as_array().unwrap().is_empty(), "{v}");
+    s.assert_cache_holds_all_but(&[]);
+    let seen = s.server.seen();
+    assert!(
+        seen.iter()
+            .any(|r| r == "GET /debian/pool/main/d/dmsetup/dmsetup_2%253a1.02.185-2%2Bb1_amd64.deb"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|r| r
+                == "GET /debian/pool/main/l/libstdc%2B%2B6/libstdc%2B%2B6_12.2.0-14%2Bdeb12u1_amd64.deb"),
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn a_corrupt_download_is_reported_and_not_kept() {
     let s = setup();
@@ -218,6 +275,130 @@ fn a_stalled_download_times_out() {
         stderr.contains(&format!("{}/dists/stable/Release", s.server.url())),
         "{stderr}"
     );
+}
+
+/// A mirror that drips (one byte every 200 ms, well inside the 1 s read
+/// timeout) is given up by the minimum rate, not after the server tires
+/// ([`DRIP_FOR`], 60 s): a sized archive fails alone, an endless chunked
+/// Release fails the mirror.
+#[test]
+fn a_dripping_download_is_given_up_at_the_minimum_rate() {
+    let s = setup();
+    let hello = s.debs.iter().find(|d| d.name == "hello").unwrap();
+    s.server
+        .drip(&hello.url_path(), Drip::Sized, Duration::from_millis(200));
+    let start = Instant::now();
+    let out = s.cbt(&s.fetch_args(&["--json", "--timeout", "1"]));
+    let took = start.elapsed();
+    assert!(took < DRIP_FOR / 3, "took {took:?} with a 1 s timeout");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    assert_eq!(ids(&v, "failed"), ["hello 1:2.0-1 amd64"], "{v}");
+    let reason = v["failed"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&hello.pool) && reason.contains("too slow"),
+        "{reason}"
+    );
+    assert_eq!(ids(&v, "fetched"), ["libbar 3.1-2 amd64", "tool 0.5 all"]);
+    assert!(!s
+        .cache_names()
+        .iter()
+        .any(|n| n.starts_with("hello") || n.starts_with('.')));
+
+    s.server.drip(
+        "/debian/dists/stable/Release",
+        Drip::Endless,
+        Duration::from_millis(200),
+    );
+    let start = Instant::now();
+    let out = s.cbt_fail(&s.fetch_args(&["--timeout", "1"]));
+    let took = start.elapsed();
+    assert!(took < DRIP_FOR / 3, "took {took:?} with a 1 s timeout");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}/dists/stable/Release", s.server.url())) && stderr.contains("too slow"),
+        "{stderr}"
+    );
+}
+
+/// A `Packages.xz` bomb that its Release lists (so its size and SHA256
+/// match): 600 concatenated xz streams of the repository's real index
+/// (about 1 MiB each once decompressed, a few KiB compressed). It is
+/// refused at the 512 MiB limit, and parsed while decompressed: cbt's
+/// peak RSS stays far below what holding 512 MiB would take (it was
+/// 540 MB when the whole output was kept). Measured by GNU time when it
+/// is installed; the refusal is checked either way.
+#[test]
+fn a_packages_xz_bomb_is_refused_in_bounded_memory() {
+    let s = setup();
+    let bin = s.repo.join("dists/stable/main/binary-amd64");
+    let index = fs::read(bin.join("Packages")).unwrap();
+    let piece = s.env.root().join("piece");
+    fs::write(&piece, index.repeat((1 << 20) / index.len() + 1)).unwrap();
+    run_tool(
+        std::process::Command::new(tool("xz", "xz-utils"))
+            .args(["-k", "-f", "-0"])
+            .arg(&piece),
+        "xz",
+    );
+    let stream = fs::read(s.env.root().join("piece.xz")).unwrap();
+    fs::write(bin.join("Packages.xz"), stream.repeat(600)).unwrap();
+    fs::remove_file(bin.join("Packages")).unwrap();
+    fs::remove_file(bin.join("Packages.gz")).unwrap();
+    write_release(&s.repo);
+
+    let time = ["/usr/bin/time", "/bin/time"]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|p| p.is_file());
+    let rss_file = s.env.root().join("rss");
+    let out = match time {
+        Some(time) => {
+            let cmd = s.command(&s.fetch_args(&[]), &[]);
+            let mut wrapped = std::process::Command::new(time);
+            wrapped
+                .arg("-f")
+                .arg("%M")
+                .arg("-o")
+                .arg(&rss_file)
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .current_dir(s.env.root());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            wrapped.output().unwrap()
+        }
+        None => {
+            eprintln!("note: no /usr/bin/time (GNU time): the bomb's peak RSS is not measured");
+            s.cbt(&s.fetch_args(&[]))
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("Packages.xz") && stderr.contains("more than 536870912 bytes once decompressed"),
+        "{stderr}"
+    );
+    if time.is_some() {
+        let text = fs::read_to_string(&rss_file).unwrap();
+        let kib: u64 = text
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("GNU time wrote {text:?}"));
+        assert!(kib < 128 << 10, "peak RSS {kib} KiB while refusing the bomb");
+        eprintln!("peak RSS while refusing a 600 MiB Packages.xz bomb: {kib} KiB");
+    }
+    assert!(s.cached_debs().is_empty(), "{:?}", s.cache_names());
 }
 
 #[test]

@@ -24,7 +24,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::aptrepo::{dead_mirror_url, index_repo};
+use common::aptrepo::{dead_mirror_url, index_repo, Drip, DRIP_FOR};
 use common::proc::{noise_image, write_secret, Proc, HANG};
 use common::teleport_world::{
     assert_same_bytes, check_teleport, dir_names, failed, missing, tp, world, REPO,
@@ -449,6 +449,91 @@ fn a_stalled_download_gives_up_and_the_transfer_completes() {
         error.is_some_and(|e| e.contains("dists/stable/Release")),
         "no error naming the stalled index:\n{v:#}"
     );
+}
+
+/// A mirror that drips bytes (a sized archive, then an endless chunked
+/// Packages index; one byte every 200 ms, never silent for the 2 s
+/// timeout) is given up at the minimum rate: what did not arrive crosses
+/// the link, the image is right, and the push ends long before the server
+/// would tire ([`DRIP_FOR`]).
+#[test]
+fn a_dripping_mirror_is_given_up_and_the_transfer_completes() {
+    let w = world(&REPO);
+    let n = w.s.debs.len() as u64;
+    let hello = w.deb("hello");
+    w.s.server
+        .drip(&hello.url_path(), Drip::Sized, Duration::from_millis(200));
+    let (_d, addr, data) = w.receiver(
+        "data",
+        &args!["--mirror", w.s.server.url(), "--mirror-timeout", "2"],
+    );
+    let start = Instant::now();
+    let v = w.push(&format!("{addr}/guest.img"), &[]);
+    let took = start.elapsed();
+    assert!(took < DRIP_FOR / 2, "took {took:?} with a 2 s timeout");
+    check_teleport(&v, n);
+    assert_same_bytes(&data.join("guest.img"), &w.s.guest);
+    let f = failed(&v);
+    assert_eq!(f.len(), 1, "{v:#}");
+    assert_eq!(f[0].0, hello.id(), "{v:#}");
+    assert!(f[0].1.contains("too slow"), "{v:#}");
+    w.s.assert_cache_holds_all_but(&["hello"]);
+    assert_eq!(
+        tp(&v, "finished.blocks_from_fetched_packages"),
+        w.package_blocks(&["hello"]),
+        "{v:#}"
+    );
+
+    w.s.server.drip(
+        "/debian/dists/stable/main/binary-amd64/Packages.xz",
+        Drip::Endless,
+        Duration::from_millis(200),
+    );
+    let start = Instant::now();
+    let v = w.push(&format!("{addr}/again.img"), &[]);
+    let took = start.elapsed();
+    assert!(took < DRIP_FOR / 2, "took {took:?} with a 2 s timeout");
+    check_teleport(&v, n);
+    assert_same_bytes(&data.join("again.img"), &w.s.guest);
+    let error = v["teleport"]["plan"]["mirrors"][0]["error"].as_str();
+    assert!(
+        error.is_some_and(|e| e.contains("Packages.xz") && e.contains("too slow")),
+        "no error naming the dripping index:\n{v:#}"
+    );
+}
+
+/// `cbt serve --mirror URL` without `--package-cache` starts, fills
+/// `DATA/.cbt-package-cache` and seeds from it (it used to refuse to start).
+#[test]
+fn a_daemon_with_a_mirror_and_no_package_cache_fills_one_under_its_data() {
+    let w = world(&REPO);
+    let n = w.s.debs.len() as u64;
+    let data = w.s.env.dir("data");
+    let (_d, addr) = w.s.daemon(&data, &args!["--mirror", w.s.server.url()]);
+    let v = w.push(&format!("{addr}/guest.img"), &[]);
+    check_teleport(&v, n);
+    assert_same_bytes(&data.join("guest.img"), &w.s.guest);
+    assert_eq!(tp(&v, "prepared.fetched"), n, "{v:#}");
+    let cache = data.join(".cbt-package-cache");
+    for d in &w.s.debs {
+        let cached = fs::read(cache.join(d.cache_name()))
+            .unwrap_or_else(|e| panic!("{} not in {}: {e}", d.cache_name(), cache.display()));
+        assert!(
+            cached == fs::read(w.s.repo.join(&d.pool)).unwrap(),
+            "{}",
+            d.cache_name()
+        );
+    }
+    assert_eq!(
+        tp(&v, "finished.blocks_from_fetched_packages"),
+        w.package_blocks(&[]),
+        "{v:#}"
+    );
+    // The next push finds them there.
+    let v = w.push(&format!("{addr}/again.img"), &[]);
+    check_teleport(&v, n);
+    assert_same_bytes(&data.join("again.img"), &w.s.guest);
+    assert_eq!(tp(&v, "plan.cached"), n, "{v:#}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A real apt repository for the mirror and teleport tests, built at test
 //! time (`dpkg-deb --build`, `apt-ftparchive packages` and `release`) and
 //! served on 127.0.0.1 by a small HTTP/1.1 file server that can also
-//! corrupt one path, stall on another or answer 404 for a third; a
+//! corrupt one path, stall on another, drip a third a byte at a time or
+//! answer 404 for a fourth; a
 //! published `Translation-en` and `InRelease` ([`publish_translation`]);
 //! ext4 guests whose dpkg status lists those packages (and whose apt lists
 //! hold what they are given), and a [`Setup`] running `cbt` without proxy
@@ -37,9 +38,25 @@ pub struct Behaviour {
     pub stall: HashSet<String>,
     /// URL paths answered with 404 although the file exists.
     pub not_found: HashSet<String>,
+    /// URL paths answered one byte per interval (for [`DRIP_FOR`] at most).
+    pub drip: HashMap<String, (Drip, Duration)>,
     /// Request targets as received (absolute URLs when sent through a proxy).
     pub seen: Vec<String>,
 }
+
+/// How [`Server::drip`] frames its answer.
+#[derive(Clone, Copy, Debug)]
+pub enum Drip {
+    /// The file's true `Content-Length`, then its bytes one at a time.
+    Sized,
+    /// `Transfer-Encoding: chunked`, one-byte chunks, never a last chunk.
+    Endless,
+}
+
+/// How long a dripped answer lasts before the server closes the
+/// connection: long enough that a client without a minimum rate is seen
+/// to hang, short enough that its test ends.
+pub const DRIP_FOR: Duration = Duration::from_secs(60);
 
 /// A std-only HTTP/1.1 file server: GET only, `Content-Length`, 404,
 /// `Connection: close`. URL `/debian/X` serves `root/X`.
@@ -82,6 +99,16 @@ impl Server {
     /// Answers requests for `path` with silence (30 s, then a closed connection).
     pub fn stall(&self, path: &str) {
         self.behaviour.lock().unwrap().stall.insert(path.to_string());
+    }
+
+    /// Answers requests for `path` one byte per `interval`, framed as `how`
+    /// says, and closes the connection after [`DRIP_FOR`].
+    pub fn drip(&self, path: &str, how: Drip, interval: Duration) {
+        self.behaviour
+            .lock()
+            .unwrap()
+            .drip
+            .insert(path.to_string(), (how, interval));
     }
 
     /// Answers requests for `path` with 404.
@@ -134,6 +161,11 @@ fn serve(mut stream: TcpStream, root: &Path, b: &Mutex<Behaviour>) {
         Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
         None => target,
     };
+    // As any web server does: the file is the path percent-decoded.
+    let Some(path) = percent_decode(path) else {
+        return respond_now(&mut stream, "400 Bad Request", b"bad escape\n");
+    };
+    let path = path.as_str();
     let respond = |stream: &mut TcpStream, status: &str, body: &[u8]| {
         let head = format!(
             "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
@@ -145,12 +177,13 @@ fn serve(mut stream: TcpStream, root: &Path, b: &Mutex<Behaviour>) {
     if method != "GET" {
         return respond(&mut stream, "405 Method Not Allowed", b"");
     }
-    let (corrupt, stall, not_found) = {
+    let (corrupt, stall, not_found, drip) = {
         let b = b.lock().unwrap();
         (
             b.corrupt.get(path).cloned(),
             b.stall.contains(path),
             b.not_found.contains(path),
+            b.drip.get(path).copied(),
         )
     };
     if stall {
@@ -167,9 +200,73 @@ fn serve(mut stream: TcpStream, root: &Path, b: &Mutex<Behaviour>) {
         .strip_prefix("/debian/")
         .filter(|rel| !rel.split('/').any(|c| c == ".." || c.is_empty()))
         .map(|rel| root.join(rel));
-    match file.and_then(|f| fs::read(f).ok()) {
-        Some(data) => respond(&mut stream, "200 OK", &data),
-        None => respond(&mut stream, "404 Not Found", b"not found\n"),
+    match (file.and_then(|f| fs::read(f).ok()), drip) {
+        (Some(data), Some((how, interval))) => drip_answer(&mut stream, &data, how, interval),
+        (Some(data), None) => respond(&mut stream, "200 OK", &data),
+        (None, _) => respond(&mut stream, "404 Not Found", b"not found\n"),
+    }
+}
+
+/// Writes a whole answer with `Content-Length` and `Connection: close`.
+fn respond_now(stream: &mut TcpStream, status: &str, body: &[u8]) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+}
+
+/// `%XX` escapes decoded (`None` for a bad escape or a result that is not
+/// UTF-8); `+` is left alone, as in a URL path.
+pub fn percent_decode(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Answers with `data` one byte per `interval` for [`DRIP_FOR`] at most.
+fn drip_answer(stream: &mut TcpStream, data: &[u8], how: Drip, interval: Duration) {
+    let head = match how {
+        Drip::Sized => format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            data.len()
+        ),
+        Drip::Endless => {
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_string()
+        }
+    };
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    let bytes = match how {
+        Drip::Sized => data.len(),
+        Drip::Endless => usize::MAX,
+    };
+    for &byte in data.iter().cycle().take(bytes) {
+        if start.elapsed() > DRIP_FOR {
+            return;
+        }
+        let sent = match how {
+            Drip::Sized => stream.write_all(&[byte]),
+            Drip::Endless => stream.write_all(&[b'1', b'\r', b'\n', byte, b'\r', b'\n']),
+        };
+        if sent.is_err() {
+            return;
+        }
+        std::thread::sleep(interval);
     }
 }
 
@@ -228,6 +325,28 @@ pub fn build_repo(
     specs: &[(&'static str, &'static str, &'static str, usize)],
     seed: u64,
 ) -> (PathBuf, Vec<Deb>) {
+    // Debian's pool names leave the epoch out.
+    build_repo_named(env, rel, specs, seed, |name, version, arch| {
+        let file_version = version.split_once(':').map_or(version, |(_, v)| v);
+        format!("{name}_{file_version}_{arch}.deb")
+    })
+}
+
+/// The name `apt-get download` gives an archive, which offline mirrors
+/// built from downloads keep: the epoch's `:` written `%3a`, literally.
+pub fn apt_download_name(name: &str, version: &str, arch: &str) -> String {
+    format!("{name}_{}_{arch}.deb", version.replace(':', "%3a"))
+}
+
+/// [`build_repo`] with the archives' file names in the pool given by
+/// `file_name(name, version, architecture)`.
+pub fn build_repo_named(
+    env: &TestEnv,
+    rel: &str,
+    specs: &[(&'static str, &'static str, &'static str, usize)],
+    seed: u64,
+    file_name: impl Fn(&str, &str, &str) -> String,
+) -> (PathBuf, Vec<Deb>) {
     let repo = env.dir(rel);
     let mut debs = Vec::new();
     for (i, &(name, version, arch, len)) in specs.iter().enumerate() {
@@ -246,9 +365,11 @@ pub fn build_repo(
         );
         fs::create_dir_all(src.join("usr/share").join(name)).unwrap();
         fs::write(src.join(&file.0), &file.1).unwrap();
-        // Debian's pool names leave the epoch out.
-        let file_version = version.split_once(':').map_or(version, |(_, v)| v);
-        let pool = format!("pool/main/{}/{name}/{name}_{file_version}_{arch}.deb", &name[..1]);
+        let pool = format!(
+            "pool/main/{}/{name}/{}",
+            &name[..1],
+            file_name(name, version, arch)
+        );
         let deb = repo.join(&pool);
         fs::create_dir_all(deb.parent().unwrap()).unwrap();
         run_tool(
@@ -289,6 +410,12 @@ pub fn index_repo(repo: &Path) {
             compressor,
         );
     }
+    write_release(repo);
+}
+
+/// (Re)writes `dists/stable/Release` of `repo` from the index files now
+/// under `dists/stable`.
+pub fn write_release(repo: &Path) {
     // Else the new Release lists the old one among its files.
     let _ = fs::remove_file(repo.join("dists/stable/Release"));
     let release = run_tool(

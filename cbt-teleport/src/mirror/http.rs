@@ -1,9 +1,22 @@
 //! The HTTP side of a mirror: one blocking `ureq` agent with bounded
 //! timeouts and redirects, the proxy from the environment, and a body
-//! reader that never accepts more bytes than the caller allows.
+//! reader that never accepts more bytes than the caller allows and gives
+//! up on a body that arrives too slowly.
+//!
+//! **Why a minimum rate.** A per-read timeout only catches silence: a
+//! server that drips one byte a second (a `Content-Length: 5000` body, or
+//! a chunked body that never ends) keeps every read short and a download
+//! alive for ever. So every body is also held to
+//! [`MirrorOptions::min_rate`] once a grace period of
+//! [`MirrorOptions::read_timeout`] has passed: after `t` seconds it must
+//! have delivered at least `(t - grace) × min_rate` bytes. A body of `N`
+//! bytes therefore has at most `grace + N / min_rate` (plus one read
+//! timeout for a read already blocked), whether its size is known or not,
+//! and the response headers have one read timeout in all. A download cut
+//! short this way fails like any other; its package then crosses the link.
 
 use std::io::Read;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{MirrorError, MirrorOptions};
 
@@ -14,6 +27,27 @@ const CHUNK: usize = 64 << 10;
 #[derive(Debug, Clone)]
 pub(crate) struct Http {
     agent: ureq::Agent,
+    pace: Pace,
+}
+
+/// The slowest a body may arrive (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pace {
+    /// Time before the rate is enforced.
+    pub(crate) grace: Duration,
+    /// Bytes per second, on average since the headers arrived (0: no minimum).
+    pub(crate) min_rate: u64,
+}
+
+impl Pace {
+    /// True if `received` bytes after `elapsed` is below the minimum.
+    pub(crate) fn too_slow(&self, received: u64, elapsed: Duration) -> bool {
+        if self.min_rate == 0 || elapsed <= self.grace {
+            return false;
+        }
+        let owed = (elapsed - self.grace).as_secs_f64() * self.min_rate as f64;
+        (received as f64) < owed
+    }
 }
 
 impl Http {
@@ -27,6 +61,8 @@ impl Http {
             .timeout_connect(Some(options.connect_timeout))
             .timeout_per_read(Some(options.read_timeout))
             .timeout_per_write(Some(options.read_timeout))
+            // Headers dripped a byte at a time are no better than silence.
+            .timeout_recv_response(Some(options.read_timeout))
             .timeout_resolve(Some(options.connect_timeout.max(Duration::from_secs(1))))
             .max_redirects(options.max_redirects)
             .http_status_as_error(false)
@@ -35,13 +71,18 @@ impl Http {
             .build();
         Http {
             agent: ureq::Agent::new_with_config(config),
+            pace: Pace {
+                grace: options.read_timeout,
+                min_rate: options.min_rate,
+            },
         }
     }
 
     /// GETs `url` and feeds its body, in order, to `sink`; at most `limit`
     /// bytes are accepted (a larger `Content-Length` is refused before
     /// reading, a longer body as soon as it passes the limit). Returns the
-    /// number of bytes read. A non-2xx status is [`MirrorError::Status`].
+    /// number of bytes read. A non-2xx status is [`MirrorError::Status`]; a
+    /// body slower than the minimum rate is [`MirrorError::TooSlow`].
     pub(crate) fn get(
         &self,
         url: &str,
@@ -70,8 +111,11 @@ impl Http {
         let mut reader = body.into_reader();
         let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
+        let started = Instant::now();
         loop {
-            let n = match reader.read(&mut buf) {
+            let read = reader.read(&mut buf);
+            let elapsed = started.elapsed();
+            let n = match read {
                 Ok(0) => return Ok(total),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -83,6 +127,14 @@ impl Http {
                 }
             };
             total += n as u64;
+            if self.pace.too_slow(total, elapsed) {
+                return Err(MirrorError::TooSlow {
+                    url: url.to_string(),
+                    received: total,
+                    seconds: elapsed.as_secs_f64(),
+                    min_rate: self.pace.min_rate,
+                });
+            }
             if total > limit {
                 return Err(MirrorError::TooLarge {
                     url: url.to_string(),
@@ -101,5 +153,30 @@ impl Http {
             Ok(())
         })?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_allows_a_grace_then_an_average_rate() {
+        let p = Pace {
+            grace: Duration::from_secs(2),
+            min_rate: 1000,
+        };
+        // Nothing is owed during the grace period.
+        assert!(!p.too_slow(0, Duration::from_secs(2)));
+        // 3 s in, 1 000 bytes are owed.
+        assert!(!p.too_slow(1000, Duration::from_secs(3)));
+        assert!(p.too_slow(999, Duration::from_secs(3)));
+        // A drip: one byte every 2 s is below any sane rate after the grace.
+        assert!(p.too_slow(3, Duration::from_secs(6)));
+        // A body of N bytes has at most grace + N / min_rate.
+        assert!(!p.too_slow(5000, Duration::from_secs(7)));
+        assert!(p.too_slow(5000, Duration::from_millis(7001)));
+        let off = Pace { min_rate: 0, ..p };
+        assert!(!off.too_slow(0, Duration::from_secs(3600)));
     }
 }

@@ -45,8 +45,8 @@ use serde::Serialize;
 pub(crate) use fetch::intact;
 pub use fetch::{fetch_packages, FailedPackage, FetchOptions, FetchReport, FetchedPackage};
 pub use index::{
-    check_pool_path, check_relative_path, parse_packages, parse_release, IndexCodec, PoolEntry, ReleaseFile,
-    Sha256Digest, SkippedStanzas,
+    check_pool_path, check_relative_path, parse_packages, parse_packages_from, parse_packages_index,
+    parse_release, IndexCodec, PoolEntry, ReleaseFile, Sha256Digest, SkippedStanzas, MAX_STANZA,
 };
 
 pub use wanted::{guest_dists, index_architectures, packages_to_fetch, Dist, PackageId};
@@ -73,6 +73,19 @@ pub enum MirrorError {
         url: String,
         /// The status code.
         status: u16,
+    },
+    /// The body arrived slower than the minimum rate
+    /// ([`MirrorOptions::min_rate`]): a mirror that drips bytes.
+    #[error("{url}: too slow: {received} bytes in {seconds:.1} s, below the minimum of {min_rate} bytes/s")]
+    TooSlow {
+        /// The URL requested.
+        url: String,
+        /// Bytes received before giving up.
+        received: u64,
+        /// Seconds since the response headers.
+        seconds: f64,
+        /// The minimum rate, in bytes per second.
+        min_rate: u64,
     },
     /// The body is larger than allowed.
     #[error("{url}: larger than the limit of {limit} bytes")]
@@ -149,13 +162,26 @@ impl Default for MirrorLimits {
     }
 }
 
+/// The default [`MirrorOptions::min_rate`]: 64 KiB/s. A mirror slower
+/// than that on average is not worth waiting for (a teleport sends the
+/// package's blocks over its own link instead), and it still gives a
+/// 2 MiB package 32 s beyond the grace period, a 100 MiB one 27 minutes.
+pub const DEFAULT_MIN_RATE: u64 = 64 << 10;
+
 /// How the mirror client talks to the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MirrorOptions {
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
-    /// Time allowed for each read (the server stalling longer fails the request).
+    /// Time allowed for each read (the server stalling longer fails the
+    /// request), for the response headers as a whole, and the grace
+    /// period before [`min_rate`](Self::min_rate) applies.
     pub read_timeout: Duration,
+    /// Slowest average rate a body may arrive at once `read_timeout` has
+    /// passed, in bytes per second (0: none): a download of `N` bytes has
+    /// at most `read_timeout + N / min_rate`. Default
+    /// [`DEFAULT_MIN_RATE`]; see the `http` module's doc for why.
+    pub min_rate: u64,
     /// Redirects followed per request.
     pub max_redirects: u32,
     /// Size limits.
@@ -167,6 +193,7 @@ impl Default for MirrorOptions {
         MirrorOptions {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            min_rate: DEFAULT_MIN_RATE,
             max_redirects: 5,
             limits: MirrorLimits::default(),
         }
@@ -257,12 +284,13 @@ impl Mirror {
         }
         if m.skipped.total() > 0 {
             m.warnings.push(format!(
-                "{} index stanzas skipped ({} incomplete, {} without SHA256, {} with an unsafe Filename, {} too large)",
+                "{} index stanzas skipped ({} incomplete, {} without SHA256, {} with an unsafe Filename, {} too large, {} with an invalid name, version or architecture)",
                 m.skipped.total(),
                 m.skipped.incomplete,
                 m.skipped.no_sha256,
                 m.skipped.bad_filename,
-                m.skipped.oversize
+                m.skipped.oversize,
+                m.skipped.bad_id
             ));
         }
         Ok(m)
@@ -298,7 +326,7 @@ impl Mirror {
                 }
                 let mut loaded = false;
                 for (file, codec) in candidates {
-                    let url = format!("{dist_url}/{}", file.path);
+                    let url = format!("{dist_url}/{}", url_path(&file.path));
                     if file.size > limits.packages {
                         return Err(MirrorError::TooLarge {
                             url,
@@ -320,19 +348,21 @@ impl Mirror {
                         Err(e) => return Err(e),
                     };
                     check_file(&url, &data, file.size, &file.sha256)?;
-                    let text = index::decompress(&data, codec, limits.packages).map_err(|reason| {
-                        MirrorError::Malformed {
-                            url: url.clone(),
-                            reason,
-                        }
+                    // Parsed while decompressed: a bomb costs at most
+                    // `limits.packages` of reading, not of memory.
+                    index::parse_packages_index(
+                        &data,
+                        codec,
+                        limits.packages,
+                        limits.deb,
+                        &mut self.packages,
+                        &mut self.skipped,
+                    )
+                    .map_err(|reason| MirrorError::Malformed {
+                        url: url.clone(),
+                        reason,
                     })?;
                     self.index_files.push((lists_name(&url), data));
-                    parse_packages(&text, limits.deb, &mut self.packages, &mut self.skipped).map_err(
-                        |reason| MirrorError::Malformed {
-                            url: url.clone(),
-                            reason,
-                        },
-                    )?;
                     tracing::info!("{url}: {} packages known so far", self.packages.len());
                     self.indexes.push(url);
                     loaded = true;
@@ -383,7 +413,7 @@ impl Mirror {
         }
         let limits = self.options.limits;
         for (file, _) in index::index_candidates(files, &format!("{component}/i18n/Translation-{lang}")) {
-            let url = format!("{dist_url}/{}", file.path);
+            let url = format!("{dist_url}/{}", url_path(&file.path));
             if file.size > limits.packages {
                 continue;
             }
@@ -462,9 +492,10 @@ impl Mirror {
             .collect()
     }
 
-    /// The full URL of a pool entry.
+    /// The full URL of a pool entry, its path percent-encoded
+    /// ([`url_path`]).
     pub fn entry_url(&self, entry: &PoolEntry) -> String {
-        format!("{}/{}", self.url, entry.filename)
+        format!("{}/{}", self.url, url_path(&entry.filename))
     }
 
     /// Downloads `wanted` into `dest` from this mirror: see [`fetch_packages`].
@@ -504,7 +535,27 @@ impl Mirror {
     }
 }
 
-/// Checks downloaded `data` against the size and digest it was listed with.
+/// A relative path from an index (`Filename`, a Release entry) as the
+/// path of a URL: each segment percent-encoded, `/` kept.
+///
+/// An index gives file names, not URLs: `apt-get download` saves
+/// `dmsetup_2:1.02.185-2` as `dmsetup_2%3a1.02.185-2_amd64.deb`, and an
+/// offline mirror built from such downloads lists that literal name, `%`
+/// included; a server decodes `%3a` in a request to `:` and finds nothing.
+/// Everything but RFC 3986's unreserved characters is encoded (`%` as
+/// `%25`, `+` as `%2B`, which some servers would otherwise read as a space).
+pub fn url_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// apt's name for the list file of `url`: without the scheme, `/` as `_`
 /// (`deb.debian.org_debian_dists_bookworm_Release`).
 fn lists_name(url: &str) -> String {
@@ -512,6 +563,7 @@ fn lists_name(url: &str) -> String {
     rest.replace('/', "_")
 }
 
+/// Checks downloaded `data` against the size and digest it was listed with.
 fn check_file(url: &str, data: &[u8], size: u64, sha256: &Sha256Digest) -> Result<(), MirrorError> {
     if data.len() as u64 != size {
         return Err(MirrorError::Mismatch {
@@ -622,6 +674,34 @@ mod tests {
             Mirror::open("http://127.0.0.1:9/debian", &d, &evil_arch, &o),
             Err(MirrorError::Config(_))
         ));
+    }
+
+    #[test]
+    fn index_paths_are_percent_encoded_in_urls() {
+        assert_eq!(
+            url_path("pool/main/d/dmsetup/dmsetup_2%3a1.02.185-2_amd64.deb"),
+            "pool/main/d/dmsetup/dmsetup_2%253a1.02.185-2_amd64.deb"
+        );
+        assert_eq!(
+            url_path("pool/main/g/gcc-12/libstdc++6_12.2.0-14+deb12u1_amd64.deb"),
+            "pool/main/g/gcc-12/libstdc%2B%2B6_12.2.0-14%2Bdeb12u1_amd64.deb"
+        );
+        assert_eq!(url_path("a:b@c,d=e~f"), "a%3Ab%40c%2Cd%3De~f");
+        assert_eq!(
+            url_path("main/binary-amd64/Packages.xz"),
+            "main/binary-amd64/Packages.xz"
+        );
+        let mut m = Mirror::empty("http://h/debian/", &MirrorOptions::default());
+        let entry = PoolEntry {
+            filename: "pool/a/a_1%3a2+b1_all.deb".into(),
+            size: 1,
+            sha256: Sha256Digest([0; 32]),
+        };
+        m.insert(PackageId::new("a", "1:2+b1", "all"), entry.clone());
+        assert_eq!(
+            m.entry_url(&entry),
+            "http://h/debian/pool/a/a_1%253a2%2Bb1_all.deb"
+        );
     }
 
     #[test]

@@ -28,18 +28,34 @@ impl PackageId {
         }
     }
 
+    /// True if the name, version and architecture each use only the
+    /// characters Debian policy allows them (§5.6.1, §5.6.12, §11.1):
+    /// a name of letters, digits, `+`, `-` and `.` starting with a letter
+    /// or digit; a version of letters, digits and `.+-:~` starting with a
+    /// letter or digit; an architecture of letters, digits and `-`; none
+    /// empty or longer than 255 bytes.
+    ///
+    /// The values come from a guest image or a mirror's index, and become
+    /// file names in the package cache and parts of URLs: a control
+    /// character, a space, `/` or `_` (apt's separator in file names) in
+    /// any of them is never a package apt could have installed, so such an
+    /// id is refused rather than escaped. Upper case is tolerated (dpkg
+    /// reads it, and refusing it would only cost a seed).
+    pub fn is_well_formed(&self) -> bool {
+        fn ok(s: &str, extra: &str) -> bool {
+            s.len() <= 255
+                && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || extra.as_bytes().contains(&b))
+        }
+        ok(&self.name, "+-.") && ok(&self.version, ".+-:~") && ok(&self.architecture, "-")
+    }
+
     /// The file name apt gives the archive in its cache:
     /// `name_version_arch.deb`, with `:` (the epoch) written `%3a`; `None`
-    /// if a part holds a character that has no place in a package name,
-    /// version or architecture (the values come from a guest image).
+    /// if the id is not [well formed](PackageId::is_well_formed).
     pub fn deb_file_name(&self) -> Option<String> {
-        let ok = |s: &str, extra: &str| {
-            !s.is_empty()
-                && s.len() <= 255
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".+-".contains(c) || extra.contains(c))
-        };
-        if !ok(&self.name, "") || !ok(&self.version, ":~") || !ok(&self.architecture, "") {
+        if !self.is_well_formed() {
             return None;
         }
         Some(format!(
@@ -185,7 +201,15 @@ mod tests {
             PackageId::new("a", "1 2", "amd64"),
             PackageId::new("a", "1", ""),
             PackageId::new("a", "1", "am:d64"),
+            PackageId::new("", "1", "amd64"),
+            PackageId::new("a", "", "amd64"),
+            PackageId::new("-a", "1", "amd64"),
+            PackageId::new("a_b", "1", "amd64"),
+            PackageId::new("a", "1\0", "amd64"),
+            PackageId::new("a", ":1", "amd64"),
+            PackageId::new("a\u{e9}", "1", "amd64"),
         ] {
+            assert!(!bad.is_well_formed(), "{bad}");
             assert!(bad.deb_file_name().is_none(), "{bad}");
         }
     }
