@@ -118,7 +118,7 @@ pub(crate) fn detect_format_of(mut file: &File, path: &Path) -> Result<ImageForm
         .map_err(|e| Error::io(path, "seek", e))?;
     let mut tail = [0u8; foreign::TAIL_LEN];
     let tail = if len >= (foreign::HEAD_LEN + foreign::TAIL_LEN) as u64 {
-        let n = pread_full(&file, path, &mut tail, len - foreign::TAIL_LEN as u64)?;
+        let n = pread_full(file, path, &mut tail, len - foreign::TAIL_LEN as u64)?;
         Some(&tail[..n])
     } else {
         None
