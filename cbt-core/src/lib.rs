@@ -62,7 +62,8 @@ pub use reconstruct::{
 pub mod assemble;
 
 pub use assemble::{
-    check_consistent, Assembly, AssemblyOptions, Candidate, Checked, Expected, InPlaceRecord, VerifiedRun,
+    check_consistent, Assembly, AssemblyOptions, Candidate, Checked, Cloned, Expected, InPlaceRecord,
+    VerifiedRun,
 };
 mod estimate;
 

@@ -297,8 +297,8 @@ impl OutputFile {
         self.in_place.is_some()
     }
 
-    /// Makes `len` bytes at `offset` read as zeros (in place only: a new
-    /// output's unwritten blocks already are holes). A file gets a hole
+    /// Makes `len` bytes at `offset` read as zeros (in place, or where a
+    /// new output must be as if never written). A file gets a hole
     /// punched (zeros written where the filesystem cannot punch); a block
     /// device gets zeros written where the old bytes were not zero.
     /// Returns the bytes actually written.
@@ -312,7 +312,9 @@ impl OutputFile {
                 self.temp_path.display()
             )));
         }
-        if self.in_place == Some(InPlaceKind::File) {
+        // A regular file (in place, or a new output undoing a rejected
+        // clone) gets a hole; a block device zeros.
+        if self.in_place != Some(InPlaceKind::Device) {
             use rustix::fs::FallocateFlags;
             match rustix::fs::fallocate(
                 f,

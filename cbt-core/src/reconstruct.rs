@@ -584,11 +584,11 @@ fn copy_local(
         let raw = seed.as_ref().and_then(|s| s.raw_file()).filter(|_| in_seed);
         let cloned = match raw {
             Some(f) => assembly.clone_in(f, loc.offset, first.offset, total)?,
-            None => false,
+            None => None,
         };
         buf.resize(total as usize, 0);
         // Not cloned: the seed is read here, checked, and what was checked written.
-        let readable = cloned
+        let readable = cloned.is_some()
             || (in_seed
                 && seed
                     .as_ref()
@@ -606,12 +606,13 @@ fn copy_local(
                 &mut zeros,
             )
         };
-        let checked = if cloned {
-            assembly.check_output(first.offset, &mut buf, check)?
-        } else {
-            let checked = check(&buf);
-            checked.runs().iter().try_for_each(|r| assembly.write(r))?;
-            checked
+        let checked = match cloned {
+            Some(cloned) => assembly.check_cloned(cloned, &mut buf, check)?,
+            None => {
+                let checked = check(&buf);
+                checked.runs().iter().try_for_each(|r| assembly.write(r))?;
+                checked
+            }
         };
         let mut good_bytes = 0u64;
         let mut good_count = 0u64;

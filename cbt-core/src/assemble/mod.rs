@@ -70,6 +70,15 @@ impl Default for AssemblyOptions {
     }
 }
 
+/// A range [`Assembly::clone_in`] had the kernel copy into the output,
+/// not yet checked: nothing in it counts until [`Assembly::check_cloned`].
+#[derive(Debug)]
+#[must_use = "a cloned range counts only once checked with Assembly::check_cloned"]
+pub struct Cloned {
+    offset: u64,
+    len: u64,
+}
+
 /// A block record hashed from the output updated in place, by the
 /// assembly itself ([`Assembly::hash_in_place`]): what the output holds.
 #[derive(Debug, Clone, Copy)]
@@ -311,24 +320,55 @@ impl Assembly {
 
     /// Has the kernel copy `len` bytes at `seed_offset` of `seed` (a raw
     /// file) to `offset` of the output, sharing extents where the
-    /// filesystem can. Nothing is recorded: the caller then checks what
-    /// landed with [`Assembly::check_output`], so that a seed rewritten
-    /// meanwhile (a running VM's disk) gets its blocks rejected, never
-    /// recorded, and fetched (which overwrites what the copy left). After
-    /// the copy the output's extents are its own, so that check is one
-    /// read, as reading the seed would be.
+    /// filesystem can. Nothing is recorded: the [`Cloned`] range must be
+    /// checked where it landed with [`Assembly::check_cloned`], so that a
+    /// seed rewritten meanwhile (a running VM's disk) gets its blocks
+    /// rejected, never recorded. After the copy the output's extents are
+    /// its own, so that check is one read, as reading the seed would be.
     ///
-    /// False when the range is not aligned to the filesystems' block or the
-    /// kernel refuses (another filesystem, a qcow2 output): the caller
+    /// `None` when the range is not aligned to the filesystems' block or
+    /// the kernel refuses (another filesystem, a qcow2 output): the caller
     /// reads the seed and writes what it checked.
-    pub fn clone_in(&self, seed: &File, seed_offset: u64, offset: u64, len: u64) -> Result<bool> {
+    pub fn clone_in(&self, seed: &File, seed_offset: u64, offset: u64, len: u64) -> Result<Option<Cloned>> {
         // Filesystems share whole blocks only: unaligned runs are written.
         let aligned = [offset, seed_offset, len].iter().all(|v| v % CLONE_ALIGN == 0);
         if !aligned || !self.output.clone_range(seed, seed_offset, offset, len)? {
-            return Ok(false);
+            return Ok(None);
         }
-        self.bytes_cloned.fetch_add(len, Ordering::Relaxed);
-        Ok(true)
+        Ok(Some(Cloned { offset, len }))
+    }
+
+    /// Checks what [`Assembly::clone_in`] put into the output: reads the
+    /// range back into `buf` and has `check` hash exactly those bytes. The
+    /// blocks it accepts are recorded (they are in place already); the
+    /// ones it rejects are made holes again, as if never written, since
+    /// the caller may not write them all (a zero block of the source is
+    /// never written to a new output).
+    pub fn check_cloned<'b>(
+        &self,
+        cloned: Cloned,
+        buf: &'b mut Vec<u8>,
+        check: impl FnOnce(&'b [u8]) -> Checked<'b>,
+    ) -> Result<Checked<'b>> {
+        let len = usize::try_from(cloned.len)
+            .map_err(|_| Error::Internal(format!("a clone of {} bytes", cloned.len)))?;
+        buf.resize(len, 0);
+        let checked = self.check_output(cloned.offset, buf, check)?;
+        let mut offset = cloned.offset;
+        let mut accepted = 0u64;
+        for (good, len) in checked.good().iter().zip(checked.lens()) {
+            if *good {
+                accepted += u64::from(*len);
+            } else {
+                self.output.zero_range(offset, u64::from(*len))?;
+            }
+            offset += u64::from(*len);
+        }
+        if checked.good().len() < checked.lens().len() {
+            return Err(Error::Internal("a cloned range was checked only in part".into()));
+        }
+        self.bytes_cloned.fetch_add(accepted, Ordering::Relaxed);
+        Ok(checked)
     }
 
     /// Reads `buf.len()` bytes of the raw output at `offset` (what a clone

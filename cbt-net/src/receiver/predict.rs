@@ -72,23 +72,24 @@ pub(super) fn check_prediction(
     // In place, the output itself at the group's own offset: nothing moves.
     let here = shared.out_image == Some(job.image) && job.offset == span.offset;
     // From a raw seed the kernel copies (shares, on XFS and btrfs).
-    let cloned = !here
-        && match image.raw_file() {
-            Some(seed) => assembly.clone_in(seed, job.offset, span.offset, span.len)?,
-            None => false,
-        };
-    let checked = if here || cloned {
+    let cloned = match image.raw_file().filter(|_| !here) {
+        Some(seed) => assembly.clone_in(seed, job.offset, span.offset, span.len)?,
+        None => None,
+    };
+    let checked = match cloned {
         // Checked where it landed (accepted blocks are recorded).
-        assembly.check_output(span.offset, buf, check)?
-    } else {
-        if image.read_at(buf, job.offset).is_err() {
-            return Ok(Outcome::Missed(None));
+        Some(cloned) => assembly.check_cloned(cloned, buf, check)?,
+        None if here => assembly.check_output(span.offset, buf, check)?,
+        None => {
+            if image.read_at(buf, job.offset).is_err() {
+                return Ok(Outcome::Missed(None));
+            }
+            let checked = check(buf);
+            if checked.good().first().copied().unwrap_or(false) {
+                assembly.place(&checked)?;
+            }
+            checked
         }
-        let checked = check(buf);
-        if checked.good().first().copied().unwrap_or(false) {
-            assembly.place(&checked)?;
-        }
-        checked
     };
     if !checked.good().first().copied().unwrap_or(false) {
         return Ok(Outcome::Missed(Some(checked.digests().to_vec())));
