@@ -17,7 +17,24 @@ mib=${3:-64}
 cbt=$(realpath "${CBT:-$(dirname "$0")/../../target/release/cbt}")
 mkdir -p "$dir"
 cd "$dir"
-head -c $((mib << 20)) /dev/urandom > src.raw
+# Random data with zero blocks among it (one 4 KiB block in 8, and a whole
+# MiB in 8), as disks have, and a seed that is an older version of it
+# (half its zero blocks held data): a zero block is never written to a new
+# output, so whatever a rejected clone left there must be undone.
+python3 -c '
+import os, random, sys
+mib = int(sys.argv[1])
+with open("src.raw", "wb") as f, open("seed-base.raw", "wb") as g:
+    for m in range(mib):
+        if m % 8 == 7:
+            f.write(bytes(1 << 20))
+            g.write(bytes(1 << 20))
+            continue
+        blocks = [os.urandom(4096) if random.random() > 0.125 else bytes(4096) for _ in range(256)]
+        f.write(b"".join(blocks))
+        # The seed: an older version, where half the zero blocks held data.
+        g.write(b"".join(b if any(b) or random.random() < 0.5 else os.urandom(4096) for b in blocks))
+' "$mib"
 mkdir -p seeds data
 # `exec`, so that $! is the writer itself and `kill` stops it. A pause
 # between writes (REWRITE_PAUSE seconds) keeps most of the seed usable, so
@@ -38,7 +55,7 @@ wrong=0 failed=0 ok=0 cloned=0
 modes=(copy inplace recv push)
 for ((i = 0; i < runs; i++)); do
     mode=${modes[i % 4]}
-    cp --reflink=auto src.raw seeds/seed.raw
+    cp --reflink=auto seed-base.raw seeds/seed.raw
     rm -f out.raw data/out.raw
     if [ "$mode" = inplace ]; then
         # An older version of the image: its second half already right.
