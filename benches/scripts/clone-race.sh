@@ -51,6 +51,17 @@ while True:
     time.sleep(pause)
 ' "$1" "${REWRITE_PAUSE:-0.002}"
 }
+# The port a listener announced on stderr (file $1), once its line is
+# whole (a line read while being written would give a wrong port).
+port_of() {
+    for _ in $(seq 400); do
+        if [ -s "$1" ] && [ -z "$(tail -c 1 "$1")" ]; then
+            p=$(sed -n 's/.*listening on [0-9.]*:\([0-9][0-9]*\)$/\1/p' "$1" | head -n 1)
+            [ -n "$p" ] && { echo "$p"; return; }
+        fi
+        sleep 0.05
+    done
+}
 wrong=0 failed=0 ok=0 cloned=0
 modes=(copy inplace recv push)
 for ((i = 0; i < runs; i++)); do
@@ -69,12 +80,12 @@ for ((i = 0; i < runs; i++)); do
     inplace) "$cbt" --no-cache copy src.raw out.raw --seed seeds --inplace --json > run.json 2> run.err ;;
     recv)
         "$cbt" --no-cache recv --listen 127.0.0.1:0 out.raw --seed seeds --json > run.json 2> run.err & r=$!
-        port=; for _ in $(seq 400); do port=$(grep -o 'listening on [0-9.:]*' run.err | grep -o '[0-9]*$' || true); [ -n "$port" ] && break; sleep 0.05; done
-        "$cbt" --no-cache send src.raw "127.0.0.1:$port" > /dev/null 2>> run.err
+        port=$(port_of run.err)
+        "$cbt" --no-cache send src.raw "127.0.0.1:$port" > /dev/null 2>> run.err || kill $r
         wait $r ;;
     push)
         "$cbt" --no-cache serve --listen 127.0.0.1:0 --data data --seed seeds 2> serve.err & d=$!
-        port=; for _ in $(seq 400); do port=$(grep -o 'listening on [0-9.:]*' serve.err | grep -o '[0-9]*$' || true); [ -n "$port" ] && break; sleep 0.05; done
+        port=$(port_of serve.err)
         "$cbt" --no-cache send src.raw "127.0.0.1:$port/out.raw" --json > run.json 2> run.err
         rc=$?; kill $d; wait $d 2> /dev/null; (exit $rc) ;;
     esac
