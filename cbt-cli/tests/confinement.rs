@@ -9,8 +9,19 @@
 #[macro_use]
 mod common;
 
+use std::path::Path;
+
 use common::proc::daemon;
 use common::{assert_code, closed_port, json_u64, random_image, stderr, TestEnv};
+
+/// A qcow2 image at `path` of `size` over the raw backing file `backing`
+/// (named as given: absolute, or relative to the image), as qemu-img
+/// writes it.
+fn overlay(env: &TestEnv, backing: &Path, path: &Path, size: &str) {
+    env.qemu_img(&args![
+        "create", "-f", "qcow2", "-F", "raw", "-b", backing, "-u", path, size
+    ]);
+}
 
 #[test]
 fn a_daemon_serves_no_backing_file_outside_its_directories() {
@@ -19,18 +30,7 @@ fn a_daemon_serves_no_backing_file_outside_its_directories() {
     let secret = random_image(&env, "private/secret.raw", 1, 7);
     let export = env.dir("export");
     let data = env.dir("data");
-    env.qemu_img(&args![
-        "create",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        "-b",
-        secret,
-        "-u",
-        export.join("x.qcow2"),
-        "1M"
-    ]);
+    overlay(&env, &secret, &export.join("x.qcow2"), "1M");
     // A link out of the export directory is no image either.
     std::os::unix::fs::symlink(&secret, export.join("link.raw")).unwrap();
     // A backing file inside the export directory is fine.
@@ -63,6 +63,15 @@ fn a_daemon_serves_no_backing_file_outside_its_directories() {
     let r = env.cbt(&args!["recv", format!("{addr}/ok.qcow2"), out]);
     assert_code(&r, 0);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&base).unwrap());
+
+    // The same with the directories given relative to the daemon's
+    // working directory: a backing file inside is still inside.
+    drop(d);
+    let (_d, addr) = daemon(&env, Path::new("data"), &args!["--export", "export"]);
+    let out = env.path("pulled-ok-relative.raw");
+    let r = env.cbt(&args!["recv", format!("{addr}/ok.qcow2"), out]);
+    assert_code(&r, 0);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&base).unwrap());
 }
 
 #[test]
@@ -73,18 +82,7 @@ fn a_daemon_indexes_no_backing_file_outside_its_seed_roots() {
     let data = env.dir("data");
     // Planted in a seed root: a qcow2 whose backing file is the secret, and
     // a link to it.
-    env.qemu_img(&args![
-        "create",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        "-b",
-        secret,
-        "-u",
-        seeds.join("planted.qcow2"),
-        "2M"
-    ]);
+    overlay(&env, &secret, &seeds.join("planted.qcow2"), "2M");
     std::os::unix::fs::symlink(&secret, seeds.join("link.raw")).unwrap();
     let (d, addr) = daemon(&env, &data, &args!["--seed", seeds]);
     // A client pushing the secret's bytes would learn from blocks_local
@@ -101,18 +99,7 @@ fn a_local_copy_follows_backing_files_and_says_so() {
     let env = TestEnv::new();
     let base = random_image(&env, "elsewhere/base.raw", 1, 10);
     let dir = env.dir("images");
-    env.qemu_img(&args![
-        "create",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        "-b",
-        base,
-        "-u",
-        dir.join("top.qcow2"),
-        "1M"
-    ]);
+    overlay(&env, &base, &dir.join("top.qcow2"), "1M");
     let out = env.path("out.raw");
     let r = env.cbt(&args!["copy", dir.join("top.qcow2"), out]);
     assert_code(&r, 0);

@@ -177,7 +177,19 @@ impl ImplicitOpenGate<ImagoFile> for BackingGate {
         }
         let path = match &self.backing {
             Backing::Anywhere => path,
-            Backing::Within(_) => normalize(&path),
+            // imago joins the name to the image's directory as given
+            // (maybe relative, maybe through links): resolve that
+            // directory as `resolve` does, so the roots compare.
+            Backing::Within(_) => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                let dir = dir.canonicalize()?;
+                normalize(&dir.join(path.file_name().unwrap_or_default()))
+            }
         };
         let file = self
             .backing
